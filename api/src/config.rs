@@ -1,0 +1,55 @@
+//! Settings of the api binary (flags and environment variables).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shared::config::{AuthArgs, CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api", version, about = "Voice agent control plane: the authenticated API")]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:4000")]
+    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
+    /// Key for `POST /internal/dev/token` (header `x-dev-bootstrap-key`); the
+    /// route does not exist in production.
+    #[arg(long, env = "DEV_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub dev_bootstrap_key: Option<String>,
+    /// Key for `POST /auth/bootstrap/user` (header `x-auth-bootstrap-key`);
+    /// unset disables the route (401).
+    #[arg(long, env = "AUTH_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub auth_bootstrap_key: Option<String>,
+    /// Lifetime of tokens issued by login and first-admin registration.
+    #[arg(long, env = "JWT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub jwt_ttl: Duration,
+    /// Largest number of password hashes computed at once (each holds 19 MiB).
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 4)]
+    pub password_hash_concurrency: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub http_body_limit_bytes: usize,
+    /// Time a request may take before it is answered 503.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}

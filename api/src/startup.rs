@@ -1,0 +1,133 @@
+//! Wiring: settings -> state -> router -> server, and `api migrate`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use shared::auth::JwtKeys;
+use shared::crypto::SecretBox;
+use shared::http::{HttpLimits, Readiness};
+use shared::nats::Subjects;
+use shared::password::PasswordHasher;
+use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::{Command, Config};
+use crate::openapi::ApiDoc;
+use crate::state::{AppState, Settings};
+
+/// The binary's entry point after argument parsing.
+pub async fn main(config: Config) -> anyhow::Result<()> {
+    shared::install_crypto_providers();
+    shared::telemetry::init_logging(config.common.log_format);
+    // Validate secrets before touching anything, so a bad production config
+    // stops with a clear message.
+    let jwt_secret = config.auth.secret(&config.common)?;
+    let key = config.encryption.key(&config.common)?;
+
+    shared::db::create_database_if_missing(&config.db.database_url)
+        .await
+        .context("cannot reach Postgres to create the database")?;
+    let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
+    shared::db::migrate(&pool).await.context("migrations failed")?;
+    tracing::info!("migrations applied");
+    if matches!(config.command, Some(Command::Migrate)) {
+        return Ok(());
+    }
+
+    let nats = shared::nats::connect(&config.nats, "api").await?;
+    let state = build_state(&config, pool, nats, &jwt_secret, &key)?;
+    let metrics = shared::telemetry::install_metrics();
+    let app = router(state, metrics, &config);
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "api listening");
+    shared::http::serve(listener, app, shared::shutdown::signal()).await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+pub fn build_state(
+    config: &Config,
+    pool: PgPool,
+    nats: async_nats::Client,
+    jwt_secret: &[u8],
+    key: &[u8; 32],
+) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        pool,
+        nats,
+        subjects: Subjects::new(&config.nats.nats_subject_prefix),
+        jwt: Arc::new(JwtKeys::new(
+            jwt_secret,
+            &config.auth.jwt_issuer,
+            &config.auth.jwt_audience,
+        )),
+        secrets: SecretBox::new(key),
+        passwords: PasswordHasher::owasp(config.password_hash_concurrency)?,
+        settings: Arc::new(Settings {
+            is_production: config.common.is_production(),
+            dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
+            auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
+            jwt_ttl: config.jwt_ttl,
+        }),
+    })
+}
+
+/// Every documented route, with its OpenAPI description.
+pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::auth_routes::routes(settings))
+}
+
+/// The OpenAPI document alone (for snapshots and clients).
+pub fn openapi_document(settings: &Settings) -> utoipa::openapi::OpenApi {
+    api_routes(settings).into_openapi()
+}
+
+/// The complete router, layers included.
+pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle, config: &Config) -> Router {
+    let (routes, openapi) = api_routes(&state.settings).split_for_parts();
+    let openapi = Arc::new(openapi);
+    let readiness = Readiness {
+        pool: state.pool.clone(),
+        nats: state.nats.clone(),
+        metrics,
+    };
+    let app = routes
+        .route("/health/db", get(health_db))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .with_state(state)
+        .merge(shared::http::ops_router(readiness));
+    shared::http::with_common_layers(
+        app,
+        "api",
+        HttpLimits {
+            body_bytes: config.http_body_limit_bytes,
+            timeout: config.http_request_timeout,
+        },
+    )
+}
+
+/// The original service's database check, kept for its users.
+async fn health_db(
+    axum::extract::State(pool): axum::extract::State<PgPool>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match shared::http::check_postgres(&pool).await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(message) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "error", "message": message})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,267 @@
+//! Settings shared by the binaries, as clap argument groups that each binary
+//! flattens into its own `Config`. Every setting is a flag and an environment
+//! variable; secrets never echo their values in `--help`.
+
+use std::fmt;
+
+use base64::Engine;
+use clap::{Args, ValueEnum};
+
+/// Where the process runs. `production` refuses weak or missing secrets and
+/// turns off development conveniences (the dev token route, `http://` n8n URLs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// `development` or `production`.
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
+    pub app_env: AppEnv,
+    /// Log line format; filter with `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    pub fn is_production(&self) -> bool {
+        self.app_env == AppEnv::Production
+    }
+}
+
+#[derive(Clone, Args)]
+pub struct DbArgs {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/voice_control_plane",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Largest number of pooled Postgres connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+}
+
+impl fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &"<redacted>")
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Prefix for every subject and stream this deployment uses (letters,
+    /// digits, `_`, `-`). Empty in production; tests set one each for isolation.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "", value_parser = parse_prefix)]
+    pub nats_subject_prefix: String,
+    /// JetStream replicas for the streams this deployment creates (3 on a cluster).
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_stream_replicas: u8,
+}
+
+fn parse_prefix(value: &str) -> Result<String, String> {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("only letters, digits, '_' and '-' are allowed".into())
+    }
+}
+
+/// JWT settings. The secret is checked by [`AuthArgs::validate`].
+#[derive(Clone, Args)]
+pub struct AuthArgs {
+    /// HS256 signing secret; at least 32 bytes in production.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Issuer (`iss`) put in and required of every token.
+    #[arg(long, env = "JWT_ISSUER", default_value = "voice-control-plane")]
+    pub jwt_issuer: String,
+    /// Audience (`aud`) put in and required of every token.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "voice-control-plane-api")]
+    pub jwt_audience: String,
+}
+
+impl fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .finish()
+    }
+}
+
+/// A development-only JWT secret, used when `JWT_SECRET` is unset outside production.
+pub const DEV_JWT_SECRET: &str = "development-only-jwt-secret-change-me-0123456789";
+/// A development-only AES key (32 zero-free bytes, base64), used when
+/// `ENCRYPTION_KEY` is unset outside production.
+pub const DEV_ENCRYPTION_KEY: &str = "ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE=";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("JWT_SECRET is required in production")]
+    MissingJwtSecret,
+    #[error("JWT_SECRET must be at least 32 bytes in production (got {0})")]
+    WeakJwtSecret(usize),
+    #[error("ENCRYPTION_KEY is required in production (32 bytes, base64)")]
+    MissingEncryptionKey,
+    #[error("ENCRYPTION_KEY must be 32 bytes encoded as base64: {0}")]
+    MalformedEncryptionKey(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AuthArgs {
+    /// The secret to sign and verify with, or why start-up must stop.
+    pub fn secret(&self, common: &CommonArgs) -> Result<Vec<u8>, ConfigError> {
+        match (&self.jwt_secret, common.is_production()) {
+            (Some(secret), true) if secret.len() < 32 => {
+                Err(ConfigError::WeakJwtSecret(secret.len()))
+            }
+            (Some(secret), _) if !secret.is_empty() => Ok(secret.as_bytes().to_vec()),
+            (_, true) => Err(ConfigError::MissingJwtSecret),
+            (_, false) => {
+                tracing::warn!("JWT_SECRET not set: using the development secret");
+                Ok(DEV_JWT_SECRET.as_bytes().to_vec())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Args)]
+pub struct EncryptionArgs {
+    /// AES-256-GCM key for secrets at rest: 32 bytes, base64.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+}
+
+impl fmt::Debug for EncryptionArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionArgs { encryption_key: <redacted> }")
+    }
+}
+
+impl EncryptionArgs {
+    /// The 32 key bytes, or why start-up must stop.
+    pub fn key(&self, common: &CommonArgs) -> Result<[u8; 32], ConfigError> {
+        let encoded = match (&self.encryption_key, common.is_production()) {
+            (Some(key), _) if !key.is_empty() => key.as_str(),
+            (_, true) => return Err(ConfigError::MissingEncryptionKey),
+            (_, false) => {
+                tracing::warn!("ENCRYPTION_KEY not set: using the development key");
+                DEV_ENCRYPTION_KEY
+            }
+        };
+        decode_key(encoded)
+    }
+}
+
+pub fn decode_key(encoded: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| ConfigError::MalformedEncryptionKey(e.to_string()))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        ConfigError::MalformedEncryptionKey(format!("decoded to {} bytes", bytes.len()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(env: AppEnv) -> CommonArgs {
+        CommonArgs {
+            app_env: env,
+            log_format: LogFormat::Json,
+        }
+    }
+
+    fn auth(secret: Option<&str>) -> AuthArgs {
+        AuthArgs {
+            jwt_secret: secret.map(str::to_owned),
+            jwt_issuer: "i".into(),
+            jwt_audience: "a".into(),
+        }
+    }
+
+    #[test]
+    fn production_refuses_missing_or_weak_jwt_secret() {
+        let prod = common(AppEnv::Production);
+        assert!(matches!(
+            auth(None).secret(&prod),
+            Err(ConfigError::MissingJwtSecret)
+        ));
+        assert!(matches!(
+            auth(Some("short")).secret(&prod),
+            Err(ConfigError::WeakJwtSecret(5))
+        ));
+        let strong = "x".repeat(32);
+        assert_eq!(
+            auth(Some(&strong)).secret(&prod).ok(),
+            Some(strong.into_bytes())
+        );
+    }
+
+    #[test]
+    fn development_falls_back_to_dev_secret() {
+        let dev = common(AppEnv::Development);
+        assert_eq!(
+            auth(None).secret(&dev).ok(),
+            Some(DEV_JWT_SECRET.as_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn production_refuses_missing_or_malformed_encryption_key() {
+        let prod = common(AppEnv::Production);
+        let missing = EncryptionArgs {
+            encryption_key: None,
+        };
+        assert!(matches!(
+            missing.key(&prod),
+            Err(ConfigError::MissingEncryptionKey)
+        ));
+        let short = EncryptionArgs {
+            encryption_key: Some("c2hvcnQ=".into()),
+        };
+        assert!(matches!(
+            short.key(&prod),
+            Err(ConfigError::MalformedEncryptionKey(_))
+        ));
+        let not_base64 = EncryptionArgs {
+            encryption_key: Some("!!!".into()),
+        };
+        assert!(not_base64.key(&prod).is_err());
+        let good = EncryptionArgs {
+            encryption_key: Some(DEV_ENCRYPTION_KEY.into()),
+        };
+        assert!(good.key(&prod).is_ok());
+    }
+
+    #[test]
+    fn prefix_rejects_subject_wildcards() {
+        assert!(parse_prefix("t_ab-12").is_ok());
+        assert!(parse_prefix("a.b").is_err());
+        assert!(parse_prefix("a*").is_err());
+        assert!(parse_prefix("a>").is_err());
+    }
+}

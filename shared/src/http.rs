@@ -1,0 +1,193 @@
+//! The HTTP scaffolding every binary serves: `/health`, `/health/ready`,
+//! `/metrics`, request ids, request metrics by route, sensitive-header
+//! redaction, body limits, timeouts, panics turned into 500s, and graceful
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::error_response;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What `/health/ready` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub metrics: PrometheusHandle,
+}
+
+/// `/health`, `/health/ready` and `/metrics`.
+pub fn ops_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health", get(liveness))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(Arc::new(readiness))
+}
+
+async fn liveness() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Checks Postgres with `SELECT 1` (bounded in time).
+pub async fn check_postgres(pool: &PgPool) -> Result<(), String> {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out after 2s".into()),
+    }
+}
+
+async fn check_nats(nats: &async_nats::Client) -> Result<(), String> {
+    match nats.connection_state() {
+        async_nats::connection::State::Connected => {
+            match tokio::time::timeout(Duration::from_secs(2), nats.flush()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("flush timed out after 2s".into()),
+            }
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
+async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
+    let (pg, nats) = tokio::join!(
+        check_postgres(&readiness.pool),
+        check_nats(&readiness.nats)
+    );
+    let status = if pg.is_ok() && nats.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let describe = |r: &Result<(), String>| match r {
+        Ok(()) => json!({"status": "ok"}),
+        Err(e) => json!({"status": "error", "message": e}),
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
+        "checks": { "postgres": describe(&pg), "nats": describe(&nats) },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn render_metrics(State(readiness): State<Arc<Readiness>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        readiness.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds` labelled
+/// by matched route (never the raw path, which would explode cardinality),
+/// method and status.
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Limits that every surface sets explicitly.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub body_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Wraps a binary's router with the layers every surface shares.
+pub fn with_common_layers(router: Router, service: &'static str, limits: HttpLimits) -> Router {
+    let trace = TraceLayer::new_for_http().make_span_with(move |request: &Request| {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!(
+            "http",
+            service,
+            request_id,
+            method = %request.method(),
+            path = %request.uri().path(),
+        )
+    });
+    router
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn(track_metrics))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                    HeaderName::from_static("x-twilio-signature"),
+                    HeaderName::from_static("x-dev-bootstrap-key"),
+                    HeaderName::from_static("x-auth-bootstrap-key"),
+                ]))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error",
+                    )
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(limits.body_bytes)),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,28 @@
+//! Code more than one binary needs: settings, telemetry, the HTTP scaffolding
+//! every binary serves (health, readiness, metrics, request ids, shutdown),
+//! auth (JWT claims and guards, passwords), crypto for secrets at rest,
+//! Postgres access and migrations, and the NATS subjects and message types.
+//!
+//! Code used by a single binary lives in that binary.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod nats;
+pub mod password;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Installs the process-wide crypto providers (rustls and jsonwebtoken).
+///
+/// Both libraries panic at the first TLS connection or token operation when
+/// more than one backend is compiled in and none was chosen; every `main` and
+/// the test harnesses call this first. Calling it twice is harmless.
+pub fn install_crypto_providers() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+}

@@ -1,0 +1,215 @@
+//! NATS: connecting, the JetStream streams this system owns, and the one
+//! place that names every subject.
+//!
+//! Every subject and stream carries the deployment's prefix
+//! (`NATS_SUBJECT_PREFIX`): empty in production, unique per test so tests
+//! can share one NATS server and run in parallel.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use uuid::Uuid;
+
+use crate::config::NatsArgs;
+
+/// Names of every subject and stream, for one prefix.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn subject(&self, rest: &str) -> String {
+        if self.prefix.is_empty() {
+            rest.to_owned()
+        } else {
+            format!("{}.{rest}", self.prefix)
+        }
+    }
+
+    fn stream(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}_{name}", self.prefix)
+        }
+    }
+
+    // --- flow 1: calls (ingress -> dispatch-worker) ---
+    pub fn calls_inbound(&self, tenant_id: Uuid) -> String {
+        self.subject(&format!("calls.inbound.{tenant_id}"))
+    }
+    pub fn calls_status(&self, tenant_id: Uuid) -> String {
+        self.subject(&format!("calls.status.{tenant_id}"))
+    }
+    pub fn calls_recording(&self, tenant_id: Uuid) -> String {
+        self.subject(&format!("calls.recording.{tenant_id}"))
+    }
+    /// Everything under `calls.`.
+    pub fn calls_all(&self) -> String {
+        self.subject("calls.>")
+    }
+    pub fn calls_stream(&self) -> String {
+        self.stream("CALLS")
+    }
+
+    // --- flow 1: runtime handoff (dispatch-worker -> voice runtime) ---
+    pub fn runtime_handoff_requested(&self, tenant_id: Uuid) -> String {
+        self.subject(&format!("runtime.handoff_requested.{tenant_id}"))
+    }
+    pub fn runtime_handoff_all(&self) -> String {
+        self.subject("runtime.handoff_requested.>")
+    }
+    pub fn runtime_handoffs_stream(&self) -> String {
+        self.stream("RUNTIME_HANDOFFS")
+    }
+
+    // --- flow 1: runtime events (voice runtime -> dispatch-worker) ---
+    pub fn runtime_events(&self, tenant_id: Uuid, call_id: Uuid) -> String {
+        self.subject(&format!("runtime.events.{tenant_id}.{call_id}"))
+    }
+    pub fn runtime_events_all(&self) -> String {
+        self.subject("runtime.events.>")
+    }
+    pub fn runtime_events_stream(&self) -> String {
+        self.stream("RUNTIME_EVENTS")
+    }
+
+    // --- flow 2: automation (api -> automation-worker, request/reply) ---
+    pub fn automation_tool_execute(&self) -> String {
+        self.subject("automation.tool.execute")
+    }
+    pub fn automation_integration_test(&self) -> String {
+        self.subject("automation.integration.test")
+    }
+    /// Queue group shared by automation-worker instances.
+    pub fn automation_queue_group(&self) -> String {
+        self.stream("automation-workers")
+    }
+}
+
+/// Connects to NATS. The client reconnects on its own; the first connection
+/// is retried too, so a binary can start before NATS is up.
+pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(&args.nats_url)
+        .await
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot ensure stream {stream}: {message}")]
+pub struct EnsureStreamError {
+    pub stream: String,
+    pub message: String,
+}
+
+/// Creates `config`'s stream, or updates it in place when it exists, so
+/// start-up is idempotent across versions and instances.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), EnsureStreamError> {
+    let name = config.name.clone();
+    let err = |message: String| EnsureStreamError {
+        stream: name.clone(),
+        message,
+    };
+    match js.get_stream(&name).await {
+        Ok(_) => {
+            js.update_stream(&config)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Err(_) => {
+            if let Err(create_err) = js.create_stream(config.clone()).await {
+                // Lost a race with another instance: update instead.
+                js.update_stream(&config)
+                    .await
+                    .map_err(|_| err(create_err.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The streams this system owns, with their retention.
+pub fn stream_configs(subjects: &Subjects, replicas: u8) -> Vec<stream::Config> {
+    let replicas = usize::from(replicas);
+    vec![
+        stream::Config {
+            name: subjects.calls_stream(),
+            subjects: vec![subjects.calls_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.runtime_handoffs_stream(),
+            subjects: vec![subjects.runtime_handoff_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            // A handoff is useless once its dispatch has expired.
+            max_age: Duration::from_secs(3600),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.runtime_events_stream(),
+            subjects: vec![subjects.runtime_events_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Ensures every stream of [`stream_configs`].
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: u8,
+) -> Result<(), EnsureStreamError> {
+    for config in stream_configs(subjects, replicas) {
+        ensure_stream(js, config).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_applies_to_subjects_and_streams() {
+        let t = Uuid::nil();
+        let bare = Subjects::new("");
+        assert_eq!(bare.calls_inbound(t), format!("calls.inbound.{t}"));
+        assert_eq!(bare.calls_stream(), "CALLS");
+        let p = Subjects::new("t1");
+        assert_eq!(p.calls_inbound(t), format!("t1.calls.inbound.{t}"));
+        assert_eq!(p.calls_all(), "t1.calls.>");
+        assert_eq!(p.calls_stream(), "t1_CALLS");
+        assert_eq!(p.runtime_events(t, t), format!("t1.runtime.events.{t}.{t}"));
+    }
+}

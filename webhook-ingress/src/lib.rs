@@ -1,0 +1,4 @@
+//! The webhook-ingress binary: public Twilio webhook ingress.
+
+pub mod config;
+pub mod startup;
