@@ -114,9 +114,15 @@ async fn register_first_admin(
     validate_password(&body.password)?;
     let tenant_name = body.tenant_name.trim().to_owned();
     if tenant_name.is_empty() || tenant_name.chars().count() > 200 {
-        return Err(AppError::bad_request("tenant_name must be 1 to 200 characters"));
+        return Err(AppError::bad_request(
+            "tenant_name must be 1 to 200 characters",
+        ));
     }
-    let hash = state.passwords.hash(body.password).await.map_err(anyhow::Error::from)?;
+    let hash = state
+        .passwords
+        .hash(body.password)
+        .await
+        .map_err(anyhow::Error::from)?;
 
     let user_id = Uuid::now_v7();
     let tenant_id = Uuid::now_v7();
@@ -130,7 +136,9 @@ async fn register_first_admin(
         .fetch_one(&mut *tx)
         .await?;
     if any_user {
-        return Err(AppError::Conflict("an admin already exists; log in instead".into()));
+        return Err(AppError::Conflict(
+            "an admin already exists; log in instead".into(),
+        ));
     }
     sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
         .bind(tenant_id)
@@ -143,11 +151,13 @@ async fn register_first_admin(
         .bind(&hash)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO memberships (user_id, tenant_id, role) VALUES ($1, $2, 'internal_admin')")
-        .bind(user_id)
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO memberships (user_id, tenant_id, role) VALUES ($1, $2, 'internal_admin')",
+    )
+    .bind(user_id)
+    .bind(tenant_id)
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         AuditEntry {
@@ -164,14 +174,23 @@ async fn register_first_admin(
 
     let token = state
         .jwt
-        .issue(&user_id.to_string(), tenant_id, Role::InternalAdmin, true, state.settings.jwt_ttl)
+        .issue(
+            &user_id.to_string(),
+            tenant_id,
+            Role::InternalAdmin,
+            true,
+            state.settings.jwt_ttl,
+        )
         .map_err(anyhow::Error::from)?;
     Ok((
         StatusCode::CREATED,
         Json(FirstAdminCreated {
             token,
             user: UserView { id: user_id, email },
-            tenant: TenantView { id: tenant_id, name: tenant_name },
+            tenant: TenantView {
+                id: tenant_id,
+                name: tenant_name,
+            },
         }),
     ))
 }
@@ -298,13 +317,21 @@ async fn bootstrap_user(
     headers: HeaderMap,
     Json(body): Json<BootstrapUser>,
 ) -> AppResult<(StatusCode, Json<BootstrapUserCreated>)> {
-    require_key(&headers, "x-auth-bootstrap-key", state.settings.auth_bootstrap_key.as_deref())?;
+    require_key(
+        &headers,
+        "x-auth-bootstrap-key",
+        state.settings.auth_bootstrap_key.as_deref(),
+    )?;
     let email = validate_email(&body.email)?;
     validate_password(&body.password)?;
     if body.memberships.len() > 100 {
         return Err(AppError::bad_request("memberships: at most 100"));
     }
-    let hash = state.passwords.hash(body.password).await.map_err(anyhow::Error::from)?;
+    let hash = state
+        .passwords
+        .hash(body.password)
+        .await
+        .map_err(anyhow::Error::from)?;
     let user_id = Uuid::now_v7();
     create_user_with_memberships(&state.pool, user_id, &email, &hash, &body.memberships).await?;
     Ok((
@@ -333,7 +360,9 @@ async fn create_user_with_memberships(
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(AppError::Conflict("a user with that email already exists".into()));
+        return Err(AppError::Conflict(
+            "a user with that email already exists".into(),
+        ));
     }
     for m in memberships {
         let inserted = sqlx::query(
@@ -440,7 +469,11 @@ async fn dev_token(
     headers: HeaderMap,
     Json(body): Json<DevTokenRequest>,
 ) -> AppResult<Json<TokenResponse>> {
-    require_key(&headers, "x-dev-bootstrap-key", state.settings.dev_bootstrap_key.as_deref())?;
+    require_key(
+        &headers,
+        "x-dev-bootstrap-key",
+        state.settings.dev_bootstrap_key.as_deref(),
+    )?;
     let sub = body.user_id.trim();
     if sub.is_empty() || sub.len() > 200 {
         return Err(AppError::bad_request("user_id must be 1 to 200 characters"));
@@ -451,7 +484,9 @@ async fn dev_token(
             .map_err(|e| AppError::bad_request(format!("expires_in: {e}")))?,
     };
     if ttl.is_zero() || ttl > MAX_DEV_TOKEN_TTL {
-        return Err(AppError::bad_request("expires_in must be between 1s and 24h"));
+        return Err(AppError::bad_request(
+            "expires_in must be between 1s and 24h",
+        ));
     }
     let token = state
         .jwt
@@ -481,7 +516,15 @@ mod tests {
     fn email_validation() {
         assert!(validate_email("ops@example.com").is_ok());
         assert!(validate_email(" ops@example.com ").is_ok());
-        for bad in ["", "no-at", "@example.com", "a@b", "a@.com", "a b@example.com", "a@b@c.com"] {
+        for bad in [
+            "",
+            "no-at",
+            "@example.com",
+            "a@b",
+            "a@.com",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
             assert!(validate_email(bad).is_err(), "{bad} accepted");
         }
     }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use shared::config::{AuthArgs, CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "api", version, about = "Voice agent control plane: the authenticated API")]
+#[command(
+    name = "api",
+    version,
+    about = "Voice agent control plane: the authenticated API"
+)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -25,7 +25,10 @@ pub enum AppError {
     #[error("{0}")]
     Unprocessable(String),
     #[error("{message}")]
-    TooManyRequests { message: String, retry_after_secs: u64 },
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     ServiceUnavailable(String),
     /// Any other status with its own code, for flows with specific answers.
@@ -55,11 +58,15 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
             AppError::BadRequest(m) => error_response(StatusCode::BAD_REQUEST, "bad_request", m),
-            AppError::Unauthorized(m) => error_response(StatusCode::UNAUTHORIZED, "unauthorized", m),
-            AppError::Forbidden(m) => error_response(StatusCode::FORBIDDEN, "forbidden", m),
-            AppError::NotFound(what) => {
-                error_response(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+            AppError::Unauthorized(m) => {
+                error_response(StatusCode::UNAUTHORIZED, "unauthorized", m)
             }
+            AppError::Forbidden(m) => error_response(StatusCode::FORBIDDEN, "forbidden", m),
+            AppError::NotFound(what) => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             AppError::Conflict(m) => error_response(StatusCode::CONFLICT, "conflict", m),
             AppError::Gone(m) => error_response(StatusCode::GONE, "gone", m),
             AppError::Unprocessable(m) => {
@@ -106,12 +113,20 @@ impl IntoResponse for AppError {
                     )
                 } else {
                     tracing::error!(error = %err, "database error");
-                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error",
+                    )
                 }
             }
             AppError::Internal(err) => {
                 tracing::error!(error = %err, "internal error");
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -31,7 +31,9 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot reach Postgres to create the database")?;
     let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
-    shared::db::migrate(&pool).await.context("migrations failed")?;
+    shared::db::migrate(&pool)
+        .await
+        .context("migrations failed")?;
     tracing::info!("migrations applied");
     if matches!(config.command, Some(Command::Migrate)) {
         return Ok(());
@@ -88,7 +90,11 @@ pub fn openapi_document(settings: &Settings) -> utoipa::openapi::OpenApi {
 }
 
 /// The complete router, layers included.
-pub fn router(state: AppState, metrics: metrics_exporter_prometheus::PrometheusHandle, config: &Config) -> Router {
+pub fn router(
+    state: AppState,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    config: &Config,
+) -> Router {
     let (routes, openapi) = api_routes(&state.settings).split_for_parts();
     let openapi = Arc::new(openapi);
     let readiness = Readiness {

@@ -6,7 +6,11 @@ use clap::Parser;
 use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "automation-worker", version, about = "Voice agent control plane: runs tool calls and n8n integration tests")]
+#[command(
+    name = "automation-worker",
+    version,
+    about = "Voice agent control plane: runs tool calls and n8n integration tests"
+)]
 pub struct Config {
     /// Address for health, readiness and metrics.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:4002")]

@@ -19,7 +19,14 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "dispatch-worker listening");
-    run(config, pool, nats, listener, shared::shutdown::token_on_signal()).await
+    run(
+        config,
+        pool,
+        nats,
+        listener,
+        shared::shutdown::token_on_signal(),
+    )
+    .await
 }
 
 /// Runs until `shutdown` is cancelled, then drains.

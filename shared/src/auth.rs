@@ -21,7 +21,9 @@ use crate::error::error_response;
 /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 30;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Role {
@@ -192,7 +194,9 @@ where
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or(AuthError::InvalidToken("authorization must be a Bearer token"))?
+        .ok_or(AuthError::InvalidToken(
+            "authorization must be a Bearer token",
+        ))?
         .trim();
     if token.is_empty() {
         return Err(AuthError::MissingToken);
@@ -286,7 +290,13 @@ mod tests {
         let k = keys();
         let t = Uuid::new_v4();
         let token = k
-            .issue("u1", t, Role::InternalOperator, true, Duration::from_secs(60))
+            .issue(
+                "u1",
+                t,
+                Role::InternalOperator,
+                true,
+                Duration::from_secs(60),
+            )
             .expect("issue");
         let claims = k.verify(&token).expect("verify");
         assert_eq!(claims.tenant_id, t);
@@ -299,7 +309,11 @@ mod tests {
         let k = keys();
         let claims = serde_json::json!({"sub":"u","tenant_id":Uuid::nil(),"role":"internal_admin",
             "is_internal":true,"iss":"iss-a","aud":"aud-a","iat":0,"exp":chrono::Utc::now().timestamp()+600});
-        let none = format!("{}.{}.", b64(&serde_json::json!({"alg":"none","typ":"JWT"})), b64(&claims));
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg":"none","typ":"JWT"})),
+            b64(&claims)
+        );
         assert!(k.verify(&none).is_err());
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -320,27 +334,52 @@ mod tests {
         let other_aud = JwtKeys::new(b"0123456789abcdef0123456789abcdef", "iss-a", "aud-b");
         let t = Uuid::nil();
         let ttl = Duration::from_secs(60);
-        let tok = other_iss.issue("u", t, Role::ClientViewer, false, ttl).expect("issue");
-        assert!(matches!(k.verify(&tok), Err(AuthError::InvalidToken("wrong token issuer"))));
-        let tok = other_aud.issue("u", t, Role::ClientViewer, false, ttl).expect("issue");
-        assert!(matches!(k.verify(&tok), Err(AuthError::InvalidToken("wrong token audience"))));
+        let tok = other_iss
+            .issue("u", t, Role::ClientViewer, false, ttl)
+            .expect("issue");
+        assert!(matches!(
+            k.verify(&tok),
+            Err(AuthError::InvalidToken("wrong token issuer"))
+        ));
+        let tok = other_aud
+            .issue("u", t, Role::ClientViewer, false, ttl)
+            .expect("issue");
+        assert!(matches!(
+            k.verify(&tok),
+            Err(AuthError::InvalidToken("wrong token audience"))
+        ));
         let expired = serde_json::json!({"sub":"u","tenant_id":t,"role":"client_viewer","is_internal":false,
             "iss":"iss-a","aud":"aud-a","iat":0,"exp":chrono::Utc::now().timestamp()-3600});
-        let tok = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &expired,
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef")).expect("encode");
-        assert!(matches!(k.verify(&tok), Err(AuthError::InvalidToken("token expired"))));
+        let tok = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .expect("encode");
+        assert!(matches!(
+            k.verify(&tok),
+            Err(AuthError::InvalidToken("token expired"))
+        ));
     }
 
     #[test]
     fn refuses_tampered_signature() {
         let k = keys();
         let token = k
-            .issue("u1", Uuid::nil(), Role::ClientViewer, false, Duration::from_secs(60))
+            .issue(
+                "u1",
+                Uuid::nil(),
+                Role::ClientViewer,
+                false,
+                Duration::from_secs(60),
+            )
             .expect("issue");
         // Swap the payload for one claiming admin, keep the old signature.
         let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = b64(&serde_json::json!({"sub":"u1","tenant_id":Uuid::nil(),"role":"internal_admin",
-            "is_internal":true,"iss":"iss-a","aud":"aud-a","iat":0,"exp":chrono::Utc::now().timestamp()+600}));
+        let forged = b64(
+            &serde_json::json!({"sub":"u1","tenant_id":Uuid::nil(),"role":"internal_admin",
+            "is_internal":true,"iss":"iss-a","aud":"aud-a","iat":0,"exp":chrono::Utc::now().timestamp()+600}),
+        );
         parts[1] = &forged;
         assert!(matches!(
             k.verify(&parts.join(".")),
@@ -368,9 +407,18 @@ mod guard_tests {
         crate::install_crypto_providers();
         let jwt = Arc::new(JwtKeys::new(b"0123456789abcdef0123456789abcdef", "i", "a"));
         let router = Router::new()
-            .route("/client", get(|Principal(c): Principal| async move { c.sub }))
-            .route("/internal", get(|InternalPrincipal(c): InternalPrincipal| async move { c.sub }))
-            .route("/admin", get(|AdminPrincipal(c): AdminPrincipal| async move { c.sub }))
+            .route(
+                "/client",
+                get(|Principal(c): Principal| async move { c.sub }),
+            )
+            .route(
+                "/internal",
+                get(|InternalPrincipal(c): InternalPrincipal| async move { c.sub }),
+            )
+            .route(
+                "/admin",
+                get(|AdminPrincipal(c): AdminPrincipal| async move { c.sub }),
+            )
             .with_state(S { jwt: jwt.clone() });
         (router, jwt)
     }
@@ -386,7 +434,9 @@ mod guard_tests {
             .await
             .expect("response");
         let status = resp.status().as_u16();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -395,32 +445,54 @@ mod guard_tests {
         let (router, jwt) = app();
         let ttl = Duration::from_secs(60);
         let t = Uuid::nil();
-        let admin = jwt.issue("admin", t, Role::InternalAdmin, true, ttl).expect("t");
-        let operator = jwt.issue("op", t, Role::InternalOperator, true, ttl).expect("t");
-        let viewer = jwt.issue("viewer", t, Role::ClientViewer, false, ttl).expect("t");
+        let admin = jwt
+            .issue("admin", t, Role::InternalAdmin, true, ttl)
+            .expect("t");
+        let operator = jwt
+            .issue("op", t, Role::InternalOperator, true, ttl)
+            .expect("t");
+        let viewer = jwt
+            .issue("viewer", t, Role::ClientViewer, false, ttl)
+            .expect("t");
         // An internal role without is_internal is not internal.
-        let not_flagged = jwt.issue("op2", t, Role::InternalOperator, false, ttl).expect("t");
+        let not_flagged = jwt
+            .issue("op2", t, Role::InternalOperator, false, ttl)
+            .expect("t");
         // is_internal alone does not make a client role internal.
-        let flagged_viewer = jwt.issue("v2", t, Role::ClientViewer, true, ttl).expect("t");
+        let flagged_viewer = jwt
+            .issue("v2", t, Role::ClientViewer, true, ttl)
+            .expect("t");
 
         let (s, body) = status(&router, "/client", None).await;
         assert_eq!(s, 401);
         assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
         assert_eq!(status(&router, "/client", Some("garbage")).await.0, 401);
-        assert_eq!(status(&router, "/client", Some(&viewer)).await, (200, "viewer".into()));
+        assert_eq!(
+            status(&router, "/client", Some(&viewer)).await,
+            (200, "viewer".into())
+        );
         assert_eq!(status(&router, "/client", Some(&admin)).await.0, 200);
 
         let (s, body) = status(&router, "/internal", Some(&viewer)).await;
         assert_eq!(s, 403);
         assert!(body.contains("\"code\":\"forbidden\""), "{body}");
-        assert_eq!(status(&router, "/internal", Some(&not_flagged)).await.0, 403);
-        assert_eq!(status(&router, "/internal", Some(&flagged_viewer)).await.0, 403);
+        assert_eq!(
+            status(&router, "/internal", Some(&not_flagged)).await.0,
+            403
+        );
+        assert_eq!(
+            status(&router, "/internal", Some(&flagged_viewer)).await.0,
+            403
+        );
         assert_eq!(status(&router, "/internal", Some(&operator)).await.0, 200);
         assert_eq!(status(&router, "/internal", Some(&admin)).await.0, 200);
 
         assert_eq!(status(&router, "/admin", Some(&operator)).await.0, 403);
         assert_eq!(status(&router, "/admin", Some(&viewer)).await.0, 403);
         assert_eq!(status(&router, "/admin", None).await.0, 401);
-        assert_eq!(status(&router, "/admin", Some(&admin)).await, (200, "admin".into()));
+        assert_eq!(
+            status(&router, "/admin", Some(&admin)).await,
+            (200, "admin".into())
+        );
     }
 }

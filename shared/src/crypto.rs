@@ -67,7 +67,13 @@ impl SecretBox {
         let nonce = Nonce::generate();
         let ciphertext = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)?;
         Ok(Sealed {
             ciphertext,
@@ -127,12 +133,21 @@ mod tests {
     fn open_refuses_other_row_other_key_and_tampering() {
         let b = SecretBox::new(&[7u8; 32]);
         let s = b.seal(b"hunter2", b"integrations:1").expect("seal");
-        assert!(matches!(b.open(&s, b"integrations:2"), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            b.open(&s, b"integrations:2"),
+            Err(CryptoError::Decrypt)
+        ));
         let other = SecretBox::new(&[8u8; 32]);
-        assert!(matches!(other.open(&s, b"integrations:1"), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            other.open(&s, b"integrations:1"),
+            Err(CryptoError::UnknownKey(_))
+        ));
         let mut tampered = s.clone();
         tampered.ciphertext[0] ^= 1;
-        assert!(matches!(b.open(&tampered, b"integrations:1"), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            b.open(&tampered, b"integrations:1"),
+            Err(CryptoError::Decrypt)
+        ));
     }
 
     #[test]

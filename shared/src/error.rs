@@ -30,9 +30,8 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
         },
     };
     let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

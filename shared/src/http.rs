@@ -77,10 +77,7 @@ async fn check_nats(nats: &async_nats::Client) -> Result<(), String> {
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
-    let (pg, nats) = tokio::join!(
-        check_postgres(&readiness.pool),
-        check_nats(&readiness.nats)
-    );
+    let (pg, nats) = tokio::join!(check_postgres(&readiness.pool), check_nats(&readiness.nats));
     let status = if pg.is_ok() && nats.is_ok() {
         StatusCode::OK
     } else {

@@ -100,7 +100,10 @@ impl Subjects {
 
 /// Connects to NATS. The client reconnects on its own; the first connection
 /// is retried too, so a binary can start before NATS is up.
-pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    args: &NatsArgs,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

@@ -64,7 +64,11 @@ impl PasswordHasher {
     }
 
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Join)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Join)?;
         let argon = self.argon();
         tokio::task::spawn_blocking(move || {
             argon
@@ -79,13 +83,23 @@ impl PasswordHasher {
     /// True when `password` matches `stored`. With `stored = None` (unknown
     /// user) it verifies against a dummy hash and returns false, taking the
     /// same time.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Join)?;
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Join)?;
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
         let argon = self.argon();
         let matched = tokio::task::spawn_blocking(move || {
-            argon.verify_password(password.as_bytes(), stored.as_str()).is_ok()
+            argon
+                .verify_password(password.as_bytes(), stored.as_str())
+                .is_ok()
         })
         .await
         .map_err(|_| PasswordError::Join)?;
@@ -117,7 +131,11 @@ mod tests {
         let h = PasswordHasher::insecure_fast_for_tests().expect("hasher");
         let stored = h.hash("correct horse battery".into()).await.expect("hash");
         assert!(stored.starts_with("$argon2id$"));
-        assert!(h.verify("correct horse battery".into(), Some(stored.clone())).await.expect("v"));
+        assert!(
+            h.verify("correct horse battery".into(), Some(stored.clone()))
+                .await
+                .expect("v")
+        );
         assert!(!h.verify("wrong".into(), Some(stored)).await.expect("v"));
         assert!(!h.verify("anything".into(), None).await.expect("v"));
     }

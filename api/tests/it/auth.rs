@@ -19,26 +19,47 @@ fn first_admin_body() -> Value {
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn first_admin_creates_tenant_user_membership_and_audit(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (status, body) = status_json(app.post("/auth/register-first-admin", None, &first_admin_body()).await).await;
+    let (status, body) = status_json(
+        app.post("/auth/register-first-admin", None, &first_admin_body())
+            .await,
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let token = body["token"].as_str().expect("token");
     let claims = app.jwt.verify(token).expect("valid token");
     assert_eq!(claims.role, Role::InternalAdmin);
     assert!(claims.is_internal);
-    assert_eq!(claims.tenant_id.to_string(), body["tenant"]["id"].as_str().expect("tenant id"));
+    assert_eq!(
+        claims.tenant_id.to_string(),
+        body["tenant"]["id"].as_str().expect("tenant id")
+    );
     assert_eq!(claims.sub, body["user"]["id"].as_str().expect("user id"));
     assert_eq!(app.count("users").await, 1);
     assert_eq!(app.count("tenants").await, 1);
-    let role: String = sqlx::query_scalar("SELECT role FROM memberships").fetch_one(&app.pool).await.expect("membership");
+    let role: String = sqlx::query_scalar("SELECT role FROM memberships")
+        .fetch_one(&app.pool)
+        .await
+        .expect("membership");
     assert_eq!(role, "internal_admin");
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.pool).await.expect("hash");
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .expect("hash");
     assert!(hash.starts_with("$argon2id$"));
-    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'auth.register_first_admin'")
-        .fetch_one(&app.pool).await.expect("audit");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'auth.register_first_admin'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("audit");
     assert_eq!(audited, 1);
 
     // Only while there are no users.
-    let (status, body) = status_json(app.post("/auth/register-first-admin", None, &first_admin_body()).await).await;
+    let (status, body) = status_json(
+        app.post("/auth/register-first-admin", None, &first_admin_body())
+            .await,
+    )
+    .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
 }
@@ -68,16 +89,41 @@ async fn first_admin_rejects_weak_password_bad_email_and_bad_json(pool: PgPool) 
         json!({"email": "admin@example.com", "password": "correct horse battery"}),
         json!({"email": 5, "password": "correct horse battery", "tenant_name": "Acme"}),
     ] {
-        let (status, resp) = status_json(app.post("/auth/register-first-admin", None, &body).await).await;
+        let (status, resp) =
+            status_json(app.post("/auth/register-first-admin", None, &body).await).await;
         assert_eq!(status, 400, "{body} -> {resp}");
-        assert!(resp["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{resp}"
+        );
     }
     // The message names the missing field.
-    let (_, resp) = status_json(app.post("/auth/register-first-admin", None, &json!({"email": "a@b.co", "password": "correct horse battery"})).await).await;
-    assert!(resp["error"]["message"].as_str().is_some_and(|m| m.contains("tenant_name")), "{resp}");
+    let (_, resp) = status_json(
+        app.post(
+            "/auth/register-first-admin",
+            None,
+            &json!({"email": "a@b.co", "password": "correct horse battery"}),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tenant_name")),
+        "{resp}"
+    );
     // Not JSON at all.
-    let resp = app.client.post(app.url("/auth/register-first-admin"))
-        .header("content-type", "application/json").body("{nope").send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/auth/register-first-admin"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
     assert_eq!(app.count("users").await, 0);
     assert_eq!(app.count("tenants").await, 0);
@@ -86,26 +132,55 @@ async fn first_admin_rejects_weak_password_bad_email_and_bad_json(pool: PgPool) 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn login_issues_tokens_per_membership_and_hides_unknown_emails(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (_, first) = status_json(app.post("/auth/register-first-admin", None, &first_admin_body()).await).await;
-    let tenant_a: Uuid = first["tenant"]["id"].as_str().expect("id").parse().expect("uuid");
+    let (_, first) = status_json(
+        app.post("/auth/register-first-admin", None, &first_admin_body())
+            .await,
+    )
+    .await;
+    let tenant_a: Uuid = first["tenant"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
     let tenant_b = app.create_tenant("Beta").await;
-    let user_id: Uuid = first["user"]["id"].as_str().expect("id").parse().expect("uuid");
+    let user_id: Uuid = first["user"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
     sqlx::query("INSERT INTO memberships (user_id, tenant_id, role, created_at) VALUES ($1, $2, 'client_viewer', now() + interval '1 second')")
         .bind(user_id).bind(tenant_b).execute(&app.pool).await.expect("membership");
     let other_tenant = app.create_tenant("Gamma").await;
 
     // Default: the first membership. Email matching ignores case.
-    let (status, body) = status_json(app.post("/auth/login", None, &json!({"email": "admin@example.com", "password": "correct horse battery"})).await).await;
+    let (status, body) = status_json(
+        app.post(
+            "/auth/login",
+            None,
+            &json!({"email": "admin@example.com", "password": "correct horse battery"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let claims = app.jwt.verify(body["token"].as_str().expect("token")).expect("valid");
+    let claims = app
+        .jwt
+        .verify(body["token"].as_str().expect("token"))
+        .expect("valid");
     assert_eq!(claims.tenant_id, tenant_a);
     assert_eq!(claims.role, Role::InternalAdmin);
-    assert_eq!(body["memberships"].as_array().expect("memberships").len(), 2);
+    assert_eq!(
+        body["memberships"].as_array().expect("memberships").len(),
+        2
+    );
 
     // A chosen tenant.
     let (status, body) = status_json(app.post("/auth/login", None, &json!({"email": "admin@example.com", "password": "correct horse battery", "tenant_id": tenant_b})).await).await;
     assert_eq!(status, 200, "{body}");
-    let claims = app.jwt.verify(body["token"].as_str().expect("token")).expect("valid");
+    let claims = app
+        .jwt
+        .verify(body["token"].as_str().expect("token"))
+        .expect("valid");
     assert_eq!(claims.tenant_id, tenant_b);
     assert_eq!(claims.role, Role::ClientViewer);
     assert!(!claims.is_internal);
@@ -115,8 +190,24 @@ async fn login_issues_tokens_per_membership_and_hides_unknown_emails(pool: PgPoo
     assert_eq!(status, 403);
 
     // Wrong password and unknown email: the same 401.
-    let (s1, wrong) = status_json(app.post("/auth/login", None, &json!({"email": "admin@example.com", "password": "wrong password!!"})).await).await;
-    let (s2, unknown) = status_json(app.post("/auth/login", None, &json!({"email": "nobody@example.com", "password": "wrong password!!"})).await).await;
+    let (s1, wrong) = status_json(
+        app.post(
+            "/auth/login",
+            None,
+            &json!({"email": "admin@example.com", "password": "wrong password!!"}),
+        )
+        .await,
+    )
+    .await;
+    let (s2, unknown) = status_json(
+        app.post(
+            "/auth/login",
+            None,
+            &json!({"email": "nobody@example.com", "password": "wrong password!!"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!((s1, s2), (401, 401));
     assert_eq!(wrong, unknown);
 }
@@ -142,19 +233,45 @@ async fn bootstrap_user_needs_the_key_and_unique_email(pool: PgPool) {
     assert_eq!(created["memberships"][0]["role"], "internal_operator");
     assert_eq!(send(Some(AUTH_KEY)).await.0, 409);
     assert_eq!(app.count("users").await, 1);
-    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'auth.bootstrap_user' AND tenant_id = $1")
-        .bind(tenant).fetch_one(&app.pool).await.expect("audit");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'auth.bootstrap_user' AND tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&app.pool)
+    .await
+    .expect("audit");
     assert_eq!(audited, 1);
 
     // The new user can log in and gets the operator role.
-    let (status, login) = status_json(app.post("/auth/login", None, &json!({"email": "ops@example.com", "password": "correct horse battery"})).await).await;
+    let (status, login) = status_json(
+        app.post(
+            "/auth/login",
+            None,
+            &json!({"email": "ops@example.com", "password": "correct horse battery"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 200, "{login}");
-    assert_eq!(app.jwt.verify(login["token"].as_str().expect("t")).expect("v").role, Role::InternalOperator);
+    assert_eq!(
+        app.jwt
+            .verify(login["token"].as_str().expect("t"))
+            .expect("v")
+            .role,
+        Role::InternalOperator
+    );
 
     // A membership in a tenant that does not exist: 404 and nothing written.
     let missing = json!({"email": "x@example.com", "password": "correct horse battery",
                          "memberships": [{"tenant_id": Uuid::new_v4(), "role": "client_viewer"}]});
-    let resp = app.client.post(app.url("/auth/bootstrap/user")).header("x-auth-bootstrap-key", AUTH_KEY).json(&missing).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/auth/bootstrap/user"))
+        .header("x-auth-bootstrap-key", AUTH_KEY)
+        .json(&missing)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 404);
     assert_eq!(app.count("users").await, 1);
 }
@@ -164,31 +281,75 @@ async fn dev_token_needs_the_key_and_mints_valid_tokens(pool: PgPool) {
     let app = spawn_app(pool).await;
     let tenant = Uuid::new_v4();
     let body = json!({"user_id": "user-1", "tenant_id": tenant, "role": "internal_operator", "is_internal": true, "expires_in": "15m"});
-    let resp = app.client.post(app.url("/internal/dev/token")).json(&body).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/internal/dev/token"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
-    let resp = app.client.post(app.url("/internal/dev/token")).header("x-dev-bootstrap-key", "nope").json(&body).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/internal/dev/token"))
+        .header("x-dev-bootstrap-key", "nope")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
-    let resp = app.client.post(app.url("/internal/dev/token")).header("x-dev-bootstrap-key", DEV_KEY).json(&body).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/internal/dev/token"))
+        .header("x-dev-bootstrap-key", DEV_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     let (status, token) = status_json(resp).await;
     assert_eq!(status, 200, "{token}");
-    let claims = app.jwt.verify(token["token"].as_str().expect("token")).expect("valid");
-    assert_eq!((claims.sub.as_str(), claims.tenant_id, claims.role), ("user-1", tenant, Role::InternalOperator));
+    let claims = app
+        .jwt
+        .verify(token["token"].as_str().expect("token"))
+        .expect("valid");
+    assert_eq!(
+        (claims.sub.as_str(), claims.tenant_id, claims.role),
+        ("user-1", tenant, Role::InternalOperator)
+    );
     assert!((claims.exp - claims.iat - 900).abs() <= 1);
 
     let bad = json!({"user_id": "u", "tenant_id": "tenant-1", "role": "internal_admin", "is_internal": true});
-    let resp = app.client.post(app.url("/internal/dev/token")).header("x-dev-bootstrap-key", DEV_KEY).json(&bad).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/internal/dev/token"))
+        .header("x-dev-bootstrap-key", DEV_KEY)
+        .json(&bad)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn production_has_no_dev_token_route(pool: PgPool) {
-    let app = spawn_app_with(pool, |c| c.common.app_env = shared::config::AppEnv::Production).await;
+    let app = spawn_app_with(pool, |c| {
+        c.common.app_env = shared::config::AppEnv::Production
+    })
+    .await;
     let body = json!({"user_id": "u", "tenant_id": Uuid::new_v4(), "role": "internal_admin", "is_internal": true});
-    let resp = app.client.post(app.url("/internal/dev/token")).header("x-dev-bootstrap-key", DEV_KEY).json(&body).send().await.expect("send");
+    let resp = app
+        .client
+        .post(app.url("/internal/dev/token"))
+        .header("x-dev-bootstrap-key", DEV_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     let (status, body) = status_json(resp).await;
     assert_eq!(status, 404, "{body}");
     // The same answer as a route that never existed.
-    let (_, unknown) = status_json(app.post("/internal/no-such-route", None, &json!({})).await).await;
+    let (_, unknown) =
+        status_json(app.post("/internal/no-such-route", None, &json!({})).await).await;
     assert_eq!(body, unknown);
 }
 
@@ -198,25 +359,68 @@ async fn guarded_route_refuses_every_kind_of_bad_token(pool: PgPool) {
     let tenant = app.create_tenant("Acme").await;
     let secret = app.config.auth.jwt_secret.clone().expect("secret");
     let now = chrono::Utc::now().timestamp();
-    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": "u", "tenant_id": tenant, "role": "client_viewer",
-        "is_internal": false, "iss": iss, "aud": aud, "iat": now, "exp": exp});
-    let (iss, aud) = (app.config.auth.jwt_issuer.clone(), app.config.auth.jwt_audience.clone());
-    let sign = |alg: Algorithm, c: &Value| jsonwebtoken::encode(&Header::new(alg), c, &EncodingKey::from_secret(secret.as_bytes())).expect("encode");
-    let b64 = |v: &Value| { use base64::Engine; base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string()) };
+    let claims = |iss: &str, aud: &str, exp: i64| {
+        json!({"sub": "u", "tenant_id": tenant, "role": "client_viewer",
+        "is_internal": false, "iss": iss, "aud": aud, "iat": now, "exp": exp})
+    };
+    let (iss, aud) = (
+        app.config.auth.jwt_issuer.clone(),
+        app.config.auth.jwt_audience.clone(),
+    );
+    let sign = |alg: Algorithm, c: &Value| {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            c,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode")
+    };
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
 
     let good = sign(Algorithm::HS256, &claims(&iss, &aud, now + 600));
     let mut tampered_parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-    tampered_parts[1] = b64(&json!({"sub": "u", "tenant_id": Uuid::new_v4(), "role": "client_viewer",
-        "is_internal": false, "iss": iss, "aud": aud, "iat": now, "exp": now + 600}));
+    tampered_parts[1] = b64(
+        &json!({"sub": "u", "tenant_id": Uuid::new_v4(), "role": "client_viewer",
+        "is_internal": false, "iss": iss, "aud": aud, "iat": now, "exp": now + 600}),
+    );
     let cases = [
-        ("alg none", format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(&iss, &aud, now + 600)))),
-        ("other alg", sign(Algorithm::HS384, &claims(&iss, &aud, now + 600))),
-        ("expired", sign(Algorithm::HS256, &claims(&iss, &aud, now - 3600))),
-        ("wrong issuer", sign(Algorithm::HS256, &claims("someone-else", &aud, now + 600))),
-        ("wrong audience", sign(Algorithm::HS256, &claims(&iss, "other-api", now + 600))),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims(&iss, &aud, now + 600))
+            ),
+        ),
+        (
+            "other alg",
+            sign(Algorithm::HS384, &claims(&iss, &aud, now + 600)),
+        ),
+        (
+            "expired",
+            sign(Algorithm::HS256, &claims(&iss, &aud, now - 3600)),
+        ),
+        (
+            "wrong issuer",
+            sign(Algorithm::HS256, &claims("someone-else", &aud, now + 600)),
+        ),
+        (
+            "wrong audience",
+            sign(Algorithm::HS256, &claims(&iss, "other-api", now + 600)),
+        ),
         ("tampered", tampered_parts.join(".")),
-        ("other secret", jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(&iss, &aud, now + 600),
-            &EncodingKey::from_secret(b"another-secret-another-secret-xx")).expect("encode")),
+        (
+            "other secret",
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(&iss, &aud, now + 600),
+                &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+            )
+            .expect("encode"),
+        ),
         ("garbage", "not.a.jwt".to_owned()),
     ];
     for (what, token) in cases {
@@ -243,7 +447,12 @@ async fn health_ready_and_metrics(pool: PgPool) {
     assert_eq!(app.get("/health/db", None).await.status().as_u16(), 200);
     let resp = app.get("/health", None).await;
     assert!(resp.headers().get("x-request-id").is_some());
-    let metrics = app.get("/metrics", None).await.text().await.expect("metrics");
+    let metrics = app
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .expect("metrics");
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains("route=\"/health\""), "{metrics}");
     let (status, doc) = status_json(app.get("/openapi.json", None).await).await;

@@ -54,14 +54,18 @@ pub async fn spawn_app_with(pool: PgPool, customize: impl FnOnce(&mut Config)) -
     customize(&mut config);
     let secret = config.auth.secret(&config.common).expect("jwt secret");
     let key = config.encryption.key(&config.common).expect("key");
-    let nats = async_nats::connect(&config.nats.nats_url).await.expect("NATS on 127.0.0.1:4222");
-    let mut state =
-        api::startup::build_state(&config, pool.clone(), nats.clone(), &secret, &key).expect("state");
+    let nats = async_nats::connect(&config.nats.nats_url)
+        .await
+        .expect("NATS on 127.0.0.1:4222");
+    let mut state = api::startup::build_state(&config, pool.clone(), nats.clone(), &secret, &key)
+        .expect("state");
     state.passwords = PasswordHasher::insecure_fast_for_tests().expect("hasher");
     let jwt = state.jwt.clone();
     let subjects = state.subjects.clone();
     let app = api::startup::router(state, shared::telemetry::install_metrics(), &config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(shared::http::serve(listener, app, std::future::pending()));
     TestApp {
@@ -86,7 +90,13 @@ impl TestApp {
     /// A token for `tenant_id` with `role` (internal roles get is_internal).
     pub fn token(&self, tenant_id: Uuid, role: Role) -> String {
         self.jwt
-            .issue("test-user", tenant_id, role, role.is_internal(), Duration::from_secs(600))
+            .issue(
+                "test-user",
+                tenant_id,
+                role,
+                role.is_internal(),
+                Duration::from_secs(600),
+            )
             .expect("token")
     }
 
