@@ -1,9 +1,10 @@
 //! `/auth/*` (first admin, login, bootstrap users) and the development token
 //! route `/internal/dev/token`, which does not exist in production.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -225,13 +226,28 @@ pub struct LoginResponse {
         (status = 400, body = shared::error::ErrorBody),
         (status = 401, body = shared::error::ErrorBody),
         (status = 403, description = "no membership in tenant_id", body = shared::error::ErrorBody),
+        (status = 429, description = "too many failed logins; see Retry-After", body = shared::error::ErrorBody),
     ))]
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<Login>,
 ) -> AppResult<Json<LoginResponse>> {
+    let ip = Some(peer.ip());
+    if let Some(wait) = state.login_throttle.check(&body.email, ip, Instant::now()) {
+        return Err(AppError::TooManyRequests {
+            message: "too many failed logins; try again later".into(),
+            retry_after_secs: wait.as_secs().saturating_add(1),
+        });
+    }
+    let failed = || {
+        state
+            .login_throttle
+            .record_failure(&body.email, ip, Instant::now());
+        AppError::Unauthorized("invalid email or password".into())
+    };
     if body.password.len() > MAX_PASSWORD_BYTES || body.email.len() > 320 {
-        return Err(AppError::Unauthorized("invalid email or password".into()));
+        return Err(failed());
     }
     let user: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
@@ -248,8 +264,9 @@ async fn login(
         .await
         .map_err(anyhow::Error::from)?;
     let Some(user_id) = user_id.filter(|_| matched) else {
-        return Err(AppError::Unauthorized("invalid email or password".into()));
+        return Err(failed());
     };
+    state.login_throttle.record_success(&body.email);
 
     let memberships: Vec<MembershipView> = sqlx::query_as(
         "SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY created_at, tenant_id",

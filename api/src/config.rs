@@ -42,6 +42,15 @@ pub struct Config {
     /// Largest number of password hashes computed at once (each holds 19 MiB).
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 4)]
     pub password_hash_concurrency: usize,
+    /// Failed logins for one email within `LOGIN_FAILURE_WINDOW` before 429.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
+    pub login_max_failures_per_email: usize,
+    /// Failed logins from one client address within the window before 429.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
+    pub login_max_failures_per_ip: usize,
+    /// Window over which failed logins are counted.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub login_failure_window: Duration,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub http_body_limit_bytes: usize,

@@ -8,6 +8,7 @@ pub mod auth_routes;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod login_throttle;
 pub mod openapi;
 pub mod pagination;
 pub mod startup;

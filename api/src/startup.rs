@@ -15,6 +15,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Command, Config};
+use crate::login_throttle::{LoginThrottle, ThrottleLimits};
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, Settings};
 
@@ -76,6 +77,11 @@ pub fn build_state(
             auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
             jwt_ttl: config.jwt_ttl,
         }),
+        login_throttle: Arc::new(LoginThrottle::new(ThrottleLimits {
+            max_failures_per_email: config.login_max_failures_per_email.max(1),
+            max_failures_per_ip: config.login_max_failures_per_ip.max(1),
+            window: config.login_failure_window,
+        })),
     })
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use shared::auth::JwtKeys;
+
+use crate::login_throttle::LoginThrottle;
 use shared::crypto::SecretBox;
 use shared::nats::Subjects;
 use shared::password::PasswordHasher;
@@ -28,4 +30,5 @@ pub struct AppState {
     pub secrets: SecretBox,
     pub passwords: PasswordHasher,
     pub settings: Arc<Settings>,
+    pub login_throttle: Arc<LoginThrottle>,
 }

@@ -469,3 +469,76 @@ async fn readiness_names_the_failed_dependency(pool: PgPool) {
     assert_eq!(ready["checks"]["postgres"]["status"], "error");
     assert_eq!(ready["checks"]["nats"]["status"], "ok");
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn repeated_failed_logins_are_throttled_with_retry_after(pool: PgPool) {
+    let app = spawn_app_with(pool, |c| {
+        c.login_max_failures_per_email = 3;
+        c.login_max_failures_per_ip = 50;
+    })
+    .await;
+    let (status, _) = status_json(
+        app.post("/auth/register-first-admin", None, &first_admin_body())
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let wrong = json!({"email": "admin@example.com", "password": "wrong password!!"});
+    for _ in 0..3 {
+        assert_eq!(
+            app.post("/auth/login", None, &wrong)
+                .await
+                .status()
+                .as_u16(),
+            401
+        );
+    }
+    // Even the right password is refused while throttled, before any hashing.
+    let right = json!({"email": "ADMIN@example.com", "password": "correct horse battery"});
+    let resp = app.post("/auth/login", None, &right).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(
+        retry_after > 0 && retry_after <= 15 * 60 + 1,
+        "{retry_after}"
+    );
+    let (_, body) = status_json(resp).await;
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Other emails from the same address are still served.
+    let other = json!({"email": "someone@example.com", "password": "wrong password!!"});
+    assert_eq!(
+        app.post("/auth/login", None, &other)
+            .await
+            .status()
+            .as_u16(),
+        401
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn failures_from_one_address_are_throttled_across_emails(pool: PgPool) {
+    let app = spawn_app_with(pool, |c| {
+        c.login_max_failures_per_email = 100;
+        c.login_max_failures_per_ip = 4;
+    })
+    .await;
+    for i in 0..4 {
+        let body = json!({"email": format!("user{i}@example.com"), "password": "wrong password!!"});
+        assert_eq!(
+            app.post("/auth/login", None, &body).await.status().as_u16(),
+            401
+        );
+    }
+    let body = json!({"email": "new@example.com", "password": "wrong password!!"});
+    assert_eq!(
+        app.post("/auth/login", None, &body).await.status().as_u16(),
+        429
+    );
+}

@@ -1,0 +1,171 @@
+//! Login throttling: repeated failed logins for one email, or from one
+//! client address, are refused with 429 and `Retry-After` before any
+//! password work is done, so guessing is slow and a flood is cheap to turn
+//! away. Successful logins clear the email's failures.
+//!
+//! Per process, in memory: with several api instances behind a balancer each
+//! counts on its own, which bounds guessing at `instances x limit` per window.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept at most; past it, expired ones are dropped (and if every
+/// entry is live, the oldest key goes) so memory stays bounded under a flood
+/// of distinct emails.
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleLimits {
+    pub max_failures_per_email: usize,
+    pub max_failures_per_ip: usize,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Email(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug)]
+pub struct LoginThrottle {
+    limits: ThrottleLimits,
+    failures: Mutex<HashMap<Key, VecDeque<Instant>>>,
+}
+
+impl LoginThrottle {
+    pub fn new(limits: ThrottleLimits) -> Self {
+        Self {
+            limits,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keys(email: &str, ip: Option<IpAddr>) -> Vec<(Key, bool)> {
+        let mut keys = vec![(Key::Email(email.trim().to_lowercase()), true)];
+        if let Some(ip) = ip {
+            keys.push((Key::Ip(ip), false));
+        }
+        keys
+    }
+
+    /// `Some(wait)` when this login must be refused for `wait`.
+    pub fn check(&self, email: &str, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        Self::keys(email, ip)
+            .into_iter()
+            .filter_map(|(key, is_email)| {
+                let limit = if is_email {
+                    self.limits.max_failures_per_email
+                } else {
+                    self.limits.max_failures_per_ip
+                };
+                let times = map.get(&key)?;
+                let live: Vec<&Instant> = times
+                    .iter()
+                    .filter(|t| now.duration_since(**t) < self.limits.window)
+                    .collect();
+                if live.len() >= limit {
+                    // Free again when the oldest failure that still counts
+                    // leaves the window.
+                    let oldest = live[live.len() - limit];
+                    Some(
+                        self.limits
+                            .window
+                            .saturating_sub(now.duration_since(*oldest)),
+                    )
+                } else {
+                    None
+                }
+            })
+            .max()
+    }
+
+    pub fn record_failure(&self, email: &str, ip: Option<IpAddr>, now: Instant) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_KEYS {
+            let window = self.limits.window;
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
+            if map.len() >= MAX_KEYS {
+                map.clear();
+            }
+        }
+        let cap = self
+            .limits
+            .max_failures_per_email
+            .max(self.limits.max_failures_per_ip);
+        for (key, _) in Self::keys(email, ip) {
+            let times = map.entry(key).or_default();
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.limits.window)
+                || times.len() >= cap
+            {
+                times.pop_front();
+            }
+            times.push_back(now);
+        }
+    }
+
+    pub fn record_success(&self, email: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&Key::Email(email.trim().to_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(ThrottleLimits {
+            max_failures_per_email: 3,
+            max_failures_per_ip: 5,
+            window: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn email_blocked_after_limit_until_window_passes() {
+        let t = throttle();
+        let start = Instant::now();
+        let ip: Option<IpAddr> = "10.0.0.1".parse().ok();
+        for i in 0..3 {
+            assert_eq!(t.check("A@x.io", ip, start), None, "attempt {i}");
+            t.record_failure("a@x.io", ip, start + Duration::from_secs(i));
+        }
+        let wait = t
+            .check("a@X.io", ip, start + Duration::from_secs(10))
+            .expect("blocked");
+        assert_eq!(wait, Duration::from_secs(50));
+        assert_eq!(t.check("a@x.io", ip, start + Duration::from_secs(61)), None);
+        // Another email from another address is unaffected.
+        assert_eq!(t.check("b@x.io", "10.0.0.2".parse().ok(), start), None);
+    }
+
+    #[test]
+    fn ip_blocked_across_emails_and_success_clears_email_only() {
+        let t = throttle();
+        let now = Instant::now();
+        let ip: Option<IpAddr> = "10.0.0.9".parse().ok();
+        for i in 0..5 {
+            t.record_failure(&format!("u{i}@x.io"), ip, now);
+        }
+        assert!(t.check("fresh@x.io", ip, now).is_some());
+        assert!(
+            t.check("fresh@x.io", "10.0.0.10".parse().ok(), now)
+                .is_none()
+        );
+        t.record_failure("c@x.io", None, now);
+        t.record_failure("c@x.io", None, now);
+        t.record_success("c@x.io");
+        t.record_failure("c@x.io", None, now);
+        assert!(t.check("c@x.io", None, now).is_none());
+    }
+}
