@@ -496,3 +496,49 @@ mod guard_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests {
+    //! Hostile tokens: whatever arrives in the header, verification returns
+    //! an error and never panics or accepts.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn keys() -> JwtKeys {
+        crate::install_crypto_providers();
+        JwtKeys::new(b"0123456789abcdef0123456789abcdef", "iss-a", "aud-a")
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_strings_are_refused(token in ".{0,400}") {
+            prop_assert!(keys().verify(&token).is_err());
+        }
+
+        #[test]
+        fn three_base64ish_segments_are_refused(
+            a in "[A-Za-z0-9_-]{0,80}", b in "[A-Za-z0-9_-]{0,200}", c in "[A-Za-z0-9_-]{0,80}"
+        ) {
+            let token = format!("{a}.{b}.{c}");
+            prop_assert!(keys().verify(&token).is_err());
+        }
+
+        #[test]
+        fn any_single_character_change_breaks_a_valid_token(pos in 0usize..1000, replacement in "[A-Za-z0-9_-]") {
+            let k = keys();
+            let token = k.issue("u", Uuid::nil(), Role::ClientViewer, false, Duration::from_secs(60)).expect("issue");
+            let pos = pos % token.len();
+            let mut bytes = token.clone().into_bytes();
+            let new = replacement.as_bytes()[0];
+            prop_assume!(bytes[pos] != new && bytes[pos] != b'.');
+            bytes[pos] = new;
+            let forged = String::from_utf8(bytes).expect("ascii");
+            // Base64 padding bits can make a change decode to the same bytes;
+            // only then may the token still verify, with identical claims.
+            match k.verify(&forged) {
+                Err(_) => {}
+                Ok(claims) => prop_assert_eq!(claims, k.verify(&token).expect("original")),
+            }
+        }
+    }
+}
