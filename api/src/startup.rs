@@ -11,12 +11,12 @@ use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
 use shared::password::PasswordHasher;
 use sqlx::PgPool;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Command, Config};
 use crate::login_throttle::{LoginThrottle, ThrottleLimits};
-use crate::openapi::ApiDoc;
+use crate::openapi::{ApiDoc, CommonResponses};
 use crate::state::{AppState, Settings};
 
 /// The binary's entry point after argument parsing.
@@ -92,7 +92,9 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document alone (for snapshots and clients).
 pub fn openapi_document(settings: &Settings) -> utoipa::openapi::OpenApi {
-    api_routes(settings).into_openapi()
+    let mut doc = api_routes(settings).into_openapi();
+    CommonResponses.modify(&mut doc);
+    doc
 }
 
 /// The complete router, layers included.
@@ -101,7 +103,8 @@ pub fn router(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     config: &Config,
 ) -> Router {
-    let (routes, openapi) = api_routes(&state.settings).split_for_parts();
+    let (routes, mut openapi) = api_routes(&state.settings).split_for_parts();
+    CommonResponses.modify(&mut openapi);
     let openapi = Arc::new(openapi);
     let readiness = Readiness {
         pool: state.pool.clone(),
