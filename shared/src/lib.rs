@@ -16,6 +16,7 @@ pub mod nats;
 pub mod password;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 /// Installs the process-wide crypto providers (rustls and jsonwebtoken).
 ///
