@@ -98,8 +98,9 @@ impl Subjects {
     }
 }
 
-/// Connects to NATS. The client reconnects on its own; the first connection
-/// is retried too, so a binary can start before NATS is up.
+/// Connects to NATS (`NATS_URL` may list several servers, comma-separated,
+/// for a cluster). The client reconnects on its own; the first connection is
+/// retried too, so a binary can start before NATS is up.
 pub async fn connect(
     args: &NatsArgs,
     name: &str,
@@ -109,8 +110,17 @@ pub async fn connect(
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(3))
         .request_timeout(Some(Duration::from_secs(10)))
-        .connect(&args.nats_url)
+        .connect(server_list(&args.nats_url))
         .await
+}
+
+/// `nats://a:4222,nats://b:4222` as a list of server URLs.
+pub fn server_list(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +212,14 @@ pub async fn ensure_streams(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_list_splits_cluster_urls() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,"),
+            vec!["nats://a:4222".to_owned(), "nats://b:4222".to_owned()]
+        );
+    }
 
     #[test]
     fn prefix_applies_to_subjects_and_streams() {
