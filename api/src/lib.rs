@@ -4,12 +4,21 @@
 //! One module per resource or flow, each owning its routes, handlers, SQL and
 //! the types it speaks; `startup` wires them together.
 
+pub mod agents;
+pub mod audit_log;
 pub mod auth_routes;
+pub mod calls_admin;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod integrations;
+pub mod legal_holds;
 pub mod login_throttle;
+pub mod management;
 pub mod openapi;
 pub mod pagination;
+pub mod phone_numbers;
 pub mod startup;
 pub mod state;
+pub mod tenants;
+pub mod tools;

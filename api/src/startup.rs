@@ -87,7 +87,16 @@ pub fn build_state(
 
 /// Every documented route, with its OpenAPI description.
 pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::auth_routes::routes(settings))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::auth_routes::routes(settings))
+        .merge(crate::tenants::routes())
+        .merge(crate::agents::routes())
+        .merge(crate::phone_numbers::routes())
+        .merge(crate::tools::routes())
+        .merge(crate::integrations::routes())
+        .merge(crate::legal_holds::routes())
+        .merge(crate::calls_admin::routes())
+        .merge(crate::audit_log::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

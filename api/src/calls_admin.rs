@@ -1,0 +1,113 @@
+//! `DELETE /internal/calls/{call_id}`: deletes a call with its transcript,
+//! recordings metadata, events, tool executions and dispatch, in one
+//! transaction (the foreign keys cascade), unless a legal hold covers it.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shared::auth::InternalPrincipal;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, Path};
+use crate::legal_holds::{active_hold_for_call, lock_tenant_holds};
+use crate::management::audit;
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(delete_call))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CallPath {
+    pub call_id: Uuid,
+}
+
+/// What went with the call.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DeletedCall {
+    pub call_id: Uuid,
+    pub call_sid: String,
+    pub transcript_segments: i64,
+    pub recordings: i64,
+    pub call_events: i64,
+    pub tool_executions: i64,
+}
+
+/// Deletes a call and everything recorded about it. A legal hold on the
+/// call or on its tenant answers 409 `legal_hold`, naming the hold.
+#[utoipa::path(delete, path = "/internal/calls/{call_id}", tag = "calls",
+    security(("bearer" = [])),
+    params(CallPath),
+    responses(
+        (status = 200, body = DeletedCall),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, body = shared::error::ErrorBody),
+        (status = 409, description = "under legal hold (code `legal_hold`)", body = shared::error::ErrorBody),
+    ))]
+async fn delete_call(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<CallPath>,
+) -> AppResult<Json<DeletedCall>> {
+    let mut tx = state.pool.begin().await?;
+    lock_tenant_holds(&mut tx, claims.tenant_id, false).await?;
+    let deleted: Option<DeletedCall> = sqlx::query_as(
+        "SELECT c.id AS call_id, c.call_sid,
+                (SELECT count(*) FROM transcript_segments t WHERE t.call_id = c.id) AS transcript_segments,
+                (SELECT count(*) FROM recordings r WHERE r.call_id = c.id) AS recordings,
+                (SELECT count(*) FROM call_events e WHERE e.call_id = c.id) AS call_events,
+                (SELECT count(*) FROM tool_executions x WHERE x.call_id = c.id) AS tool_executions
+         FROM call_sessions c WHERE c.id = $1 AND c.tenant_id = $2 FOR UPDATE OF c",
+    )
+    .bind(path.call_id)
+    .bind(claims.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(deleted) = deleted else {
+        return Err(AppError::NotFound("call"));
+    };
+    if let Some(hold) = active_hold_for_call(&mut tx, claims.tenant_id, path.call_id).await? {
+        let scope = if hold.call_id.is_some() {
+            "this call"
+        } else {
+            "every call of the tenant"
+        };
+        return Err(AppError::Status {
+            status: StatusCode::CONFLICT,
+            code: "legal_hold",
+            message: format!(
+                "the call is under legal hold {} (on {scope}, since {}: {}); release the hold first",
+                hold.id,
+                hold.created_at.to_rfc3339(),
+                hold.reason
+            ),
+        });
+    }
+    sqlx::query("DELETE FROM call_sessions WHERE id = $1 AND tenant_id = $2")
+        .bind(path.call_id)
+        .bind(claims.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        &claims,
+        claims.tenant_id,
+        "call.delete",
+        "call",
+        path.call_id,
+        json!({"call_sid": deleted.call_sid, "transcript_segments": deleted.transcript_segments,
+               "recordings": deleted.recordings, "call_events": deleted.call_events,
+               "tool_executions": deleted.tool_executions}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(deleted))
+}

@@ -1,0 +1,138 @@
+//! Pieces the internal management modules (tenants, agents, phone numbers,
+//! tools, integrations, legal holds, audit log, call deletion) share: list
+//! parameters, the audit helper, input checks and constraint mapping.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use shared::audit::{self, AuditEntry};
+use shared::auth::Claims;
+use sqlx::PgConnection;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::pagination::{self, Cursor};
+
+/// `?tenant_id=&limit=&cursor=` of every tenant-scoped list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantListQuery {
+    /// Must be the token's tenant (403 otherwise).
+    pub tenant_id: Uuid,
+    /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A validated page request.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub limit: i64,
+    pub cursor: Option<Cursor>,
+}
+
+impl PageRequest {
+    pub fn parse(limit: Option<i64>, cursor: Option<&str>) -> AppResult<Self> {
+        Ok(Self {
+            limit: pagination::limit(limit)?,
+            cursor: Cursor::decode_opt(cursor)?,
+        })
+    }
+
+    /// Rows to fetch: one more than the page, to learn whether a next exists.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    pub fn cursor_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cursor.map(|c| c.at)
+    }
+
+    pub fn cursor_id(&self) -> Option<Uuid> {
+        self.cursor.map(|c| c.id)
+    }
+}
+
+impl TenantListQuery {
+    /// Checks the tenant (403) and the page parameters (400).
+    pub fn checked(&self, claims: &Claims) -> AppResult<PageRequest> {
+        claims.require_tenant(self.tenant_id)?;
+        PageRequest::parse(self.limit, self.cursor.as_deref())
+    }
+}
+
+/// Writes one audit row for a mutation by `claims.sub`, inside the caller's
+/// transaction.
+pub async fn audit(
+    conn: &mut PgConnection,
+    claims: &Claims,
+    tenant_id: Uuid,
+    action: &str,
+    target_type: &str,
+    target_id: impl ToString,
+    details: Value,
+) -> Result<(), sqlx::Error> {
+    audit::record(
+        conn,
+        AuditEntry {
+            actor: &claims.sub,
+            tenant_id: Some(tenant_id),
+            action,
+            target_type,
+            target_id: Some(target_id.to_string()),
+            details,
+        },
+    )
+    .await
+}
+
+/// A trimmed text field of `min..=max` characters.
+pub fn text_field(field: &str, value: &str, min: usize, max: usize) -> AppResult<String> {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        return Err(AppError::bad_request(format!(
+            "{field} must be {min} to {max} characters"
+        )));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(AppError::bad_request(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// Whether `err` is a violation of the named unique constraint.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() && db.constraint() == Some(constraint)
+        }
+        _ => false,
+    }
+}
+
+/// A 404 whose message names the missing thing (`tool 0190… not found`).
+pub fn not_found(what: impl std::fmt::Display) -> AppError {
+    AppError::Status {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("{what} not found"),
+    }
+}
+
+/// Deserializes a field that may be absent (outer `None`), `null`
+/// (`Some(None)`) or a value, for PATCH bodies where null means "clear".
+pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

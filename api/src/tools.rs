@@ -1,0 +1,503 @@
+//! `/internal/tools`: the tenant's tools (a name, a description and the JSON
+//! Schema their input must match) and each tool's n8n endpoint.
+
+use axum::extract::State;
+use axum::http::{HeaderName, StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shared::auth::InternalPrincipal;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, Path, Query};
+use crate::management::{TenantListQuery, audit, is_unique_violation, text_field};
+use crate::pagination::{Cursor, Page};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tool, list_tools))
+        .routes(routes!(get_tool))
+        .routes(routes!(set_tool_endpoint))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Tool {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema a call's input must match.
+    #[schema(value_type = Object)]
+    pub input_schema: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Where the tool runs; `null` until an endpoint is set.
+    #[sqlx(skip)]
+    pub endpoint: Option<ToolEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "UPPERCASE")]
+#[sqlx(type_name = "text", rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ToolEndpoint {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub tool_id: Uuid,
+    pub integration_id: Uuid,
+    /// Relative to the integration's `base_url` (e.g. `/webhook/lookup-order`).
+    pub webhook_path: String,
+    pub method: HttpMethod,
+    /// Header name to value; values may hold placeholders the worker fills.
+    #[schema(value_type = Object)]
+    pub headers_template: Value,
+    pub timeout_ms: i32,
+    pub max_retries: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTool {
+    pub tenant_id: Uuid,
+    /// `^[a-z][a-z0-9_]{0,63}$`, unique in the tenant.
+    pub name: String,
+    /// Up to 2000 characters; default empty.
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema object (draft from `$schema`, default 2020-12). Remote
+    /// `$ref`s are refused.
+    #[schema(value_type = Object)]
+    pub input_schema: Value,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetToolEndpoint {
+    /// One of the tenant's n8n integrations.
+    pub integration_id: Uuid,
+    /// A path relative to the integration's base URL, 1 to 500 characters,
+    /// no scheme, host or whitespace.
+    pub webhook_path: String,
+    /// Default `POST`.
+    pub method: Option<HttpMethod>,
+    /// An object of header name to string value; default `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub headers_template: Option<Value>,
+    /// 100 to 60000, default 8000.
+    #[schema(minimum = 100, maximum = 60000)]
+    pub timeout_ms: Option<i32>,
+    /// 0 to 10, default 2.
+    #[schema(minimum = 0, maximum = 10)]
+    pub max_retries: Option<i32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ToolPath {
+    pub tool_id: Uuid,
+}
+
+pub fn validate_tool_name(name: &str) -> AppResult<()> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::bad_request(
+            "name must match ^[a-z][a-z0-9_]{0,63}$ (a lowercase letter, then lowercase letters, digits or _)",
+        ))
+    }
+}
+
+/// Compiles the schema (checking it against its meta-schema too); the
+/// compiler's message is the 400's. jsonschema is built without its
+/// resolvers, so a remote `$ref` is an error here, never a fetch.
+pub fn validate_input_schema(schema: &Value) -> AppResult<()> {
+    if !schema.is_object() {
+        return Err(AppError::bad_request(
+            "input_schema must be a JSON Schema object",
+        ));
+    }
+    jsonschema::validator_for(schema)
+        .map(|_| ())
+        .map_err(|err| {
+            AppError::bad_request(format!("input_schema is not a valid JSON Schema: {err}"))
+        })
+}
+
+fn validate_webhook_path(path: &str) -> AppResult<()> {
+    let bad = |why: &str| AppError::bad_request(format!("webhook_path {why}"));
+    if path.is_empty() || path.len() > 500 {
+        return Err(bad("must be 1 to 500 characters"));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err(bad("must not contain whitespace, control characters or \\"));
+    }
+    // The integration's base URL fixes scheme and host; the path must not
+    // override them (an SSRF bypass).
+    if path.contains("://") || path.starts_with("//") || path.contains('@') {
+        return Err(bad(
+            "must be a path relative to the integration's base URL, not a URL",
+        ));
+    }
+    if path.split(['/', '?', '#']).any(|segment| segment == "..") {
+        return Err(bad("must not contain .. segments"));
+    }
+    Ok(())
+}
+
+fn validate_headers_template(template: &Value) -> AppResult<()> {
+    let Some(map) = template.as_object() else {
+        return Err(AppError::bad_request(
+            "headers_template must be an object of header name to string value",
+        ));
+    };
+    if map.len() > 50 {
+        return Err(AppError::bad_request(
+            "headers_template: at most 50 headers",
+        ));
+    }
+    for (name, value) in map {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(AppError::bad_request(format!(
+                "headers_template: {name:?} is not a valid header name"
+            )));
+        }
+        let Some(text) = value.as_str() else {
+            return Err(AppError::bad_request(format!(
+                "headers_template.{name} must be a string"
+            )));
+        };
+        if text.len() > 4096 || text.chars().any(|c| c == '\r' || c == '\n') {
+            return Err(AppError::bad_request(format!(
+                "headers_template.{name} must be one line of at most 4096 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+const TOOL_COLUMNS_SELECT: &str =
+    "SELECT id, tenant_id, name, description, input_schema, created_at, updated_at FROM tools";
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, tool_id, integration_id, webhook_path, method, headers_template, timeout_ms, max_retries, created_at, updated_at";
+
+async fn attach_endpoints(pool: &sqlx::PgPool, tools: &mut [Tool]) -> AppResult<()> {
+    let ids: Vec<Uuid> = tools.iter().map(|t| t.id).collect();
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM tool_endpoints WHERE tool_id = ANY($1)");
+    let endpoints: Vec<ToolEndpoint> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+    for tool in tools {
+        tool.endpoint = endpoints.iter().find(|e| e.tool_id == tool.id).cloned();
+    }
+    Ok(())
+}
+
+/// Creates a tool after compiling its input schema.
+#[utoipa::path(post, path = "/internal/tools", tag = "tools",
+    security(("bearer" = [])),
+    request_body = CreateTool,
+    responses(
+        (status = 201, body = Tool),
+        (status = 400, description = "bad name, or input_schema does not compile (the compiler's message)", body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 409, description = "a tool with that name exists in the tenant", body = shared::error::ErrorBody),
+    ))]
+async fn create_tool(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Json(body): Json<CreateTool>,
+) -> AppResult<(StatusCode, Json<Tool>)> {
+    claims.require_tenant(body.tenant_id)?;
+    validate_tool_name(&body.name)?;
+    let description = text_field("description", &body.description, 0, 2000)?;
+    validate_input_schema(&body.input_schema)?;
+    let mut tx = state.pool.begin().await?;
+    let inserted = sqlx::query_as::<_, Tool>(
+        "INSERT INTO tools (id, tenant_id, name, description, input_schema)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, tenant_id, name, description, input_schema, created_at, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(body.tenant_id)
+    .bind(&body.name)
+    .bind(&description)
+    .bind(&body.input_schema)
+    .fetch_one(&mut *tx)
+    .await;
+    let tool = match inserted {
+        Ok(tool) => tool,
+        Err(err) if is_unique_violation(&err, "tools_tenant_name_key") => {
+            return Err(AppError::Conflict(format!(
+                "a tool named {} already exists in the tenant",
+                body.name
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    audit(
+        &mut tx,
+        &claims,
+        tool.tenant_id,
+        "tool.create",
+        "tool",
+        tool.id,
+        json!({"name": tool.name}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(tool)))
+}
+
+/// The tenant's tools with their endpoints, newest first.
+#[utoipa::path(get, path = "/internal/tools", tag = "tools",
+    security(("bearer" = [])),
+    params(TenantListQuery),
+    responses(
+        (status = 200, body = Page<Tool>),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+    ))]
+async fn list_tools(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Query(query): Query<TenantListQuery>,
+) -> AppResult<Json<Page<Tool>>> {
+    let page = query.checked(&claims)?;
+    let sql = format!(
+        "{TOOL_COLUMNS_SELECT}
+         WHERE tenant_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $4"
+    );
+    let rows: Vec<Tool> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(query.tenant_id)
+        .bind(page.cursor_at())
+        .bind(page.cursor_id())
+        .bind(page.fetch())
+        .fetch_all(&state.pool)
+        .await?;
+    let mut page = Page::from_rows(rows, page.limit, |t| Cursor {
+        at: t.created_at,
+        id: t.id,
+    });
+    attach_endpoints(&state.pool, &mut page.items).await?;
+    Ok(Json(page))
+}
+
+#[utoipa::path(get, path = "/internal/tools/{tool_id}", tag = "tools",
+    security(("bearer" = [])),
+    params(ToolPath),
+    responses(
+        (status = 200, body = Tool),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, body = shared::error::ErrorBody),
+    ))]
+async fn get_tool(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<ToolPath>,
+) -> AppResult<Json<Tool>> {
+    let sql = format!("{TOOL_COLUMNS_SELECT} WHERE id = $1 AND tenant_id = $2");
+    let tool: Tool = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(path.tool_id)
+        .bind(claims.tenant_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(AppError::NotFound("tool"))?;
+    let mut tools = [tool];
+    attach_endpoints(&state.pool, &mut tools).await?;
+    let [tool] = tools;
+    Ok(Json(tool))
+}
+
+/// Sets the tool's endpoint (one per tool: a second call replaces it).
+#[utoipa::path(post, path = "/internal/tools/{tool_id}/endpoints", tag = "tools",
+    security(("bearer" = [])),
+    params(ToolPath),
+    request_body = SetToolEndpoint,
+    responses(
+        (status = 201, description = "created", body = ToolEndpoint),
+        (status = 200, description = "replaced the tool's endpoint", body = ToolEndpoint),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, description = "the tool or the integration", body = shared::error::ErrorBody),
+    ))]
+async fn set_tool_endpoint(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<ToolPath>,
+    Json(body): Json<SetToolEndpoint>,
+) -> AppResult<(StatusCode, Json<ToolEndpoint>)> {
+    let webhook_path = body.webhook_path.trim();
+    validate_webhook_path(webhook_path)?;
+    let headers_template = body.headers_template.unwrap_or_else(|| json!({}));
+    validate_headers_template(&headers_template)?;
+    let timeout_ms = body.timeout_ms.unwrap_or(8000);
+    if !(100..=60_000).contains(&timeout_ms) {
+        return Err(AppError::bad_request(
+            "timeout_ms must be between 100 and 60000",
+        ));
+    }
+    let max_retries = body.max_retries.unwrap_or(2);
+    if !(0..=10).contains(&max_retries) {
+        return Err(AppError::bad_request(
+            "max_retries must be between 0 and 10",
+        ));
+    }
+    let method = body.method.unwrap_or(HttpMethod::Post);
+
+    let mut tx = state.pool.begin().await?;
+    let tool: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM tools WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+            .bind(path.tool_id)
+            .bind(claims.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if tool.is_none() {
+        return Err(AppError::NotFound("tool"));
+    }
+    let integration: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM integrations WHERE id = $1 AND tenant_id = $2)",
+    )
+    .bind(body.integration_id)
+    .bind(claims.tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !integration {
+        return Err(AppError::NotFound("integration"));
+    }
+    let sql = format!(
+        "INSERT INTO tool_endpoints (id, tenant_id, tool_id, integration_id, webhook_path, method,
+                                     headers_template, timeout_ms, max_retries)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (tool_id) DO UPDATE SET
+             integration_id = EXCLUDED.integration_id,
+             webhook_path = EXCLUDED.webhook_path,
+             method = EXCLUDED.method,
+             headers_template = EXCLUDED.headers_template,
+             timeout_ms = EXCLUDED.timeout_ms,
+             max_retries = EXCLUDED.max_retries,
+             updated_at = now()
+         RETURNING {ENDPOINT_COLUMNS}, (xmax = 0) AS created"
+    );
+    #[derive(sqlx::FromRow)]
+    struct Upserted {
+        #[sqlx(flatten)]
+        endpoint: ToolEndpoint,
+        created: bool,
+    }
+    let Upserted { endpoint, created } = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::now_v7())
+        .bind(claims.tenant_id)
+        .bind(path.tool_id)
+        .bind(body.integration_id)
+        .bind(webhook_path)
+        .bind(method)
+        .bind(&headers_template)
+        .bind(timeout_ms)
+        .bind(max_retries)
+        .fetch_one(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        &claims,
+        claims.tenant_id,
+        if created {
+            "tool_endpoint.create"
+        } else {
+            "tool_endpoint.replace"
+        },
+        "tool_endpoint",
+        endpoint.id,
+        // Header values may carry credentials: only their names are audited.
+        json!({"tool_id": path.tool_id, "integration_id": endpoint.integration_id,
+               "webhook_path": endpoint.webhook_path, "method": endpoint.method,
+               "header_names": headers_template.as_object().map(|m| m.keys().collect::<Vec<_>>()),
+               "timeout_ms": timeout_ms, "max_retries": max_retries}),
+    )
+    .await?;
+    tx.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(endpoint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names() {
+        for ok in ["a", "lookup_order", "x9_", &format!("a{}", "b".repeat(63))] {
+            assert!(validate_tool_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "9a",
+            "_a",
+            "Lookup",
+            "look-up",
+            "look up",
+            "é",
+            &format!("a{}", "b".repeat(64)),
+        ] {
+            assert!(validate_tool_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schemas_compile_or_explain() {
+        assert!(validate_input_schema(&json!({"type": "object"})).is_ok());
+        assert!(validate_input_schema(&json!({"type": 12})).is_err());
+        assert!(validate_input_schema(&json!(true)).is_err());
+        assert!(validate_input_schema(&json!({"$ref": "https://example.com/s.json"})).is_err());
+    }
+
+    #[test]
+    fn webhook_paths() {
+        for ok in ["/webhook/lookup", "webhook/x?y=1", "/webhook/:id"] {
+            assert!(validate_webhook_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://evil.example/x",
+            "//evil.example/x",
+            "/a b",
+            "/../admin",
+            "/x@evil",
+        ] {
+            assert!(validate_webhook_path(bad).is_err(), "{bad}");
+        }
+    }
+}
