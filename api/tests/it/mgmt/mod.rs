@@ -1,0 +1,13 @@
+//! The internal management API (issue 3): tenants, agents and versions,
+//! phone numbers, tools, integrations, legal holds, call deletion, audit log,
+//! and the tenant-isolation matrix over all of them.
+
+mod agents;
+mod audit_log;
+mod isolation;
+mod legal_holds;
+mod openapi;
+mod phone_numbers;
+mod support;
+mod tenants;
+mod tools;
