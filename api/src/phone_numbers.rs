@@ -66,7 +66,7 @@ pub struct CreatePhoneNumber {
 pub struct SetPhoneNumberAgent {
     /// An agent of the tenant, or `null` to stop routing. Required.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Uuid>, nullable)]
+    #[schema(value_type = Option<Uuid>, nullable, required = true)]
     pub agent_id: Option<Option<Uuid>>,
 }
 

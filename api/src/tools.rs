@@ -138,7 +138,16 @@ pub fn validate_input_schema(schema: &Value) -> AppResult<()> {
     jsonschema::validator_for(schema)
         .map(|_| ())
         .map_err(|err| {
-            AppError::bad_request(format!("input_schema is not a valid JSON Schema: {err}"))
+            // For a meta-schema error the instance path points into the schema.
+            let at = err.instance_path().as_str();
+            let at = if at.is_empty() {
+                String::new()
+            } else {
+                format!(" (at input_schema{at})")
+            };
+            AppError::bad_request(format!(
+                "input_schema is not a valid JSON Schema: {err}{at}"
+            ))
         })
 }
 
