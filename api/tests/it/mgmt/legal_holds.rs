@@ -219,3 +219,46 @@ async fn an_unheld_call_of_a_held_free_tenant_is_deleted_and_others_stay(pool: P
     // The held call is untouched.
     assert_eq!(call_rows(&app.pool, a.call).await, 4);
 }
+
+/// A hold placed while the call is being deleted: either the hold wins (the
+/// delete answers 409) or the delete wins (the hold answers 404); never a
+/// hold on a deleted call.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_hold_racing_a_delete_never_loses_the_call(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let tenant = app.create_tenant("A").await;
+    let t = tokens(&app, tenant);
+    for round in 0..6 {
+        let call = insert_call(&app.pool, tenant).await;
+        let body = if round % 2 == 0 {
+            json!({"tenant_id": tenant, "call_id": call, "reason": "race"})
+        } else {
+            json!({"tenant_id": tenant, "reason": "race, tenant-wide"})
+        };
+        let hold = post(&app, "/internal/legal-holds", &t.admin, &body);
+        let path = format!("/internal/calls/{call}");
+        let del = delete(&app, &path, &t.operator);
+        let ((hs, hold), (ds, deleted)) = tokio::join!(hold, del);
+        let on_call = !body["call_id"].is_null();
+        match (on_call, hs, ds) {
+            // The hold came first.
+            (_, 201, 409) => assert_eq!(call_rows(&app.pool, call).await, 4),
+            // The delete came first: a hold on that call finds no call; a
+            // tenant-wide hold is placed on what is left.
+            (true, 404, 200) | (false, 201, 200) => {
+                assert_eq!(call_rows(&app.pool, call).await, 0);
+            }
+            other => panic!("round {round}: {other:?} {hold} {deleted}"),
+        }
+        if hs == 201 {
+            let (s, _) = post(
+                &app,
+                &format!("/internal/legal-holds/{}/release", id_of(&hold)),
+                &t.admin,
+                &json!({}),
+            )
+            .await;
+            assert_eq!(s, 200);
+        }
+    }
+}
