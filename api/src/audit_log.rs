@@ -43,7 +43,9 @@ pub struct AuditLogQuery {
     /// Only entries with this action (e.g. `call.delete`).
     pub action: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

@@ -62,7 +62,9 @@ pub struct LegalHoldListQuery {
     /// Only active (`true`) or only released (`false`) holds; both when absent.
     pub active: Option<bool>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
