@@ -77,6 +77,7 @@ pub struct AgentVersion {
 pub struct CreateAgent {
     pub tenant_id: Uuid,
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
 }
 
@@ -92,6 +93,7 @@ pub struct VersionConfig {
 #[serde(deny_unknown_fields)]
 pub struct VersionTools {
     /// Replaces the allowlist; every tool must be the tenant's. At most 200.
+    #[schema(max_items = 200)]
     pub tool_ids: Vec<Uuid>,
 }
 

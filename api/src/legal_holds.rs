@@ -52,6 +52,7 @@ pub struct CreateLegalHold {
     /// A call of the tenant; absent holds the whole tenant.
     pub call_id: Option<Uuid>,
     /// 1 to 2000 characters.
+    #[schema(min_length = 1, max_length = 2000)]
     pub reason: String,
 }
 

@@ -53,8 +53,10 @@ pub struct PhoneNumber {
 pub struct CreatePhoneNumber {
     pub tenant_id: Uuid,
     /// E.164: `+` then 8 to 15 digits, the first not 0 (e.g. `+14155550100`).
+    #[schema(pattern = r"^\+[1-9][0-9]{7,14}$", example = "+14155550100")]
     pub e164: String,
     /// Twilio's IncomingPhoneNumber sid (1 to 64 characters).
+    #[schema(min_length = 1, max_length = 64)]
     pub twilio_sid: String,
     pub agent_id: Option<Uuid>,
     /// Default `active`.

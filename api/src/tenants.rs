@@ -50,6 +50,7 @@ pub struct TenantMembership {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// 1 to 3650; absent keeps calls until deleted.
     #[schema(minimum = 1, maximum = 3650)]
@@ -59,6 +60,8 @@ pub struct CreateTenant {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// A number of days (1 to 3650), or `null` to keep calls until deleted.
     #[serde(default, deserialize_with = "nullable")]

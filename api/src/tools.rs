@@ -75,9 +75,11 @@ pub struct ToolEndpoint {
 pub struct CreateTool {
     pub tenant_id: Uuid,
     /// `^[a-z][a-z0-9_]{0,63}$`, unique in the tenant.
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,63}$", example = "lookup_order")]
     pub name: String,
     /// Up to 2000 characters; default empty.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
     /// A JSON Schema object (draft from `$schema`, default 2020-12). Remote
     /// `$ref`s are refused.
@@ -92,6 +94,7 @@ pub struct SetToolEndpoint {
     pub integration_id: Uuid,
     /// A path relative to the integration's base URL, 1 to 500 characters,
     /// no scheme, host or whitespace.
+    #[schema(min_length = 1, max_length = 500, example = "/webhook/lookup-order")]
     pub webhook_path: String,
     /// Default `POST`.
     pub method: Option<HttpMethod>,
