@@ -542,3 +542,58 @@ async fn failures_from_one_address_are_throttled_across_emails(pool: PgPool) {
         429
     );
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn nul_characters_and_wrong_content_types_are_4xx_not_500(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let raw = |path: &str, ct: &str, body: &'static str| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", ct.to_owned())
+            .body(body)
+            .send()
+    };
+    let resp = raw(
+        "/auth/login",
+        "application/json",
+        r#"{"email":"a\u0000@x.io","password":"whatever-long"}"#,
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = raw(
+        "/auth/register-first-admin",
+        "application/json",
+        r#"{"email":"a@x.io","password":"correct horse battery","tenant_name":"T\u0000"}"#,
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(app.count("tenants").await, 0);
+    let resp = raw(
+        "/auth/login",
+        "text/plain",
+        r#"{"email":"a@x.io","password":"whatever-long"}"#,
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status().as_u16(), 415);
+    let (_, body) = status_json(resp).await;
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    // Lone surrogates are not valid JSON strings for serde: 400.
+    let resp = raw(
+        "/auth/login",
+        "application/json",
+        r#"{"email":"\udb93","password":"whatever-long"}"#,
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+    // Deep nesting is refused by the parser, not by a stack overflow.
+    let deep: &'static str =
+        Box::leak(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_boxed_str());
+    let resp = raw("/auth/login", "application/json", deep)
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 400);
+}
