@@ -75,13 +75,21 @@ pub fn build_state(
             dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
             auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
             jwt_ttl: config.jwt_ttl,
+            automation: crate::automation::AutomationSettings {
+                require_agent_tool_mapping: config.automation_require_agent_tool_mapping,
+                max_executions_per_minute: config.automation_max_executions_per_minute,
+                execute_timeout: config.automation_execute_timeout,
+                integration_test_timeout: config.automation_integration_test_timeout,
+            },
         }),
     })
 }
 
 /// Every documented route, with its OpenAPI description.
 pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::auth_routes::routes(settings))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::auth_routes::routes(settings))
+        .merge(crate::automation::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).
