@@ -3,4 +3,6 @@
 //! server with a unique subject prefix.
 
 mod auth;
+mod automation;
+mod automation_support;
 mod helpers;
