@@ -83,7 +83,7 @@ pub struct UnreachableDetail {
     pub attempts: u32,
 }
 
-fn validate(body: &TestIntegration) -> AppResult<(String, Option<String>)> {
+fn validate(body: &TestIntegration, is_production: bool) -> AppResult<(String, Option<String>)> {
     let base_url = body.base_url.trim().trim_end_matches('/').to_owned();
     if base_url.len() > MAX_URL_BYTES {
         return Err(AppError::bad_request("base_url: at most 2048 bytes"));
@@ -93,6 +93,11 @@ fn validate(body: &TestIntegration) -> AppResult<(String, Option<String>)> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(AppError::bad_request(
             "base_url: must be an http(s) URL with a host",
+        ));
+    }
+    if is_production && parsed.scheme() != "https" {
+        return Err(AppError::bad_request(
+            "base_url: must be https:// in production",
         ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
@@ -177,7 +182,7 @@ pub async fn test_n8n_integration(
     Json(body): Json<TestIntegration>,
 ) -> AppResult<Response> {
     claims.require_tenant(body.tenant_id)?;
-    let (base_url, header_name) = validate(&body)?;
+    let (base_url, header_name) = validate(&body, state.settings.is_production)?;
     let integration_id = Uuid::now_v7();
     let aad = integration_secret_aad(integration_id);
     let sealed = body

@@ -4,5 +4,6 @@
 
 mod auth;
 mod automation;
+mod automation_bench;
 mod automation_support;
 mod helpers;
