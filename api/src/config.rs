@@ -57,6 +57,21 @@ pub struct Config {
     /// Time a request may take before it is answered 503.
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http_request_timeout: Duration,
+    /// Tool calls must use tools on the allowlist of the call's agent version
+    /// (`agent_version_tools`); when false every tool of the tenant with an
+    /// endpoint may be used.
+    #[arg(long, env = "AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub automation_require_agent_tool_mapping: bool,
+    /// Tool executions allowed per call in any 60 s window; more get 429.
+    #[arg(long, env = "AUTOMATION_MAX_EXECUTIONS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub automation_max_executions_per_minute: u32,
+    /// Deadline of one tool execution (all its attempts), and how long the
+    /// api waits for automation-worker before answering 504.
+    #[arg(long, env = "AUTOMATION_EXECUTE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub automation_execute_timeout: Duration,
+    /// How long the api waits for automation-worker's n8n integration test.
+    #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub automation_integration_test_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Subcommand)]

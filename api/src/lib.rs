@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod audit_log;
 pub mod auth_routes;
+pub mod automation;
 pub mod calls_admin;
 pub mod config;
 pub mod error;

@@ -76,6 +76,12 @@ pub fn build_state(
             dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
             auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
             jwt_ttl: config.jwt_ttl,
+            automation: crate::automation::AutomationSettings {
+                require_agent_tool_mapping: config.automation_require_agent_tool_mapping,
+                max_executions_per_minute: config.automation_max_executions_per_minute,
+                execute_timeout: config.automation_execute_timeout,
+                integration_test_timeout: config.automation_integration_test_timeout,
+            },
         }),
         login_throttle: Arc::new(LoginThrottle::new(ThrottleLimits {
             max_failures_per_email: config.login_max_failures_per_email.max(1),
@@ -97,6 +103,7 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(crate::legal_holds::routes())
         .merge(crate::calls_admin::routes())
         .merge(crate::audit_log::routes())
+        .merge(crate::automation::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

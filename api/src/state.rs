@@ -19,6 +19,7 @@ pub struct Settings {
     pub dev_bootstrap_key: Option<String>,
     pub auth_bootstrap_key: Option<String>,
     pub jwt_ttl: Duration,
+    pub automation: crate::automation::AutomationSettings,
 }
 
 #[derive(Clone, FromRef)]

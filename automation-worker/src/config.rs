@@ -1,6 +1,7 @@
 //! Settings of the automation-worker binary (flags and environment variables).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
@@ -23,4 +24,50 @@ pub struct Config {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub encryption: EncryptionArgs,
+    #[command(flatten)]
+    pub automation: AutomationArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AutomationArgs {
+    /// Lets n8n base URLs resolve to loopback, private, link-local and
+    /// unique-local addresses. For local development and tests only; the
+    /// cloud metadata address stays refused unless this is set too.
+    #[arg(long, env = "AUTOMATION_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_networks: bool,
+    /// Per-attempt timeout of the integration probe (`GET <base>/healthz`).
+    #[arg(long, env = "AUTOMATION_PROBE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
+    /// Retries of the integration probe after the first attempt.
+    #[arg(long, env = "AUTOMATION_PROBE_RETRIES", default_value_t = 2)]
+    pub probe_retries: u32,
+    /// First retry backoff; doubled per attempt, jittered, capped at
+    /// `AUTOMATION_BACKOFF_MAX`.
+    #[arg(long, env = "AUTOMATION_BACKOFF_BASE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub backoff_base: Duration,
+    #[arg(long, env = "AUTOMATION_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// Largest n8n answer kept as a tool's output; larger answers fail with
+    /// `output_too_large`.
+    #[arg(long, env = "AUTOMATION_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024)]
+    pub max_output_bytes: usize,
+    /// Largest number of tool calls and probes run at once by this instance.
+    #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// How often executions past their deadline are marked `worker_lost`.
+    #[arg(long, env = "AUTOMATION_REAPER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reaper_interval: Duration,
+    /// How long past its deadline an open execution is left alone before the
+    /// reaper marks it `worker_lost` (lets a slow reply land first).
+    #[arg(long, env = "AUTOMATION_REAPER_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reaper_grace: Duration,
+}
+
+impl Config {
+    /// Defaults, as if started with no flags and no environment (tests).
+    pub fn defaults() -> Self {
+        // No flag is required, so parsing an empty command line cannot fail
+        // unless the environment holds a malformed value.
+        Self::parse_from(["automation-worker"])
+    }
 }

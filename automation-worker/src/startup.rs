@@ -1,18 +1,36 @@
 //! Wiring: settings -> connections -> tasks, and graceful shutdown.
+//!
+//! Shutdown: stop taking requests (the subscriptions drain: requests already
+//! delivered to this instance are still run), finish every execution in
+//! flight and reply, then stop the reaper and the ops server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::{Message, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use shared::automation::{
+    ExecutionStatus, IntegrationTestRequest, ToolError, ToolExecuteReply, ToolExecuteRequest,
+};
+use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
+use shared::nats::Subjects;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::execute::Executor;
+use crate::outbound::{Backoff, Outbound};
+use crate::probe::ProbeSettings;
+use crate::ssrf::Policy;
 
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
-    let _key = config.encryption.key(&config.common)?;
     let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
     let nats = shared::nats::connect(&config.nats, "automation-worker").await?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
@@ -29,17 +47,96 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     .await
 }
 
+struct Worker {
+    executor: Executor,
+    probe: ProbeSettings,
+    nats: async_nats::Client,
+}
+
 /// Runs until `shutdown` is cancelled, then drains.
 pub async fn run(
-    _config: Config,
+    config: Config,
     pool: PgPool,
     nats: async_nats::Client,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let key = config.encryption.key(&config.common)?;
+    let a = &config.automation;
+    if a.allow_private_networks {
+        if config.common.is_production() {
+            anyhow::bail!("AUTOMATION_ALLOW_PRIVATE_NETWORKS=true is refused in production");
+        }
+        tracing::warn!("AUTOMATION_ALLOW_PRIVATE_NETWORKS=true: the SSRF address check is off");
+    }
+    let policy = Policy {
+        allow_private: a.allow_private_networks,
+        https_only: config.common.is_production(),
+    };
+    let outbound = Outbound::new(
+        policy,
+        Backoff {
+            base: a.backoff_base,
+            max: a.backoff_max,
+        },
+    )?;
+    let worker = Arc::new(Worker {
+        executor: Executor {
+            pool: pool.clone(),
+            outbound,
+            secrets: SecretBox::new(&key),
+            max_output_bytes: a.max_output_bytes,
+        },
+        probe: ProbeSettings {
+            timeout: a.probe_timeout,
+            retries: a.probe_retries,
+        },
+        nats: nats.clone(),
+    });
+
+    let subjects = Subjects::new(&config.nats.nats_subject_prefix);
+    let group = subjects.automation_queue_group();
+    let execute_sub = nats
+        .queue_subscribe(subjects.automation_tool_execute(), group.clone())
+        .await?;
+    let test_sub = nats
+        .queue_subscribe(subjects.automation_integration_test(), group)
+        .await?;
+    // Make sure the server has the subscriptions before anyone is told we
+    // are up (tests send requests right after start).
+    nats.flush().await?;
+
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
+    let consumers = [
+        tokio::spawn(consume(
+            execute_sub,
+            Kind::Execute,
+            worker.clone(),
+            tracker.clone(),
+            permits.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(consume(
+            test_sub,
+            Kind::Test,
+            worker.clone(),
+            tracker.clone(),
+            permits.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    let reaper_stop = CancellationToken::new();
+    let reaper = tokio::spawn(crate::reaper::run(
+        pool.clone(),
+        a.reaper_interval,
+        a.reaper_grace,
+        reaper_stop.clone(),
+    ));
+
     let readiness = Readiness {
         pool,
-        nats,
+        nats: nats.clone(),
         metrics: shared::telemetry::install_metrics(),
     };
     let app = shared::http::with_common_layers(
@@ -50,8 +147,124 @@ pub async fn run(
             timeout: Duration::from_secs(10),
         },
     );
-    let stop = shutdown.clone();
-    shared::http::serve(listener, app, async move { stop.cancelled().await }).await?;
+    let http_stop = CancellationToken::new();
+    let http_stop_wait = http_stop.clone();
+    let server = tokio::spawn(shared::http::serve(listener, app, async move {
+        http_stop_wait.cancelled().await;
+    }));
+
+    shutdown.cancelled().await;
+    tracing::info!("automation-worker draining");
+    for consumer in consumers {
+        let _ = consumer.await;
+    }
+    tracker.close();
+    tracker.wait().await;
+    let _ = nats.flush().await;
+    reaper_stop.cancel();
+    let _ = reaper.await;
+    http_stop.cancel();
+    server.await??;
     tracing::info!("automation-worker stopped");
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Execute,
+    Test,
+}
+
+/// Takes requests until shutdown, then drains the subscription: what the
+/// server already delivered is still handled.
+async fn consume(
+    mut sub: Subscriber,
+    kind: Kind,
+    worker: Arc<Worker>,
+    tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let mut draining = false;
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if let Err(err) = sub.drain().await {
+                    tracing::warn!(error = %err, "cannot drain subscription");
+                    return;
+                }
+                continue;
+            }
+            msg = sub.next() => msg,
+        };
+        let Some(msg) = msg else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let worker = worker.clone();
+        tracker.spawn(async move {
+            handle(&worker, kind, msg).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(worker: &Worker, kind: Kind, msg: Message) {
+    let Some(reply_to) = msg.reply.clone() else {
+        tracing::warn!(subject = %msg.subject, "request without reply subject ignored");
+        return;
+    };
+    let payload: Option<Vec<u8>> = match kind {
+        Kind::Test => match serde_json::from_slice::<IntegrationTestRequest>(&msg.payload) {
+            Ok(req) => {
+                let reply = crate::probe::probe(
+                    &worker.executor.outbound,
+                    &worker.executor.secrets,
+                    &worker.probe,
+                    req,
+                )
+                .await;
+                serde_json::to_vec(&reply).ok()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "malformed integration test request");
+                None
+            }
+        },
+        Kind::Execute => match serde_json::from_slice::<ToolExecuteRequest>(&msg.payload) {
+            Ok(req) => {
+                let execution_id = req.execution_id;
+                let reply = match worker.executor.handle(req).await {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        tracing::error!(%execution_id, error = %err, "tool execution could not run");
+                        ToolExecuteReply {
+                            execution_id,
+                            trace_id: String::new(),
+                            status: ExecutionStatus::Failed,
+                            output: None,
+                            error: Some(ToolError {
+                                code: "worker_error".into(),
+                                message: "the worker could not run the execution".into(),
+                            }),
+                            http_status: None,
+                            attempts: 0,
+                            latency_ms: None,
+                        }
+                    }
+                };
+                serde_json::to_vec(&reply).ok()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "malformed tool execute request");
+                None
+            }
+        },
+    };
+    if let Some(payload) = payload
+        && let Err(err) = worker.nats.publish(reply_to, Bytes::from(payload)).await
+    {
+        tracing::warn!(error = %err, "cannot publish reply");
+    }
 }

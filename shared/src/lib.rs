@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod automation;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -3,5 +3,8 @@
 //! server with a unique subject prefix.
 
 mod auth;
+mod automation;
+mod automation_bench;
+mod automation_support;
 mod helpers;
 mod mgmt;

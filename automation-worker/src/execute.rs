@@ -1,0 +1,608 @@
+//! `automation.tool.execute`: run one queued tool execution against its n8n
+//! webhook and record the outcome.
+//!
+//! The api has recorded the execution (queued) and its `tool.requested`
+//! timeline event; this claims it (running), calls
+//! `<base_url>/webhook/<webhook_path>` with the call's context, retries
+//! within the execution's deadline, and records status, HTTP status,
+//! attempts, latency, output or error with a `tool.succeeded` /
+//! `tool.failed` event in one transaction, then replies.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use shared::automation::{
+    AuthType, ExecutionStatus, FailureKind, ProbeFailure, ToolError, ToolExecuteReply,
+    ToolExecuteRequest, error_codes, integration_secret_aad,
+};
+use shared::crypto::{Sealed, SecretBox};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::outbound::{Answer, Auth, Outbound};
+
+/// Time kept between the worker's own deadline and the execution's, to
+/// record the outcome and reply before the api gives up.
+const REPLY_MARGIN: Duration = Duration::from_millis(250);
+
+/// Everything needed to run an execution, read in one query.
+#[derive(Debug, sqlx::FromRow)]
+struct ExecutionContext {
+    id: Uuid,
+    tenant_id: Uuid,
+    call_id: Uuid,
+    tool_id: Uuid,
+    trace_id: String,
+    status: String,
+    input: Value,
+    deadline_at: DateTime<Utc>,
+    tool_name: String,
+    webhook_path: Option<String>,
+    method: Option<String>,
+    headers_template: Option<Value>,
+    timeout_ms: Option<i32>,
+    max_retries: Option<i32>,
+    integration_id: Option<Uuid>,
+    base_url: Option<String>,
+    auth_type: Option<String>,
+    header_name: Option<String>,
+    secret_ciphertext: Option<Vec<u8>>,
+    secret_nonce: Option<Vec<u8>>,
+    secret_key_id: Option<String>,
+    integration_status: Option<String>,
+    call_sid: String,
+    from_number: String,
+    to_number: String,
+    agent_id: Option<Uuid>,
+    agent_version: Option<i32>,
+}
+
+const LOAD_SQL: &str = "
+SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.status, te.input, te.deadline_at,
+       t.name AS tool_name,
+       e.webhook_path, e.method, e.headers_template, e.timeout_ms, e.max_retries,
+       i.id AS integration_id, i.base_url, i.auth_type, i.header_name,
+       i.secret_ciphertext, i.secret_nonce, i.secret_key_id, i.status AS integration_status,
+       c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
+FROM tool_executions te
+JOIN tools t ON t.tenant_id = te.tenant_id AND t.id = te.tool_id
+JOIN call_sessions c ON c.tenant_id = te.tenant_id AND c.id = te.call_id
+LEFT JOIN tool_endpoints e ON e.tenant_id = te.tenant_id AND e.tool_id = te.tool_id
+LEFT JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
+LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id
+WHERE te.id = $1 AND te.tenant_id = $2";
+
+/// What an execution ended with.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub status: ExecutionStatus,
+    pub output: Option<Value>,
+    pub error: Option<ToolError>,
+    pub http_status: Option<u16>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+}
+
+impl Finished {
+    fn failed(code: &str, message: impl Into<String>, attempts: u32, latency_ms: u64) -> Self {
+        Self {
+            status: ExecutionStatus::Failed,
+            output: None,
+            error: Some(ToolError {
+                code: code.to_owned(),
+                message: message.into(),
+            }),
+            http_status: None,
+            attempts,
+            latency_ms,
+        }
+    }
+}
+
+pub struct Executor {
+    pub pool: PgPool,
+    pub outbound: Outbound,
+    pub secrets: SecretBox,
+    pub max_output_bytes: usize,
+}
+
+impl Executor {
+    /// Runs the execution and answers what was recorded. `Err` only when
+    /// the execution cannot be found or Postgres fails.
+    pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
+        let ctx: Option<ExecutionContext> = sqlx::query_as(LOAD_SQL)
+            .bind(req.execution_id)
+            .bind(req.tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(ctx) = ctx else {
+            anyhow::bail!("execution {} not found", req.execution_id);
+        };
+        // Claim it: a second delivery, or the reaper, must not run it twice.
+        let claimed = sqlx::query(
+            "UPDATE tool_executions SET status = 'running', started_at = now()
+             WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(ctx.id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tracing::warn!(execution_id = %ctx.id, status = %ctx.status, "execution not queued; answering its record");
+            return self.recorded(ctx.id, ctx.tenant_id).await;
+        }
+        let finished = self.run(&ctx).await;
+        metrics::counter!("automation_tool_executions_total", "status" => finished.status.as_str())
+            .increment(1);
+        metrics::histogram!("automation_tool_execution_seconds")
+            .record(Duration::from_millis(finished.latency_ms).as_secs_f64());
+        if !self.record(&ctx, &finished).await? {
+            // The reaper got there first (the worker was too slow): answer
+            // what is recorded, so nobody is told two different stories.
+            return self.recorded(ctx.id, ctx.tenant_id).await;
+        }
+        tracing::info!(
+            execution_id = %ctx.id,
+            trace_id = %ctx.trace_id,
+            tool = %ctx.tool_name,
+            status = finished.status.as_str(),
+            attempts = finished.attempts,
+            latency_ms = finished.latency_ms,
+            error_code = finished.error.as_ref().map(|e| e.code.as_str()),
+            "tool execution finished"
+        );
+        Ok(ToolExecuteReply {
+            execution_id: ctx.id,
+            trace_id: ctx.trace_id,
+            status: finished.status,
+            output: finished.output,
+            error: finished.error,
+            http_status: finished.http_status,
+            attempts: finished.attempts,
+            latency_ms: Some(finished.latency_ms),
+        })
+    }
+
+    async fn run(&self, ctx: &ExecutionContext) -> Finished {
+        let started = Instant::now();
+        let until_deadline = (ctx.deadline_at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(REPLY_MARGIN);
+        let deadline = started + until_deadline;
+        let prepared = match self.prepare(ctx) {
+            Ok(p) => p,
+            Err(f) => return Finished::failed(f.kind.as_str(), f.message, 0, 0),
+        };
+        if until_deadline.is_zero() {
+            return Finished::failed(
+                error_codes::DEADLINE_EXCEEDED,
+                "the execution's deadline passed before it could start",
+                0,
+                0,
+            );
+        }
+        let Prepared {
+            url,
+            method,
+            headers,
+            auth,
+            body,
+            timeout,
+            max_retries,
+        } = prepared;
+        let client = self.outbound.client();
+        let outcome = self
+            .outbound
+            .call_with_retries(
+                max_retries,
+                timeout,
+                deadline,
+                self.max_output_bytes,
+                || {
+                    let mut req = client.request(method.clone(), url.clone());
+                    for (name, value) in &headers {
+                        req = req.header(name.clone(), value.clone());
+                    }
+                    if method != Method::GET {
+                        req = req.json(&body);
+                    }
+                    auth.apply(req)
+                },
+            )
+            .await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let attempts = outcome.attempts;
+        match outcome.result {
+            Ok(answer) => interpret(answer, attempts, latency_ms, &method, ctx),
+            Err(failure) => {
+                let code = if outcome.deadline_hit && failure.kind == FailureKind::Timeout {
+                    error_codes::DEADLINE_EXCEEDED
+                } else {
+                    failure.kind.as_str()
+                };
+                Finished::failed(code, failure.message, attempts, latency_ms)
+            }
+        }
+    }
+
+    fn prepare(&self, ctx: &ExecutionContext) -> Result<Prepared, ProbeFailure> {
+        let other = |message: &str| ProbeFailure {
+            kind: FailureKind::Other,
+            message: message.to_owned(),
+            http_status: None,
+        };
+        let (Some(path), Some(base_url), Some(integration_id)) =
+            (&ctx.webhook_path, &ctx.base_url, ctx.integration_id)
+        else {
+            return Err(other("the tool has no endpoint"));
+        };
+        if ctx.integration_status.as_deref() != Some("active") {
+            return Err(other("the tool's integration is disabled"));
+        }
+        let url = webhook_url(base_url, path)?;
+        let url = self.outbound.checked_url(url.as_str())?;
+        let method = Method::from_bytes(ctx.method.as_deref().unwrap_or("POST").as_bytes())
+            .map_err(|_| other("the endpoint's method is invalid"))?;
+        let secret = self.open_secret(ctx, integration_id)?;
+        let auth_type = ctx
+            .auth_type
+            .as_deref()
+            .and_then(AuthType::parse)
+            .ok_or_else(|| other("the integration's auth_type is unknown"))?;
+        let auth = Auth::new(auth_type, ctx.header_name.as_deref(), secret)?;
+        let vars = [
+            ("call_id", ctx.call_id.to_string()),
+            ("call_sid", ctx.call_sid.clone()),
+            ("tenant_id", ctx.tenant_id.to_string()),
+            (
+                "agent_id",
+                ctx.agent_id.map(|a| a.to_string()).unwrap_or_default(),
+            ),
+            ("trace_id", ctx.trace_id.clone()),
+            ("execution_id", ctx.id.to_string()),
+        ];
+        let headers = render_headers(ctx.headers_template.as_ref(), &vars)?;
+        let body = json!({
+            "tool": ctx.tool_name,
+            "input": ctx.input,
+            "execution_id": ctx.id,
+            "trace_id": ctx.trace_id,
+            "call": {
+                "id": ctx.call_id,
+                "sid": ctx.call_sid,
+                "from": ctx.from_number,
+                "to": ctx.to_number,
+                "tenant_id": ctx.tenant_id,
+                "agent_id": ctx.agent_id,
+                "agent_version": ctx.agent_version,
+            },
+        });
+        let timeout_ms = u64::try_from(ctx.timeout_ms.unwrap_or(8000)).unwrap_or(8000);
+        let max_retries = u32::try_from(ctx.max_retries.unwrap_or(2)).unwrap_or(0);
+        Ok(Prepared {
+            url,
+            method,
+            headers,
+            auth,
+            body,
+            timeout: Duration::from_millis(timeout_ms),
+            max_retries,
+        })
+    }
+
+    fn open_secret(
+        &self,
+        ctx: &ExecutionContext,
+        integration_id: Uuid,
+    ) -> Result<Option<String>, ProbeFailure> {
+        let (Some(ciphertext), Some(nonce), Some(key_id)) = (
+            &ctx.secret_ciphertext,
+            &ctx.secret_nonce,
+            &ctx.secret_key_id,
+        ) else {
+            return Ok(None);
+        };
+        let secret_failure = |message: String| ProbeFailure {
+            kind: FailureKind::Secret,
+            message,
+            http_status: None,
+        };
+        let plain = self
+            .secrets
+            .open(
+                &Sealed {
+                    ciphertext: ciphertext.clone(),
+                    nonce: nonce.clone(),
+                    key_id: key_id.clone(),
+                },
+                &integration_secret_aad(integration_id),
+            )
+            .map_err(|e| secret_failure(e.to_string()))?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| secret_failure("the secret is not UTF-8".into()))
+    }
+
+    /// Records the outcome and its timeline event in one transaction.
+    /// False when the execution was no longer open (the reaper closed it).
+    async fn record(&self, ctx: &ExecutionContext, f: &Finished) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tool_executions
+             SET status = $2, output = $3, error_code = $4, error_message = $5,
+                 http_status = $6, attempts = $7, latency_ms = $8, finished_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(ctx.id)
+        .bind(f.status.as_str())
+        .bind(&f.output)
+        .bind(f.error.as_ref().map(|e| e.code.as_str()))
+        .bind(f.error.as_ref().map(|e| e.message.as_str()))
+        .bind(f.http_status.map(i32::from))
+        .bind(i32::try_from(f.attempts).unwrap_or(i32::MAX))
+        .bind(i32::try_from(f.latency_ms).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let (event, suffix) = match f.status {
+            ExecutionStatus::Succeeded => ("tool.succeeded", "succeeded"),
+            _ => ("tool.failed", "failed"),
+        };
+        sqlx::query(
+            "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (call_id, idempotency_key) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(ctx.tenant_id)
+        .bind(ctx.call_id)
+        .bind(event)
+        .bind(format!("tool:{}:{suffix}", ctx.id))
+        .bind(json!({
+            "execution_id": ctx.id,
+            "tool_id": ctx.tool_id,
+            "tool": ctx.tool_name,
+            "status": f.status.as_str(),
+            "attempts": f.attempts,
+            "latency_ms": f.latency_ms,
+            "http_status": f.http_status,
+            "error": f.error,
+        }))
+        .bind(&ctx.trace_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn recorded(&self, id: Uuid, tenant_id: Uuid) -> anyhow::Result<ToolExecuteReply> {
+        let row: RecordedRow = sqlx::query_as(
+            "SELECT id, trace_id, status, output, error_code, error_message, http_status, attempts, latency_ms
+             FROM tool_executions WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.into_reply())
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct RecordedRow {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub http_status: Option<i32>,
+    pub attempts: i32,
+    pub latency_ms: Option<i32>,
+}
+
+impl RecordedRow {
+    pub fn into_reply(self) -> ToolExecuteReply {
+        ToolExecuteReply {
+            execution_id: self.id,
+            trace_id: self.trace_id,
+            status: ExecutionStatus::parse(&self.status).unwrap_or(ExecutionStatus::Failed),
+            output: self.output,
+            error: self.error_code.map(|code| ToolError {
+                code,
+                message: self.error_message.unwrap_or_default(),
+            }),
+            http_status: self.http_status.and_then(|s| u16::try_from(s).ok()),
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            latency_ms: self.latency_ms.and_then(|l| u64::try_from(l).ok()),
+        }
+    }
+}
+
+struct Prepared {
+    url: url::Url,
+    method: Method,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    auth: Auth,
+    body: Value,
+    timeout: Duration,
+    max_retries: u32,
+}
+
+/// `<base_url>/webhook/<webhook_path>`, refusing paths that would leave
+/// `/webhook/` (`..`, query, fragment): the integration's credentials must
+/// only ever reach its webhooks.
+pub fn webhook_url(base_url: &str, path: &str) -> Result<url::Url, ProbeFailure> {
+    let invalid = |message: &str| ProbeFailure {
+        kind: FailureKind::InvalidUrl,
+        message: message.to_owned(),
+        http_status: None,
+    };
+    let path = path.trim().trim_matches('/');
+    if path.is_empty()
+        || path.contains(['?', '#', '\\', '%'])
+        || path.split('/').any(|seg| seg == "." || seg == "..")
+    {
+        return Err(invalid(
+            "the webhook path must be plain path segments (no '..', '?', '#', '%' or '\\')",
+        ));
+    }
+    let base = base_url.trim_end_matches('/');
+    let joined = format!("{base}/webhook/{path}");
+    let url = url::Url::parse(&joined).map_err(|e| invalid(&format!("invalid URL: {e}")))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("the integration's base URL must not carry a query"));
+    }
+    Ok(url)
+}
+
+/// Fills `{{name}}` placeholders of the endpoint's headers template.
+pub fn render_headers(
+    template: Option<&Value>,
+    vars: &[(&str, String)],
+) -> Result<Vec<(HeaderName, HeaderValue)>, ProbeFailure> {
+    let invalid = |message: String| ProbeFailure {
+        kind: FailureKind::Other,
+        message,
+        http_status: None,
+    };
+    let Some(Value::Object(map)) = template else {
+        return Ok(Vec::new());
+    };
+    let mut headers = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        let mut text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        for (var, replacement) in vars {
+            text = text.replace(&format!("{{{{{var}}}}}"), replacement);
+        }
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("headers_template: {name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(&text)
+            .map_err(|_| invalid(format!("headers_template: the value of {name} is invalid")))?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+fn interpret(
+    answer: Answer,
+    attempts: u32,
+    latency_ms: u64,
+    method: &Method,
+    ctx: &ExecutionContext,
+) -> Finished {
+    let status = answer.status.as_u16();
+    let with_status = |mut f: Finished| {
+        f.http_status = Some(status);
+        f
+    };
+    if answer.status.is_success() {
+        if answer.truncated {
+            return with_status(Finished::failed(
+                error_codes::OUTPUT_TOO_LARGE,
+                "n8n's answer is larger than AUTOMATION_MAX_OUTPUT_BYTES",
+                attempts,
+                latency_ms,
+            ));
+        }
+        let output = if answer.body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            match serde_json::from_slice::<Value>(&answer.body) {
+                Ok(v) => v,
+                // A workflow answering text is still an answer.
+                Err(_) => Value::String(String::from_utf8_lossy(&answer.body).into_owned()),
+            }
+        };
+        return Finished {
+            status: ExecutionStatus::Succeeded,
+            output: Some(output),
+            error: None,
+            http_status: Some(status),
+            attempts,
+            latency_ms,
+        };
+    }
+    let text = String::from_utf8_lossy(&answer.body);
+    if status == 404 && text.contains("not registered") {
+        return with_status(Finished::failed(
+            error_codes::ENDPOINT_INACTIVE,
+            format!(
+                "n8n has no active workflow for {method} webhook/{}: activate the workflow in n8n",
+                ctx.webhook_path.as_deref().unwrap_or_default()
+            ),
+            attempts,
+            latency_ms,
+        ));
+    }
+    let message = match status {
+        401 | 403 => format!("n8n refused the integration's credentials (HTTP {status})"),
+        429 => "n8n is rate limiting (HTTP 429) after every retry".to_owned(),
+        s if s >= 500 => format!("n8n failed (HTTP {s}) after {attempts} attempts"),
+        s => format!("n8n answered HTTP {s}"),
+    };
+    with_status(Finished::failed(
+        FailureKind::HttpStatus.as_str(),
+        message,
+        attempts,
+        latency_ms,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_stay_under_webhook() {
+        let ok = webhook_url("https://n8n.example.com/", "/orders/lookup").expect("url");
+        assert_eq!(ok.as_str(), "https://n8n.example.com/webhook/orders/lookup");
+        let ok = webhook_url("https://example.com/n8n", "a").expect("url");
+        assert_eq!(ok.as_str(), "https://example.com/n8n/webhook/a");
+        for bad in [
+            "../api/v1/workflows",
+            "a/../../x",
+            "a?x=1",
+            "a#f",
+            "",
+            "%2e%2e",
+        ] {
+            assert!(
+                webhook_url("https://n8n.example.com", bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_placeholders_are_filled() {
+        let template = json!({"x-call": "{{call_id}}", "x-trace": "t={{trace_id}};e={{execution_id}}", "x-n": 5});
+        let vars = [
+            ("call_id", "C1".to_owned()),
+            ("trace_id", "T1".to_owned()),
+            ("execution_id", "E1".to_owned()),
+        ];
+        let headers = render_headers(Some(&template), &vars).expect("headers");
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(find("x-call").as_deref(), Some("C1"));
+        assert_eq!(find("x-trace").as_deref(), Some("t=T1;e=E1"));
+        assert_eq!(find("x-n").as_deref(), Some("5"));
+        assert!(render_headers(Some(&json!({"bad header": "x"})), &vars).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! Messages of flow 2 (api <-> automation-worker, NATS request/reply on
+//! `automation.tool.execute` and `automation.integration.test`).
+//!
+//! Secrets never travel in clear: the api seals an integration's secret
+//! (AES-GCM, associated data [`integration_secret_aad`]) before it asks the
+//! worker to test it, and only the worker opens it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The associated data binding a sealed integration secret to its row.
+/// The api seals with it and the worker opens with it: both must agree.
+pub fn integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
+    format!("integrations:{integration_id}").into_bytes()
+}
+
+/// How automation-worker authenticates to n8n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    None,
+    /// The secret is the value of `header_name`.
+    Header,
+    /// The secret is `user:password`.
+    Basic,
+    /// The secret is the token after `Bearer `.
+    Bearer,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::None => "none",
+            AuthType::Header => "header",
+            AuthType::Basic => "basic",
+            AuthType::Bearer => "bearer",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "none" => Some(AuthType::None),
+            "header" => Some(AuthType::Header),
+            "basic" => Some(AuthType::Basic),
+            "bearer" => Some(AuthType::Bearer),
+            _ => None,
+        }
+    }
+}
+
+/// A secret sealed with `shared::crypto::SecretBox`, as bytes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub key_id: String,
+}
+
+impl From<crate::crypto::Sealed> for SealedSecret {
+    fn from(s: crate::crypto::Sealed) -> Self {
+        Self {
+            ciphertext: s.ciphertext,
+            nonce: s.nonce,
+            key_id: s.key_id,
+        }
+    }
+}
+
+impl From<SealedSecret> for crate::crypto::Sealed {
+    fn from(s: SealedSecret) -> Self {
+        Self {
+            ciphertext: s.ciphertext,
+            nonce: s.nonce,
+            key_id: s.key_id,
+        }
+    }
+}
+
+/// `automation.integration.test`: probe `GET <base_url>/healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntegrationTestRequest {
+    /// The id the integration will get if the test passes (the secret's AAD).
+    pub integration_id: Uuid,
+    pub tenant_id: Uuid,
+    pub base_url: String,
+    pub auth_type: AuthType,
+    pub header_name: Option<String>,
+    pub secret: Option<SealedSecret>,
+}
+
+/// Why an outbound call failed, as a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The URL is malformed or uses a refused scheme.
+    InvalidUrl,
+    /// The host resolves to (or is) a refused address (SSRF guard).
+    AddressRefused,
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    /// n8n answered with a non-success status.
+    HttpStatus,
+    /// The secret could not be opened (wrong key or row).
+    Secret,
+    Other,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::InvalidUrl => "invalid_url",
+            FailureKind::AddressRefused => "address_refused",
+            FailureKind::Dns => "dns",
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Timeout => "timeout",
+            FailureKind::HttpStatus => "http_status",
+            FailureKind::Secret => "secret",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProbeFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    pub http_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntegrationTestReply {
+    pub reachable: bool,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    /// Set when `reachable` is false.
+    pub failure: Option<ProbeFailure>,
+}
+
+/// `automation.tool.execute`: run the queued execution `execution_id`.
+/// Everything else (tool, endpoint, integration, call, input, deadline) is
+/// read from Postgres, which the api has just written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolExecuteRequest {
+    pub execution_id: Uuid,
+    pub tenant_id: Uuid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(ExecutionStatus::Queued),
+            "running" => Some(ExecutionStatus::Running),
+            "succeeded" => Some(ExecutionStatus::Succeeded),
+            "failed" => Some(ExecutionStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ToolError {
+    /// For example `tool_endpoint_inactive`, `timeout`, `http_status`,
+    /// `deadline_exceeded`, `worker_lost`, `worker_unavailable`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Error codes of tool executions.
+pub mod error_codes {
+    pub const ENDPOINT_INACTIVE: &str = "tool_endpoint_inactive";
+    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    pub const WORKER_LOST: &str = "worker_lost";
+    pub const WORKER_UNAVAILABLE: &str = "worker_unavailable";
+    pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
+    pub const INVALID_OUTPUT: &str = "invalid_output";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolExecuteReply {
+    pub execution_id: Uuid,
+    pub trace_id: String,
+    pub status: ExecutionStatus,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ToolError>,
+    pub http_status: Option<u16>,
+    pub attempts: u32,
+    pub latency_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_stable() {
+        assert_eq!(
+            serde_json::to_value(AuthType::Bearer).expect("json"),
+            serde_json::json!("bearer")
+        );
+        assert_eq!(
+            serde_json::to_value(FailureKind::HttpStatus).expect("json"),
+            serde_json::json!("http_status")
+        );
+        for t in ["none", "header", "basic", "bearer"] {
+            assert_eq!(AuthType::parse(t).map(AuthType::as_str), Some(t));
+        }
+        assert_eq!(
+            integration_secret_aad(Uuid::nil()),
+            b"integrations:00000000-0000-0000-0000-000000000000".to_vec()
+        );
+    }
+}
