@@ -69,6 +69,9 @@ pub struct InvalidInputDetail {
     /// `invalid_input`.
     pub code: String,
     pub message: String,
+    /// Present when `code` is `invalid_input`; other 400s (a malformed
+    /// body) carry only `code` and `message`.
+    #[schema(required = false)]
     pub violations: Vec<Violation>,
 }
 
