@@ -14,4 +14,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 export RUST_LOG="${RUST_LOG:-warn}"
 
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+summary="cargo test: $passed passed, $failed failed"
+rm -f "$log"
+echo "$summary"
+if [ -n "${TEST_SUMMARY_FILE:-}" ]; then echo "$summary" >"$TEST_SUMMARY_FILE"; fi
+exit "$status"
