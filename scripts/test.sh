@@ -22,7 +22,7 @@ set -e
 # One closing line for the whole workspace (cargo prints one per test binary).
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-summary="cargo test: $passed passed, $failed failed"
+summary="tests: $passed passed, $failed failed"
 rm -f "$log"
 echo "$summary"
 if [ -n "${TEST_SUMMARY_FILE:-}" ]; then echo "$summary" >"$TEST_SUMMARY_FILE"; fi
