@@ -48,6 +48,10 @@ pub struct Config {
     /// Time a request may take before it is answered 503.
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http_request_timeout: Duration,
+    /// Return recording media URLs from `GET /client/calls/{id}/recording`;
+    /// when false the answer only says that a recording (and a URL) exists.
+    #[arg(long, env = "RECORDINGS_EXPOSE_URL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recordings_expose_url: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -5,6 +5,7 @@
 //! the types it speaks; `startup` wires them together.
 
 pub mod auth_routes;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -75,13 +75,16 @@ pub fn build_state(
             dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
             auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
             jwt_ttl: config.jwt_ttl,
+            recordings_expose_url: config.recordings_expose_url,
         }),
     })
 }
 
 /// Every documented route, with its OpenAPI description.
 pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::auth_routes::routes(settings))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::auth_routes::routes(settings))
+        .merge(crate::client::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

@@ -17,6 +17,8 @@ pub struct Settings {
     pub dev_bootstrap_key: Option<String>,
     pub auth_bootstrap_key: Option<String>,
     pub jwt_ttl: Duration,
+    /// `RECORDINGS_EXPOSE_URL`: return recording media URLs to clients.
+    pub recordings_expose_url: bool,
 }
 
 #[derive(Clone, FromRef)]

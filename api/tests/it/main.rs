@@ -3,4 +3,6 @@
 //! server with a unique subject prefix.
 
 mod auth;
+mod client;
+mod client_kpis;
 mod helpers;
