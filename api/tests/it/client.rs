@@ -670,3 +670,25 @@ async fn pages_neither_skip_nor_repeat_while_calls_arrive(pool: PgPool) {
     let (_, page) = get_json(&app, "/client/calls?limit=200", &token).await;
     assert_eq!(ids(&page).len(), 40);
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn openapi_documents_the_client_routes(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, doc) = status_json(app.get("/openapi.json", None).await).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/client/kpis",
+        "/client/calls",
+        "/client/calls/{call_id}",
+        "/client/calls/{call_id}/transcript",
+        "/client/calls/{call_id}/recording",
+    ] {
+        let op = &doc["paths"][path]["get"];
+        assert!(op.is_object(), "{path} missing");
+        assert!(op["security"].is_array(), "{path} has no security");
+    }
+    let params = doc["paths"]["/client/calls"]["get"]["parameters"].to_string();
+    for name in ["status", "agent_id", "from", "to", "q", "limit", "cursor"] {
+        assert!(params.contains(&format!("\"{name}\"")), "{name}");
+    }
+}
