@@ -184,43 +184,59 @@ struct KpiRow {
 
 /// `$1` tenant, `$2` from, `$3` to, `$4` IANA zone; `{agent}` and
 /// `{tool_agent}` are empty or filter on `$5` (fixed text, never input).
-/// The calls of the period are scanned once (the materialised CTE) through
-/// the covering index of migration 0005.
+/// The period's calls are read twice through the covering index of
+/// migration 0005 (index-only scans): once grouped by day and status (a few
+/// hundred groups that every count, sum and the series derive from), once
+/// sorted for the duration percentiles. Grouping by status is cheaper than
+/// eight text comparisons per row, and nothing spills to disk.
 const KPI_SQL: &str = "
-WITH c AS MATERIALIZED (
-    SELECT status,
-           direction = 'inbound' AS inbound,
-           answered_at IS NOT NULL AS answered,
-           (started_at AT TIME ZONE $4)::date AS day,
-           CASE WHEN answered_at IS NOT NULL
-                THEN COALESCE(duration_seconds::float8,
-                              extract(epoch FROM ended_at - answered_at)::float8)
-           END AS dur
+WITH g AS (
+    SELECT (started_at AT TIME ZONE $4)::date AS day,
+           status,
+           count(*) AS calls,
+           count(*) FILTER (WHERE direction = 'inbound') AS inbound,
+           count(answered_at) FILTER (WHERE direction = 'inbound') AS answered_inbound,
+           count(d.dur) AS with_duration,
+           sum(d.dur) AS seconds
     FROM call_sessions
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN answered_at IS NOT NULL
+                    THEN COALESCE(duration_seconds::float8,
+                                  date_part('epoch', ended_at - answered_at))
+               END AS dur
+    ) AS d
     WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 {agent}
+    GROUP BY 1, 2
 ),
 totals AS (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE status = 'queued') AS queued,
-           count(*) FILTER (WHERE status = 'ringing') AS ringing,
-           count(*) FILTER (WHERE status = 'in-progress') AS in_progress,
-           count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status = 'busy') AS busy,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'no-answer') AS no_answer,
-           count(*) FILTER (WHERE status = 'canceled') AS canceled,
-           count(*) FILTER (WHERE inbound) AS inbound,
-           count(*) FILTER (WHERE inbound AND answered) AS answered_inbound,
-           count(dur) AS with_duration,
-           avg(dur) AS avg_duration,
-           percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY dur)
-               AS duration_percentiles,
-           COALESCE(sum(dur), 0)::float8 AS total_duration
-    FROM c
+    SELECT COALESCE(sum(calls), 0)::int8 AS total,
+           COALESCE(sum(calls) FILTER (WHERE status = 'queued'), 0)::int8 AS queued,
+           COALESCE(sum(calls) FILTER (WHERE status = 'ringing'), 0)::int8 AS ringing,
+           COALESCE(sum(calls) FILTER (WHERE status = 'in-progress'), 0)::int8 AS in_progress,
+           COALESCE(sum(calls) FILTER (WHERE status = 'completed'), 0)::int8 AS completed,
+           COALESCE(sum(calls) FILTER (WHERE status = 'busy'), 0)::int8 AS busy,
+           COALESCE(sum(calls) FILTER (WHERE status = 'failed'), 0)::int8 AS failed,
+           COALESCE(sum(calls) FILTER (WHERE status = 'no-answer'), 0)::int8 AS no_answer,
+           COALESCE(sum(calls) FILTER (WHERE status = 'canceled'), 0)::int8 AS canceled,
+           COALESCE(sum(inbound), 0)::int8 AS inbound,
+           COALESCE(sum(answered_inbound), 0)::int8 AS answered_inbound,
+           COALESCE(sum(with_duration), 0)::int8 AS with_duration,
+           (sum(seconds) / NULLIF(sum(with_duration), 0))::float8 AS avg_duration,
+           COALESCE(sum(seconds), 0)::float8 AS total_duration
+    FROM g
+),
+percentiles AS (
+    SELECT percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (
+               ORDER BY COALESCE(duration_seconds::float8,
+                                 date_part('epoch', ended_at - answered_at))
+           ) AS duration_percentiles
+    FROM call_sessions
+    WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 {agent}
+      AND answered_at IS NOT NULL
 ),
 per_day AS (
-    SELECT day, count(*) AS calls, COALESCE(sum(dur), 0)::float8 AS seconds
-    FROM c GROUP BY day
+    SELECT day, sum(calls)::int8 AS calls, COALESCE(sum(seconds), 0)::float8 AS seconds
+    FROM g GROUP BY day
 ),
 series AS (
     SELECT COALESCE(jsonb_agg(jsonb_build_object(
@@ -242,7 +258,7 @@ tools AS (
     FROM tool_executions te
     WHERE te.tenant_id = $1 AND te.created_at >= $2 AND te.created_at < $3 {tool_agent}
 )
-SELECT * FROM totals, series, tools";
+SELECT * FROM totals, percentiles, series, tools";
 
 fn kpi_sql(with_agent: bool) -> String {
     let (agent, tool_agent) = if with_agent {
