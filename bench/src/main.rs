@@ -314,7 +314,19 @@ async fn measure(
             ms(percentile(&times, 0.99))
         );
     }
+    println!("load average after: {}", load_average());
     Ok(())
+}
+
+/// The machine is shared; the figures mean little without its load.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
 }
 
 async fn get(

@@ -12,7 +12,8 @@
 //!   (`duration_seconds`) when given, else `ended_at - answered_at`; the
 //!   duration figures cover answered calls whose duration is known;
 //! - tool executions are those created in the period (for `agent_id`, of that
-//!   agent's calls); success rate = succeeded / finished (succeeded +
+//!   agent's calls, which started at most a day before the period since
+//!   Twilio caps a call at 24 hours); success rate = succeeded / finished (succeeded +
 //!   failed); latency percentiles over executions with a recorded latency;
 //! - the series has one point per day (in `tz`, default UTC) from the day of
 //!   `from` to the day of the end of the period, days without calls included.
@@ -264,9 +265,13 @@ fn kpi_sql(with_agent: bool) -> String {
     let (agent, tool_agent) = if with_agent {
         (
             "AND agent_id = $5",
-            "AND EXISTS (SELECT 1 FROM call_sessions cs
-                         WHERE cs.tenant_id = te.tenant_id AND cs.id = te.call_id
-                           AND cs.agent_id = $5)",
+            // Twilio ends a call after 24 hours at most, so a call with an
+            // execution in the period started at most a day before it: the
+            // bound keeps this to the agent's calls near the period.
+            "AND te.call_id IN (SELECT cs.id FROM call_sessions cs
+                                WHERE cs.tenant_id = $1 AND cs.agent_id = $5
+                                  AND cs.started_at >= $2 - interval '1 day'
+                                  AND cs.started_at < $3)",
         )
     } else {
         ("", "")
