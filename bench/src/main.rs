@@ -287,6 +287,7 @@ async fn measure(
          {deep_offset} calls down",
         kpis_in_30d["calls"]["total"]
     );
+    println!("machine: {} cpus, load average {}", cpus(), load_average());
     println!(
         "{:<34} {:>8} {:>10} {:>10}",
         "endpoint", "samples", "p50 ms", "p99 ms"
