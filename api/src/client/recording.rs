@@ -104,3 +104,19 @@ async fn get_recording(
         recordings,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::config::Config;
+
+    #[test]
+    fn expose_url_setting_defaults_to_false_and_parses() {
+        let parse = |args: &[&str]| Config::try_parse_from(args).map(|c| c.recordings_expose_url);
+        assert!(!parse(&["api"]).expect("default"));
+        assert!(parse(&["api", "--recordings-expose-url", "true"]).expect("true"));
+        assert!(!parse(&["api", "--recordings-expose-url", "false"]).expect("false"));
+        assert!(parse(&["api", "--recordings-expose-url", "maybe"]).is_err());
+    }
+}
