@@ -72,6 +72,10 @@ pub struct Config {
     /// How long the api waits for automation-worker's n8n integration test.
     #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub automation_integration_test_timeout: Duration,
+    /// Return recording media URLs from `GET /client/calls/{id}/recording`;
+    /// when false the answer only says that a recording (and a URL) exists.
+    #[arg(long, env = "RECORDINGS_EXPOSE_URL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recordings_expose_url: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -9,6 +9,7 @@ pub mod audit_log;
 pub mod auth_routes;
 pub mod automation;
 pub mod calls_admin;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -82,6 +82,7 @@ pub fn build_state(
                 execute_timeout: config.automation_execute_timeout,
                 integration_test_timeout: config.automation_integration_test_timeout,
             },
+            recordings_expose_url: config.recordings_expose_url,
         }),
         login_throttle: Arc::new(LoginThrottle::new(ThrottleLimits {
             max_failures_per_email: config.login_max_failures_per_email.max(1),
@@ -104,6 +105,7 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(crate::calls_admin::routes())
         .merge(crate::audit_log::routes())
         .merge(crate::automation::routes())
+        .merge(crate::client::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

@@ -20,6 +20,8 @@ pub struct Settings {
     pub auth_bootstrap_key: Option<String>,
     pub jwt_ttl: Duration,
     pub automation: crate::automation::AutomationSettings,
+    /// `RECORDINGS_EXPOSE_URL`: return recording media URLs to clients.
+    pub recordings_expose_url: bool,
 }
 
 #[derive(Clone, FromRef)]

@@ -6,5 +6,7 @@ mod auth;
 mod automation;
 mod automation_bench;
 mod automation_support;
+mod client;
+mod client_kpis;
 mod helpers;
 mod mgmt;

@@ -1,0 +1,507 @@
+//! `GET /client/calls` (the tenant's calls, newest first, keyset pages) and
+//! `GET /client/calls/{call_id}` (one call with its agent, version,
+//! durations and timeline).
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::auth::Principal;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{CALL_STATUSES, parse_limit, parse_time, parse_uuid};
+use crate::error::{AppError, AppResult};
+use crate::extract::{Json, Path, Query};
+use crate::pagination::{Cursor, Page};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_calls))
+        .routes(routes!(get_call))
+}
+
+/// Longest `q` after normalisation (E.164 has at most 15 digits and a `+`).
+const MAX_Q_CHARS: usize = 16;
+/// Items of each kind in a call's timeline; more is flagged as truncated.
+const TIMELINE_LIMIT: i64 = 1000;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CallListQuery {
+    /// One of queued, ringing, in-progress, completed, busy, failed,
+    /// no-answer, canceled.
+    pub status: Option<String>,
+    /// Only this agent's calls (UUID).
+    pub agent_id: Option<String>,
+    /// Calls started at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Calls started before this time (RFC 3339).
+    pub to: Option<String>,
+    /// Part of the caller's number (digits, optional leading `+`; spaces,
+    /// dashes, dots and parentheses are ignored).
+    pub q: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFilter {
+    pub status: Option<&'static str>,
+    pub agent_id: Option<Uuid>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub q: Option<String>,
+    pub limit: i64,
+    pub cursor: Option<Cursor>,
+}
+
+impl CallListQuery {
+    pub fn validate(&self) -> AppResult<CallFilter> {
+        let status = match self
+            .status
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(s) => Some(
+                CALL_STATUSES
+                    .iter()
+                    .copied()
+                    .find(|known| *known == s)
+                    .ok_or_else(|| {
+                        AppError::bad_request(format!(
+                            "status must be one of {}",
+                            CALL_STATUSES.join(", ")
+                        ))
+                    })?,
+            ),
+        };
+        let from = parse_time("from", self.from.as_deref())?;
+        let to = parse_time("to", self.to.as_deref())?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(AppError::bad_request("from must be before to"));
+        }
+        let cursor = match self.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(Cursor::decode(c)?),
+        };
+        Ok(CallFilter {
+            status,
+            agent_id: parse_uuid("agent_id", self.agent_id.as_deref())?,
+            from,
+            to,
+            q: self.q.as_deref().map(normalize_q).transpose()?.flatten(),
+            limit: parse_limit(self.limit.as_deref())?,
+            cursor,
+        })
+    }
+}
+
+/// Keeps digits and a leading `+`, dropping the punctuation people type in
+/// numbers; anything else is a 400. The result holds no LIKE wildcard.
+fn normalize_q(raw: &str) -> AppResult<Option<String>> {
+    let mut out = String::new();
+    for (i, ch) in raw.trim().chars().enumerate() {
+        match ch {
+            '0'..='9' => out.push(ch),
+            '+' if i == 0 => out.push(ch),
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => {
+                return Err(AppError::bad_request(
+                    "q must be part of a phone number (digits, optional leading +)",
+                ));
+            }
+        }
+    }
+    if out.chars().count() > MAX_Q_CHARS {
+        return Err(AppError::bad_request(format!(
+            "q must be at most {MAX_Q_CHARS} digits"
+        )));
+    }
+    Ok((!out.is_empty() && out != "+").then_some(out))
+}
+
+/// A call in the list.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct CallSummary {
+    pub id: Uuid,
+    pub call_sid: String,
+    pub direction: String,
+    pub status: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub agent_id: Option<Uuid>,
+    pub agent_name: Option<String>,
+    pub agent_version_id: Option<Uuid>,
+    /// Ring time.
+    pub started_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Answer to end: Twilio's CallDuration when given, else computed.
+    pub duration_seconds: Option<i32>,
+}
+
+const LIST_SELECT: &str =
+    "SELECT c.id, c.call_sid, c.direction, c.status, c.from_number, c.to_number,
+        c.agent_id, a.name AS agent_name, c.agent_version_id,
+        c.started_at, c.answered_at, c.ended_at,
+        COALESCE(c.duration_seconds,
+                 round(extract(epoch FROM c.ended_at - c.answered_at))::int4) AS duration_seconds
+ FROM call_sessions c
+ LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id
+ WHERE c.tenant_id = ";
+
+/// The tenant's calls, newest first (`started_at`, then id), one keyset
+/// page at a time: calls arriving meanwhile are newer than any cursor, so
+/// later pages neither skip nor repeat a call.
+#[utoipa::path(get, path = "/client/calls", tag = "client",
+    params(CallListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<CallSummary>),
+        (status = 400, description = "a bad parameter, named in the message", body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+    ))]
+async fn list_calls(
+    State(state): State<AppState>,
+    Principal(claims): Principal,
+    Query(query): Query<CallListQuery>,
+) -> AppResult<Json<Page<CallSummary>>> {
+    let filter = query.validate()?;
+    Ok(Json(list(&state.pool, claims.tenant_id, &filter).await?))
+}
+
+pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<Page<CallSummary>> {
+    let mut qb = QueryBuilder::<Postgres>::new(LIST_SELECT);
+    qb.push_bind(tenant_id);
+    if let Some(status) = f.status {
+        qb.push(" AND c.status = ").push_bind(status);
+    }
+    if let Some(agent_id) = f.agent_id {
+        qb.push(" AND c.agent_id = ").push_bind(agent_id);
+    }
+    if let Some(from) = f.from {
+        qb.push(" AND c.started_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.to {
+        qb.push(" AND c.started_at < ").push_bind(to);
+    }
+    if let Some(q) = &f.q {
+        qb.push(" AND c.from_number LIKE ")
+            .push_bind(format!("%{q}%"));
+    }
+    if let Some(cursor) = f.cursor {
+        // A row comparison the (tenant_id, started_at DESC, id DESC) index
+        // answers directly.
+        qb.push(" AND (c.started_at, c.id) < (")
+            .push_bind(cursor.at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    qb.push(" ORDER BY c.started_at DESC, c.id DESC LIMIT ")
+        .push_bind(f.limit + 1);
+    let rows: Vec<CallSummary> = qb.build_query_as().fetch_all(pool).await?;
+    Ok(Page::from_rows(rows, f.limit, |c| Cursor {
+        at: c.started_at,
+        id: c.id,
+    }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CallDetail {
+    pub id: Uuid,
+    pub call_sid: String,
+    pub account_sid: Option<String>,
+    pub direction: String,
+    pub status: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub phone_number_id: Option<Uuid>,
+    pub agent: Option<AgentRef>,
+    pub version: Option<VersionRef>,
+    pub started_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub durations: Durations,
+    /// Call events and tool executions, oldest first.
+    pub timeline: Vec<TimelineItem>,
+    /// More than 1000 events or tool executions: the newest are left out.
+    pub timeline_truncated: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionRef {
+    pub id: Uuid,
+    pub version: i32,
+    pub status: String,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// Seconds; absent while not yet known.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Durations {
+    /// Ring to answer (or to end, for a call never answered).
+    pub ring_seconds: Option<f64>,
+    /// Answer to end: Twilio's CallDuration when given, else computed.
+    pub talk_seconds: Option<f64>,
+    /// Ring to end.
+    pub total_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TimelineItem {
+    Event(TimelineEvent),
+    ToolExecution(TimelineToolExecution),
+}
+
+impl TimelineItem {
+    fn key(&self) -> (DateTime<Utc>, Uuid) {
+        match self {
+            TimelineItem::Event(e) => (e.at, e.id),
+            TimelineItem::ToolExecution(t) => (t.at, t.id),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct TimelineEvent {
+    pub id: Uuid,
+    /// When it happened (`occurred_at`).
+    pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct TimelineToolExecution {
+    pub id: Uuid,
+    /// When it was requested (`created_at`).
+    pub at: DateTime<Utc>,
+    pub tool_id: Uuid,
+    pub tool_name: Option<String>,
+    pub status: String,
+    pub trace_id: String,
+    pub input: serde_json::Value,
+    pub output: Option<serde_json::Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub http_status: Option<i32>,
+    pub attempts: i32,
+    pub latency_ms: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CallRow {
+    id: Uuid,
+    call_sid: String,
+    account_sid: Option<String>,
+    direction: String,
+    status: String,
+    from_number: String,
+    to_number: String,
+    phone_number_id: Option<Uuid>,
+    agent_id: Option<Uuid>,
+    agent_name: Option<String>,
+    agent_version_id: Option<Uuid>,
+    version: Option<i32>,
+    version_status: Option<String>,
+    published_at: Option<DateTime<Utc>>,
+    started_at: DateTime<Utc>,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    ring_seconds: Option<f64>,
+    talk_seconds: Option<f64>,
+    total_seconds: Option<f64>,
+}
+
+/// One call of the tenant with its timeline.
+#[utoipa::path(get, path = "/client/calls/{call_id}", tag = "client",
+    params(("call_id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CallDetail),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 404, description = "no such call in the token's tenant", body = shared::error::ErrorBody),
+    ))]
+async fn get_call(
+    State(state): State<AppState>,
+    Principal(claims): Principal,
+    Path(call_id): Path<Uuid>,
+) -> AppResult<Json<CallDetail>> {
+    Ok(Json(detail(&state.pool, claims.tenant_id, call_id).await?))
+}
+
+pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<CallDetail> {
+    let row: CallRow = sqlx::query_as(
+        "SELECT c.id, c.call_sid, c.account_sid, c.direction, c.status, c.from_number,
+                c.to_number, c.phone_number_id, c.agent_id, a.name AS agent_name,
+                c.agent_version_id, v.version, v.status AS version_status, v.published_at,
+                c.started_at, c.answered_at, c.ended_at,
+                extract(epoch FROM COALESCE(c.answered_at, c.ended_at) - c.started_at)::float8
+                    AS ring_seconds,
+                COALESCE(c.duration_seconds::float8,
+                         extract(epoch FROM c.ended_at - c.answered_at)::float8) AS talk_seconds,
+                extract(epoch FROM c.ended_at - c.started_at)::float8 AS total_seconds
+         FROM call_sessions c
+         LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id
+         LEFT JOIN agent_versions v ON v.tenant_id = c.tenant_id AND v.id = c.agent_version_id
+         WHERE c.tenant_id = $1 AND c.id = $2",
+    )
+    .bind(tenant_id)
+    .bind(call_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(AppError::NotFound("call"))?;
+
+    let events: Vec<TimelineEvent> = sqlx::query_as(
+        "SELECT id, occurred_at AS at, type, payload, trace_id
+         FROM call_events WHERE tenant_id = $1 AND call_id = $2
+         ORDER BY occurred_at, id LIMIT $3",
+    )
+    .bind(tenant_id)
+    .bind(call_id)
+    .bind(TIMELINE_LIMIT + 1)
+    .fetch_all(pool)
+    .await?;
+    let tools: Vec<TimelineToolExecution> = sqlx::query_as(
+        "SELECT te.id, te.created_at AS at, te.tool_id, t.name AS tool_name, te.status,
+                te.trace_id, te.input, te.output, te.error_code, te.error_message,
+                te.http_status, te.attempts, te.latency_ms, te.started_at, te.finished_at
+         FROM tool_executions te
+         LEFT JOIN tools t ON t.tenant_id = te.tenant_id AND t.id = te.tool_id
+         WHERE te.tenant_id = $1 AND te.call_id = $2
+         ORDER BY te.created_at, te.id LIMIT $3",
+    )
+    .bind(tenant_id)
+    .bind(call_id)
+    .bind(TIMELINE_LIMIT + 1)
+    .fetch_all(pool)
+    .await?;
+    let limit = usize::try_from(TIMELINE_LIMIT).unwrap_or(usize::MAX);
+    let timeline_truncated = events.len() > limit || tools.len() > limit;
+    let mut timeline: Vec<TimelineItem> = events
+        .into_iter()
+        .take(limit)
+        .map(TimelineItem::Event)
+        .chain(
+            tools
+                .into_iter()
+                .take(limit)
+                .map(TimelineItem::ToolExecution),
+        )
+        .collect();
+    // Both inputs are sorted; a stable sort by time then id merges them.
+    timeline.sort_by_key(TimelineItem::key);
+
+    let agent = match (row.agent_id, row.agent_name) {
+        (Some(id), Some(name)) => Some(AgentRef { id, name }),
+        _ => None,
+    };
+    let version = match (row.agent_version_id, row.version, row.version_status) {
+        (Some(id), Some(version), Some(status)) => Some(VersionRef {
+            id,
+            version,
+            status,
+            published_at: row.published_at,
+        }),
+        _ => None,
+    };
+    Ok(CallDetail {
+        id: row.id,
+        call_sid: row.call_sid,
+        account_sid: row.account_sid,
+        direction: row.direction,
+        status: row.status,
+        from_number: row.from_number,
+        to_number: row.to_number,
+        phone_number_id: row.phone_number_id,
+        agent,
+        version,
+        started_at: row.started_at,
+        answered_at: row.answered_at,
+        ended_at: row.ended_at,
+        durations: Durations {
+            ring_seconds: row.ring_seconds,
+            talk_seconds: row.talk_seconds,
+            total_seconds: row.total_seconds,
+        },
+        timeline,
+        timeline_truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_is_normalised_or_refused() {
+        assert_eq!(
+            normalize_q("+1 (415) 555-0100").expect("ok"),
+            Some("+14155550100".into())
+        );
+        assert_eq!(normalize_q("0100").expect("ok"), Some("0100".into()));
+        assert_eq!(normalize_q("  ").expect("ok"), None);
+        assert!(normalize_q("41%").is_err());
+        assert!(normalize_q("1+2").is_err());
+        assert!(normalize_q("12345678901234567").is_err());
+    }
+
+    #[test]
+    fn list_query_names_bad_parameters() {
+        let bad = |q: CallListQuery| q.validate().expect_err("refused").to_string();
+        let base = CallListQuery::default;
+        assert!(
+            bad(CallListQuery {
+                status: Some("done".into()),
+                ..base()
+            })
+            .starts_with("status")
+        );
+        assert!(
+            bad(CallListQuery {
+                cursor: Some("zz".into()),
+                ..base()
+            })
+            .starts_with("cursor")
+        );
+        assert!(
+            bad(CallListQuery {
+                limit: Some("0".into()),
+                ..base()
+            })
+            .starts_with("limit")
+        );
+        assert!(
+            bad(CallListQuery {
+                from: Some("2026-11-25T00:00:00Z".into()),
+                to: Some("2026-11-24T00:00:00Z".into()),
+                ..base()
+            })
+            .starts_with("from")
+        );
+    }
+}
