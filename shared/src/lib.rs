@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod nats;
 pub mod password;
 pub mod shutdown;
 pub mod telemetry;
+pub mod twilio;
 
 /// Installs the process-wide crypto providers (rustls and jsonwebtoken).
 ///
