@@ -166,6 +166,80 @@ pub fn outbox_body(
     }
 }
 
+/// An outbox row (`call_events` with `needs_publish`) ready to publish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub call_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Publishes `row` to JetStream with `msg_id` as `Nats-Msg-Id` and waits (at
+/// most `timeout`) for the stream's ack.
+pub async fn publish_outbox_row(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    row: &OutboxRow,
+    msg_id: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let subject = outbox_subject(subjects, &row.kind, row.tenant_id)
+        .ok_or_else(|| format!("event type {} is not published", row.kind))?;
+    let body = outbox_body(
+        row.id,
+        &row.kind,
+        row.tenant_id,
+        row.call_id,
+        row.occurred_at,
+        &row.payload,
+    )
+    .map_err(|e| e.to_string())?;
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(body.into())
+        .message_id(msg_id);
+    let ack = async {
+        let future = js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| e.to_string())?;
+        future.await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(timeout, ack).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no ack within {timeout:?}")),
+    }
+}
+
+/// Marks acked events published. Handoff events have no consumer in this
+/// system that reports back, so publishing them also completes them.
+pub async fn mark_published(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    // Losing this update in a crash only means one more (deduplicated)
+    // publish by the relay, so it need not wait for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE call_events
+         SET published_at = now(),
+             publish_attempts = publish_attempts + 1,
+             processed_at = CASE WHEN type = 'runtime.handoff_requested' THEN now() ELSE processed_at END
+         WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 /// Twilio's call statuses in lifecycle order; a callback may only move a
 /// call forward (terminal statuses are final).
 pub fn status_rank(status: &str) -> Option<u8> {
