@@ -10,5 +10,6 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod pagination;
+pub mod runtime_dispatches;
 pub mod startup;
 pub mod state;

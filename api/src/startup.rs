@@ -81,7 +81,9 @@ pub fn build_state(
 
 /// Every documented route, with its OpenAPI description.
 pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::auth_routes::routes(settings))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::auth_routes::routes(settings))
+        .merge(crate::runtime_dispatches::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

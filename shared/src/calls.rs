@@ -240,6 +240,12 @@ pub async fn mark_published(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<(), sql
     tx.commit().await
 }
 
+/// The associated data that binds a sealed join token to its dispatch, so a
+/// ciphertext copied into another row does not open.
+pub fn join_token_aad(dispatch_id: Uuid) -> Vec<u8> {
+    format!("runtime_dispatches:{dispatch_id}").into_bytes()
+}
+
 /// Twilio's call statuses in lifecycle order; a callback may only move a
 /// call forward (terminal statuses are final).
 pub fn status_rank(status: &str) -> Option<u8> {
