@@ -43,7 +43,14 @@ pub struct Config {
     /// How often pending dispatches past their expiry are expired.
     #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub dispatch_expiry_interval: Duration,
-    /// Messages handled concurrently per consumer.
+    /// Runtime events handled concurrently.
     #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+    /// Most call events committed in one transaction (the messages already
+    /// waiting are taken together; a lone message is handled at once).
+    #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub batch_size: u16,
+    /// Call-event batches in flight at once.
+    #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_batches: u16,
 }

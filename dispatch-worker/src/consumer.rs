@@ -51,16 +51,19 @@ pub async fn ensure_consumer(
     }
 }
 
-/// Consumes until `shutdown`; in-flight messages finish first.
+/// Consumes until `shutdown`; in-flight messages finish first. Messages
+/// already waiting are handed to `handler` together (up to `batch` at a
+/// time, so it can commit them at once), `parallel` batches at a time.
 pub async fn run<H, F>(
     name: &'static str,
     consumer: PullConsumer,
-    concurrency: usize,
+    batch: usize,
+    parallel: usize,
     shutdown: CancellationToken,
     handler: H,
 ) where
-    H: Fn(jetstream::Message) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = (jetstream::Message, Outcome)> + Send,
+    H: Fn(Vec<jetstream::Message>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<(jetstream::Message, Outcome)>> + Send,
 {
     while !shutdown.is_cancelled() {
         let messages = match consumer.messages().await {
@@ -76,39 +79,51 @@ pub async fn run<H, F>(
         let stop = shutdown.clone();
         messages
             .take_until(async move { stop.cancelled().await })
-            .for_each_concurrent(concurrency, |message| {
+            .ready_chunks(batch.max(1))
+            .for_each_concurrent(parallel.max(1), |chunk| {
                 let handler = handler.clone();
                 async move {
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(err) => {
-                            tracing::warn!(%err, consumer = name, "pull error");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            return;
+                    let mut received = Vec::with_capacity(chunk.len());
+                    for message in chunk {
+                        match message {
+                            Ok(message) => received.push(message),
+                            Err(err) => tracing::warn!(%err, consumer = name, "pull error"),
                         }
-                    };
-                    let (message, outcome) = handler(message).await;
-                    let ack = match outcome {
-                        Outcome::Done => message.ack().await,
-                        Outcome::Reject(reason) => {
-                            metrics::counter!("dispatch_messages_rejected_total", "consumer" => name)
-                                .increment(1);
-                            tracing::warn!(consumer = name, subject = %message.subject, %reason, "dropping message");
-                            message.ack_with(AckKind::Term).await
-                        }
-                        Outcome::Retry(reason) => {
-                            tracing::warn!(consumer = name, %reason, "will retry message");
-                            message
-                                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                                .await
-                        }
-                    };
-                    if let Err(err) = ack {
-                        // Redelivered after ack_wait; handlers are idempotent.
-                        tracing::warn!(%err, consumer = name, "ack failed");
                     }
+                    if received.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
+                    let results = handler(received).await;
+                    futures::future::join_all(
+                        results
+                            .into_iter()
+                            .map(|(message, outcome)| settle(name, message, outcome)),
+                    )
+                    .await;
                 }
             })
             .await;
+    }
+}
+
+async fn settle(name: &'static str, message: jetstream::Message, outcome: Outcome) {
+    let ack = match outcome {
+        Outcome::Done => message.ack().await,
+        Outcome::Reject(reason) => {
+            metrics::counter!("dispatch_messages_rejected_total", "consumer" => name).increment(1);
+            tracing::warn!(consumer = name, subject = %message.subject, %reason, "dropping message");
+            message.ack_with(AckKind::Term).await
+        }
+        Outcome::Retry(reason) => {
+            tracing::warn!(consumer = name, %reason, "will retry message");
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(err) = ack {
+        // Redelivered after ack_wait; handlers are idempotent.
+        tracing::warn!(%err, consumer = name, "ack failed");
     }
 }

@@ -54,23 +54,71 @@ fn int_param(payload: &serde_json::Value, name: &str) -> Option<i32> {
 }
 
 impl Lifecycle {
-    /// Handles one `calls.*` message.
-    pub async fn handle(
+    /// Handles a batch of `calls.*` messages with ONE commit (the worker's
+    /// group commit). If any statement fails, the batch is rolled back and
+    /// each message is handled in its own transaction, so one bad event
+    /// never holds back the others.
+    pub async fn handle_batch(
         self: Arc<Self>,
-        message: jetstream::Message,
-    ) -> (jetstream::Message, Outcome) {
-        let outcome = match serde_json::from_slice::<CallEventMessage>(&message.payload) {
-            Err(err) => Outcome::Reject(format!("malformed call event: {err}")),
-            Ok(event) => match self.process(event.event_id).await {
-                Ok(outcome) => outcome,
-                Err(err) => Outcome::Retry(err.to_string()),
-            },
+        messages: Vec<jetstream::Message>,
+    ) -> Vec<(jetstream::Message, Outcome)> {
+        metrics::histogram!("dispatch_batch_size").record(messages.len() as f64);
+        let ids: Vec<Result<Uuid, String>> = messages
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<CallEventMessage>(&m.payload)
+                    .map(|e| e.event_id)
+                    .map_err(|e| format!("malformed call event: {e}"))
+            })
+            .collect();
+        let results = match self.process_group(&ids).await {
+            Ok(results) => results,
+            Err(err) => {
+                if messages.len() > 1 {
+                    tracing::warn!(%err, size = messages.len(), "batch failed; retrying one by one");
+                }
+                let mut results = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    results.push(match self.process_group(std::slice::from_ref(id)).await {
+                        Ok(mut one) => one.pop().unwrap_or((Outcome::Done, None)),
+                        Err(err) => (Outcome::Retry(err.to_string()), None),
+                    });
+                }
+                results
+            }
         };
-        (message, outcome)
+        // Handoffs go out after the commit and before the acks.
+        let handoffs: Vec<OutboxRow> = results.iter().filter_map(|(_, h)| h.clone()).collect();
+        self.publish_handoffs(handoffs).await;
+        messages
+            .into_iter()
+            .zip(results)
+            .map(|(message, (outcome, _))| (message, outcome))
+            .collect()
     }
 
-    async fn process(&self, event_id: Uuid) -> Result<Outcome, sqlx::Error> {
+    /// Processes `ids` in one transaction.
+    async fn process_group(
+        &self,
+        ids: &[Result<Uuid, String>],
+    ) -> Result<Vec<(Outcome, Option<OutboxRow>)>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            results.push(match id {
+                Err(reason) => (Outcome::Reject(reason.clone()), None),
+                Ok(id) => self.process_in(&mut tx, *id).await?,
+            });
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn process_in(
+        &self,
+        tx: &mut PgConnection,
+        event_id: Uuid,
+    ) -> Result<(Outcome, Option<OutboxRow>), sqlx::Error> {
         let event: Option<EventRow> = sqlx::query_as(
             "SELECT tenant_id, call_id, type, payload, occurred_at, processed_at
              FROM call_events WHERE id = $1 FOR UPDATE",
@@ -79,32 +127,33 @@ impl Lifecycle {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(event) = event else {
-            return Ok(Outcome::Reject(format!("no event {event_id}")));
+            return Ok((Outcome::Reject(format!("no event {event_id}")), None));
         };
         if event.processed_at.is_some() {
             metrics::counter!("dispatch_duplicates_total").increment(1);
-            return Ok(Outcome::Done);
+            return Ok((Outcome::Done, None));
         }
         let mut handoff = None;
         match event.kind.as_str() {
             event_type::CALL_INBOUND => {
-                handoff = self.create_dispatch(&mut tx, &event).await?;
+                handoff = self.create_dispatch(&mut *tx, &event).await?;
             }
-            event_type::CALL_STATUS => apply_status(&mut tx, &event).await?,
-            event_type::CALL_RECORDING => upsert_recording(&mut tx, &event).await?,
-            other => return Ok(Outcome::Reject(format!("unexpected event type {other}"))),
+            event_type::CALL_STATUS => apply_status(&mut *tx, &event).await?,
+            event_type::CALL_RECORDING => upsert_recording(&mut *tx, &event).await?,
+            other => {
+                return Ok((
+                    Outcome::Reject(format!("unexpected event type {other}")),
+                    None,
+                ));
+            }
         }
         sqlx::query("UPDATE call_events SET processed_at = now() WHERE id = $1")
             .bind(event_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         metrics::counter!("dispatch_events_processed_total", "type" => event.kind.clone())
             .increment(1);
-        if let Some(row) = handoff {
-            self.publish_handoff(row).await;
-        }
-        Ok(Outcome::Done)
+        Ok((Outcome::Done, handoff))
     }
 
     /// The dispatch, its handoff outbox event and the call's agent version,
@@ -221,26 +270,34 @@ impl Lifecycle {
         }))
     }
 
-    /// Publishes right away; if that fails the relay publishes it later.
-    async fn publish_handoff(&self, row: OutboxRow) {
-        let id = row.id.to_string();
-        match shared::calls::publish_outbox_row(
-            &self.js,
-            &self.subjects,
-            &row,
-            &id,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok(()) => {
-                if let Err(err) = shared::calls::mark_published(&self.pool, &[row.id]).await {
-                    tracing::warn!(%err, "cannot mark handoff published");
-                }
-            }
-            Err(err) => {
+    /// Publishes right away and records the acks in one update; whatever
+    /// fails here the relay publishes later.
+    async fn publish_handoffs(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let results = futures::future::join_all(rows.iter().map(|row| async move {
+            let id = row.id.to_string();
+            let result = shared::calls::publish_outbox_row(
+                &self.js,
+                &self.subjects,
+                row,
+                &id,
+                Duration::from_secs(5),
+            )
+            .await;
+            if let Err(err) = &result {
                 tracing::warn!(event_id = %row.id, %err, "handoff publish failed; the relay will retry");
             }
+            (row.id, result.is_ok())
+        }))
+        .await;
+        let acked: Vec<Uuid> = results
+            .into_iter()
+            .filter_map(|(id, ok)| ok.then_some(id))
+            .collect();
+        if let Err(err) = shared::calls::mark_published(&self.pool, &acked).await {
+            tracing::warn!(%err, "cannot mark handoffs published");
         }
     }
 }

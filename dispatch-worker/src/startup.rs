@@ -134,18 +134,23 @@ pub async fn run(
         tasks.spawn(crate::consumer::run(
             "calls",
             calls,
-            concurrency,
+            usize::from(config.batch_size),
+            usize::from(config.parallel_batches),
             shutdown.clone(),
-            move |message| lifecycle.clone().handle(message),
+            move |batch| lifecycle.clone().handle_batch(batch),
         ));
         let (events_pool, events_subjects) = (pool.clone(), subjects.clone());
         tasks.spawn(crate::consumer::run(
             "runtime_events",
             events,
             concurrency,
+            1,
             shutdown.clone(),
-            move |message| {
-                crate::runtime_events::handle(events_pool.clone(), events_subjects.clone(), message)
+            move |batch: Vec<async_nats::jetstream::Message>| {
+                let (pool, subjects) = (events_pool.clone(), events_subjects.clone());
+                futures::future::join_all(batch.into_iter().map(move |message| {
+                    crate::runtime_events::handle(pool.clone(), subjects.clone(), message)
+                }))
             },
         ));
         tracing::info!("dispatch-worker consuming");
