@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use shared::calls::{
-    CallEventMessage, HandoffRequested, OutboxRow, event_type, join_token_aad, status_rank,
-};
+use shared::calls::{CallEventMessage, OutboxRow, event_type, join_token_aad, status_rank};
 use shared::crypto::SecretBox;
 use shared::nats::Subjects;
 use sqlx::{PgConnection, PgPool};
@@ -55,70 +53,89 @@ fn int_param(payload: &serde_json::Value, name: &str) -> Option<i32> {
 
 impl Lifecycle {
     /// Handles a batch of `calls.*` messages with ONE commit (the worker's
-    /// group commit). If any statement fails, the batch is rolled back and
-    /// each message is handled in its own transaction, so one bad event
-    /// never holds back the others.
+    /// group commit); the inbound calls of the batch become dispatches in one
+    /// statement. If anything fails, the batch is rolled back and each
+    /// message is handled in its own transaction, so one bad event never
+    /// holds back the others.
     pub async fn handle_batch(
         self: Arc<Self>,
         messages: Vec<jetstream::Message>,
     ) -> Vec<(jetstream::Message, Outcome)> {
         metrics::histogram!("dispatch_batch_size").record(messages.len() as f64);
-        let ids: Vec<Result<Uuid, String>> = messages
+        let items: Vec<Item> = messages
             .iter()
             .map(|m| {
                 serde_json::from_slice::<CallEventMessage>(&m.payload)
-                    .map(|e| e.event_id)
+                    .map(|e| (e.event_id, e.kind))
                     .map_err(|e| format!("malformed call event: {e}"))
             })
             .collect();
-        let results = match self.process_group(&ids).await {
-            Ok(results) => results,
+        let (outcomes, handoffs) = match self.process_group(&items).await {
+            Ok(done) => done,
             Err(err) => {
                 if messages.len() > 1 {
                     tracing::warn!(%err, size = messages.len(), "batch failed; retrying one by one");
                 }
-                let mut results = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    results.push(match self.process_group(std::slice::from_ref(id)).await {
-                        Ok(mut one) => one.pop().unwrap_or((Outcome::Done, None)),
-                        Err(err) => (Outcome::Retry(err.to_string()), None),
-                    });
+                let mut outcomes = Vec::with_capacity(items.len());
+                let mut handoffs = Vec::new();
+                for item in &items {
+                    match self.process_group(std::slice::from_ref(item)).await {
+                        Ok((mut one, rows)) => {
+                            outcomes.push(one.pop().unwrap_or(Outcome::Done));
+                            handoffs.extend(rows);
+                        }
+                        Err(err) => outcomes.push(Outcome::Retry(err.to_string())),
+                    }
                 }
-                results
+                (outcomes, handoffs)
             }
         };
         // Handoffs go out after the commit and before the acks.
-        let handoffs: Vec<OutboxRow> = results.iter().filter_map(|(_, h)| h.clone()).collect();
         self.publish_handoffs(handoffs).await;
-        messages
-            .into_iter()
-            .zip(results)
-            .map(|(message, (outcome, _))| (message, outcome))
-            .collect()
+        messages.into_iter().zip(outcomes).collect()
     }
 
-    /// Processes `ids` in one transaction.
+    /// Processes `items` in one transaction: the inbound calls set-wise, the
+    /// callbacks one by one.
     async fn process_group(
         &self,
-        ids: &[Result<Uuid, String>],
-    ) -> Result<Vec<(Outcome, Option<OutboxRow>)>, sqlx::Error> {
+        items: &[Item],
+    ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(ids.len());
-        for id in ids {
-            results.push(match id {
-                Err(reason) => (Outcome::Reject(reason.clone()), None),
-                Ok(id) => self.process_in(&mut tx, *id).await?,
+        let mut inbound: Vec<Uuid> = items
+            .iter()
+            .filter_map(|item| match item {
+                Ok((id, kind)) if kind == event_type::CALL_INBOUND => Some(*id),
+                _ => None,
+            })
+            .collect();
+        // A redelivery can sit in the same batch as the original.
+        inbound.sort_unstable();
+        inbound.dedup();
+        let mut handoffs = self.create_dispatches(&mut tx, &inbound).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            outcomes.push(match item {
+                Err(reason) => Outcome::Reject(reason.clone()),
+                Ok((_, kind)) if kind == event_type::CALL_INBOUND => Outcome::Done,
+                Ok((id, _)) => {
+                    let (outcome, rows) = self.process_in(&mut tx, *id).await?;
+                    handoffs.extend(rows);
+                    outcome
+                }
             });
         }
         tx.commit().await?;
-        Ok(results)
+        Ok((outcomes, handoffs))
     }
 
+    /// A status or recording callback (or an inbound event whose message
+    /// named another type).
     async fn process_in(
         &self,
         tx: &mut PgConnection,
         event_id: Uuid,
-    ) -> Result<(Outcome, Option<OutboxRow>), sqlx::Error> {
+    ) -> Result<(Outcome, Vec<OutboxRow>), sqlx::Error> {
         let event: Option<EventRow> = sqlx::query_as(
             "SELECT tenant_id, call_id, type, payload, occurred_at, processed_at
              FROM call_events WHERE id = $1 FOR UPDATE",
@@ -127,23 +144,23 @@ impl Lifecycle {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(event) = event else {
-            return Ok((Outcome::Reject(format!("no event {event_id}")), None));
+            return Ok((Outcome::Reject(format!("no event {event_id}")), Vec::new()));
         };
         if event.processed_at.is_some() {
             metrics::counter!("dispatch_duplicates_total").increment(1);
-            return Ok((Outcome::Done, None));
+            return Ok((Outcome::Done, Vec::new()));
         }
-        let mut handoff = None;
         match event.kind.as_str() {
             event_type::CALL_INBOUND => {
-                handoff = self.create_dispatch(&mut *tx, &event).await?;
+                let rows = self.create_dispatches(&mut *tx, &[event_id]).await?;
+                return Ok((Outcome::Done, rows));
             }
             event_type::CALL_STATUS => apply_status(&mut *tx, &event).await?,
             event_type::CALL_RECORDING => upsert_recording(&mut *tx, &event).await?,
             other => {
                 return Ok((
                     Outcome::Reject(format!("unexpected event type {other}")),
-                    None,
+                    Vec::new(),
                 ));
             }
         }
@@ -153,121 +170,56 @@ impl Lifecycle {
             .await?;
         metrics::counter!("dispatch_events_processed_total", "type" => event.kind.clone())
             .increment(1);
-        Ok((Outcome::Done, handoff))
+        Ok((Outcome::Done, Vec::new()))
     }
 
-    /// The dispatch, its handoff outbox event and the call's agent version,
-    /// fixed now (the agent's active version at ring time). `None` when the
-    /// call already has its dispatch.
-    async fn create_dispatch(
+    /// For every still-unprocessed inbound event of `event_ids`, in ONE
+    /// statement: mark it processed, create the call's dispatch (pending,
+    /// sealed join token, expiry), fix the call's agent version (the agent's
+    /// active version at ring time) and append the handoff outbox event.
+    /// Returns the handoff events to publish. Events already processed (a
+    /// redelivery) and calls that already have a dispatch produce nothing.
+    async fn create_dispatches(
         &self,
         conn: &mut PgConnection,
-        event: &EventRow,
-    ) -> Result<Option<OutboxRow>, sqlx::Error> {
-        #[derive(sqlx::FromRow)]
-        struct CallRow {
-            call_sid: String,
-            from_number: String,
-            to_number: String,
-            agent_id: Option<Uuid>,
-            agent_version_id: Option<Uuid>,
-            active_version_id: Option<Uuid>,
-            active_version: Option<i32>,
-            fixed_version: Option<i32>,
+        event_ids: &[Uuid],
+    ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let call: CallRow = sqlx::query_as(
-            "SELECT s.call_sid, s.from_number, s.to_number, s.agent_id, s.agent_version_id,
-                    a.active_version_id, av.version AS active_version, fv.version AS fixed_version
-             FROM call_sessions s
-             LEFT JOIN agents a ON a.id = s.agent_id AND a.tenant_id = s.tenant_id
-             LEFT JOIN agent_versions av ON av.id = a.active_version_id
-             LEFT JOIN agent_versions fv ON fv.id = s.agent_version_id
-             WHERE s.id = $1 AND s.tenant_id = $2",
-        )
-        .bind(event.call_id)
-        .bind(event.tenant_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        let (agent_version_id, agent_version) = match call.agent_version_id {
-            Some(fixed) => (Some(fixed), call.fixed_version),
-            None => (call.active_version_id, call.active_version),
-        };
-        let dispatch_id = Uuid::now_v7();
-        let token = shared::crypto::random_bytes::<32>();
-        let sealed = self
-            .secrets
-            .seal(&token, &join_token_aad(dispatch_id))
-            .map_err(|e| sqlx::Error::Protocol(format!("cannot seal join token: {e}")))?;
+        let mut dispatch_ids = Vec::with_capacity(event_ids.len());
+        let mut handoff_ids = Vec::with_capacity(event_ids.len());
+        let mut ciphertexts = Vec::with_capacity(event_ids.len());
+        let mut nonces = Vec::with_capacity(event_ids.len());
+        for _ in event_ids {
+            let dispatch_id = Uuid::now_v7();
+            let token = shared::crypto::random_bytes::<32>();
+            let sealed = self
+                .secrets
+                .seal(&token, &join_token_aad(dispatch_id))
+                .map_err(|e| sqlx::Error::Protocol(format!("cannot seal join token: {e}")))?;
+            dispatch_ids.push(dispatch_id);
+            handoff_ids.push(Uuid::now_v7());
+            ciphertexts.push(sealed.ciphertext);
+            nonces.push(sealed.nonce);
+        }
         let ttl =
             chrono::Duration::from_std(self.dispatch_ttl).unwrap_or(chrono::Duration::seconds(60));
         let expires_at = Utc::now() + ttl;
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
-                 join_token_ciphertext, join_token_nonce, join_token_key_id, expires_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)
-             ON CONFLICT (call_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(dispatch_id)
-        .bind(event.tenant_id)
-        .bind(event.call_id)
-        .bind(call.agent_id)
-        .bind(agent_version_id)
-        .bind(&sealed.ciphertext)
-        .bind(&sealed.nonce)
-        .bind(&sealed.key_id)
-        .bind(expires_at)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if inserted.is_none() {
-            return Ok(None);
-        }
-        sqlx::query(
-            "UPDATE call_sessions SET agent_version_id = $2, updated_at = now()
-             WHERE id = $1 AND agent_version_id IS NULL",
-        )
-        .bind(event.call_id)
-        .bind(agent_version_id)
-        .execute(&mut *conn)
-        .await?;
-        let handoff = HandoffRequested {
-            dispatch_id,
-            call_id: event.call_id,
-            call_sid: call.call_sid,
-            tenant_id: event.tenant_id,
-            agent_id: call.agent_id,
-            agent_version_id,
-            agent_version,
-            from: call.from_number,
-            to: call.to_number,
-            expires_at,
-        };
-        let payload = serde_json::to_value(&handoff)
-            .map_err(|e| sqlx::Error::Protocol(format!("cannot encode handoff: {e}")))?;
-        let handoff_event_id = Uuid::now_v7();
-        let occurred_at = Utc::now();
-        sqlx::query(
-            "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
-             VALUES ($1, $2, $3, $4, $4, $5, true, $6)
-             ON CONFLICT (call_id, idempotency_key) DO NOTHING",
-        )
-        .bind(handoff_event_id)
-        .bind(event.tenant_id)
-        .bind(event.call_id)
-        .bind(event_type::HANDOFF_REQUESTED)
-        .bind(&payload)
-        .bind(occurred_at)
-        .execute(&mut *conn)
-        .await?;
-        metrics::counter!("dispatch_dispatches_created_total").increment(1);
-        Ok(Some(OutboxRow {
-            id: handoff_event_id,
-            tenant_id: event.tenant_id,
-            call_id: event.call_id,
-            kind: event_type::HANDOFF_REQUESTED.to_owned(),
-            occurred_at,
-            payload,
-        }))
+        let rows: Vec<OutboxRow> = sqlx::query_as(CREATE_DISPATCHES)
+            .bind(event_ids)
+            .bind(&dispatch_ids)
+            .bind(&handoff_ids)
+            .bind(&ciphertexts)
+            .bind(&nonces)
+            .bind(self.secrets.key_id())
+            .bind(expires_at)
+            .fetch_all(&mut *conn)
+            .await?;
+        metrics::counter!("dispatch_dispatches_created_total").increment(rows.len() as u64);
+        metrics::counter!("dispatch_events_processed_total", "type" => event_type::CALL_INBOUND)
+            .increment(rows.len() as u64);
+        Ok(rows)
     }
 
     /// Publishes right away and records the acks in one update; whatever
@@ -301,6 +253,57 @@ impl Lifecycle {
         }
     }
 }
+
+/// A message's event id and type, or why it is malformed.
+type Item = Result<(Uuid, String), String>;
+
+/// See [`Lifecycle::create_dispatches`]. The handoff payload is the
+/// [`shared::calls::HandoffRequested`] shape, built here so the whole batch is one round
+/// trip.
+const CREATE_DISPATCHES: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bytea[], $5::bytea[])
+        AS t(event_id, dispatch_id, handoff_id, ciphertext, nonce)
+), ev AS (
+    UPDATE call_events e SET processed_at = now()
+    FROM input i
+    WHERE e.id = i.event_id AND e.type = 'call.inbound' AND e.processed_at IS NULL
+    RETURNING e.id AS event_id, e.tenant_id, e.call_id
+), calls AS (
+    SELECT ev.event_id, ev.tenant_id, ev.call_id, s.call_sid, s.from_number, s.to_number, s.agent_id,
+           COALESCE(s.agent_version_id, a.active_version_id) AS agent_version_id,
+           (s.agent_version_id IS NULL) AS fix_version
+    FROM ev
+    JOIN call_sessions s ON s.id = ev.call_id AND s.tenant_id = ev.tenant_id
+    LEFT JOIN agents a ON a.id = s.agent_id AND a.tenant_id = s.tenant_id
+), d AS (
+    INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
+        join_token_ciphertext, join_token_nonce, join_token_key_id, expires_at)
+    SELECT i.dispatch_id, c.tenant_id, c.call_id, c.agent_id, c.agent_version_id, 'pending',
+           i.ciphertext, i.nonce, $6, $7
+    FROM calls c JOIN input i ON i.event_id = c.event_id
+    ON CONFLICT (call_id) DO NOTHING
+    RETURNING id, call_id
+), fixed AS (
+    UPDATE call_sessions s SET agent_version_id = c.agent_version_id, updated_at = now()
+    FROM calls c JOIN d ON d.call_id = c.call_id
+    WHERE s.id = c.call_id AND c.fix_version AND c.agent_version_id IS NOT NULL
+    RETURNING s.id
+)
+INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+SELECT i.handoff_id, c.tenant_id, c.call_id, 'runtime.handoff_requested', 'runtime.handoff_requested',
+       jsonb_build_object(
+           'dispatch_id', d.id, 'call_id', c.call_id, 'call_sid', c.call_sid,
+           'tenant_id', c.tenant_id, 'agent_id', c.agent_id,
+           'agent_version_id', c.agent_version_id, 'agent_version', v.version,
+           'from', c.from_number, 'to', c.to_number, 'expires_at', $7::timestamptz),
+       true, now()
+FROM d
+JOIN calls c ON c.call_id = d.call_id
+JOIN input i ON i.event_id = c.event_id
+LEFT JOIN agent_versions v ON v.id = c.agent_version_id
+ON CONFLICT (call_id, idempotency_key) DO NOTHING
+RETURNING id, tenant_id, call_id, type, occurred_at, payload";
 
 /// Moves the session forward to the callback's status; a late or repeated
 /// callback never moves it back (a completed call stays completed).
