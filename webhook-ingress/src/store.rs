@@ -220,12 +220,145 @@ async fn commit_group(pool: &PgPool, group: Vec<Job>) {
 
 async fn try_group(pool: &PgPool, group: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let seeded: Vec<&CallWrite> = group
+        .iter()
+        .map(|job| &job.write)
+        .filter(|w| w.seed.is_some())
+        .collect();
+    let mut seeded_results = upsert_many(&mut tx, &seeded).await?.into_iter();
     let mut results = Vec::with_capacity(group.len());
     for job in group {
-        results.push(write_one(&mut tx, &job.write).await?);
+        if job.write.seed.is_some() {
+            results.push(
+                seeded_results
+                    .next()
+                    .ok_or_else(|| sqlx::Error::Protocol("group upsert lost a row".into()))?,
+            );
+        } else {
+            results.push(write_one(&mut tx, &job.write).await?);
+        }
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// [`UPSERT_SESSION_AND_EVENT`] for many webhooks in ONE statement (one
+/// round trip per group). A group that names one CallSid twice fails here
+/// (a row cannot be upserted twice in one statement) and is retried one by
+/// one by the caller.
+const UPSERT_MANY: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                         $7::text[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[],
+                         $13::jsonb[], $14::timestamptz[])
+        WITH ORDINALITY AS t(session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+                             from_number, to_number, direction, event_id, type, idempotency_key,
+                             payload, occurred_at, ord)
+), s AS (
+    INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+                               from_number, to_number, direction, started_at)
+    SELECT session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+           from_number, to_number, direction, occurred_at
+    FROM input ORDER BY call_sid
+    ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
+    RETURNING id, tenant_id, call_sid
+), e AS (
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+    SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at
+    FROM input i JOIN s ON s.call_sid = i.call_sid
+    ON CONFLICT (call_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT s.id AS call_id, s.tenant_id,
+       CASE WHEN i.event_id IN (SELECT id FROM e) THEN i.event_id END AS event_id
+FROM input i JOIN s ON s.call_sid = i.call_sid
+ORDER BY i.ord";
+
+async fn upsert_many(
+    conn: &mut PgConnection,
+    writes: &[&CallWrite],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = writes.len();
+    let (mut session_ids, mut tenant_ids, mut call_sids, mut account_sids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut phone_ids, mut agent_ids, mut froms, mut tos, mut directions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut event_ids, mut kinds, mut keys, mut payloads, mut times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for w in writes {
+        let Some(seed) = &w.seed else { continue };
+        session_ids.push(Uuid::now_v7());
+        tenant_ids.push(seed.tenant_id);
+        call_sids.push(w.call_sid.clone());
+        account_sids.push(seed.account_sid.clone());
+        phone_ids.push(seed.phone_number_id);
+        agent_ids.push(seed.agent_id);
+        froms.push(seed.from.clone());
+        tos.push(seed.to.clone());
+        directions.push(seed.direction.clone());
+        event_ids.push(w.event_id);
+        kinds.push(w.kind.to_owned());
+        keys.push(w.idempotency_key.clone());
+        payloads.push(w.payload.clone());
+        times.push(w.occurred_at);
+    }
+    let rows: Vec<WriteRow> = sqlx::query_as(UPSERT_MANY)
+        .bind(&session_ids)
+        .bind(&tenant_ids)
+        .bind(&call_sids)
+        .bind(&account_sids)
+        .bind(&phone_ids)
+        .bind(&agent_ids)
+        .bind(&froms)
+        .bind(&tos)
+        .bind(&directions)
+        .bind(&event_ids)
+        .bind(&kinds)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&times)
+        .fetch_all(&mut *conn)
+        .await?;
+    if rows.len() != writes.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "group upsert returned {} rows for {} webhooks",
+            rows.len(),
+            writes.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(writes)
+        .map(|(row, w)| Stored::Call {
+            call_id: row.call_id,
+            tenant_id: row.tenant_id,
+            new_event: row.event_id.map(|id| OutboxRow {
+                id,
+                tenant_id: row.tenant_id,
+                call_id: row.call_id,
+                kind: w.kind.to_owned(),
+                occurred_at: w.occurred_at,
+                payload: w.payload.clone(),
+            }),
+        })
+        .collect())
 }
 
 async fn try_single(pool: &PgPool, write: &CallWrite) -> Result<Stored, sqlx::Error> {

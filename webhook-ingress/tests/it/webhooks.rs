@@ -280,3 +280,62 @@ fn startup_refuses_validation_without_secrets() {
     config.twilio.twilio_validate_signature = false;
     assert!(config.twilio.signature_check().is_ok());
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn concurrent_webhooks_share_commits_and_stay_exact(pool: PgPool) {
+    let app = spawn_ingress(pool).await;
+    let seeded = seed_number(&app.pool, "+14155550119").await;
+    // 100 distinct calls, each sent twice at once (a retry racing the
+    // original), so groups hold both distinct and repeated CallSids.
+    let sids: Vec<String> = (0..100).map(|i| format!("CA{i:032}")).collect();
+    let answers = futures::future::join_all(sids.iter().chain(sids.iter()).map(|sid| {
+        let app = &app;
+        let params = inbound_params(sid, &seeded.e164);
+        async move { (sid.clone(), app.post_signed(INBOUND, &params).await) }
+    }))
+    .await;
+    for (sid, (status, body)) in &answers {
+        assert_eq!(*status, 200, "{sid}: {body}");
+        let call_id: uuid::Uuid =
+            sqlx::query_scalar("SELECT id FROM call_sessions WHERE call_sid = $1")
+                .bind(sid)
+                .fetch_one(&app.pool)
+                .await
+                .expect("session committed before the answer");
+        assert!(
+            body.contains(&format!(r#"name="callId" value="{call_id}""#)),
+            "{body}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM call_sessions").await, 100);
+    assert_eq!(app.count("SELECT count(*) FROM call_events").await, 100);
+    // Commits were shared: the group-size histogram's sum exceeds its count.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    eprintln!(
+        "group commits: {} webhooks in {} transactions",
+        value("ingress_group_commit_size_sum"),
+        value("ingress_group_commit_size_count")
+    );
+    assert!(value("ingress_group_commit_size_sum") > value("ingress_group_commit_size_count"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stream_messages(&app.nats, &app.subjects.calls_stream()).await == 100
+        })
+        .await
+    );
+    delete_streams(&app.nats, &app.subjects).await;
+}
