@@ -272,3 +272,49 @@ async fn unclaimed_dispatches_expire_and_drop_their_token(pool: PgPool) {
     );
     w.delete_streams().await;
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn relay_republishes_a_published_event_that_was_never_processed(pool: PgPool) {
+    let w = world(pool).await;
+    let seeded = seed_number(&w.pool, "+14155550306").await;
+    let sid = "CA00000000000000000000000000000306";
+    assert_eq!(
+        w.post_signed(INBOUND, &inbound_params(sid, &seeded.e164))
+            .await
+            .0,
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            w.scalar("SELECT count(*) FROM call_events WHERE published_at IS NOT NULL")
+                .await
+                == 1
+        })
+        .await
+    );
+    // JetStream loses the acknowledged message (as a crash before its
+    // fsync would), and the publish happened a while ago.
+    let js = async_nats::jetstream::new(w.nats.clone());
+    js.get_stream(w.subjects.calls_stream())
+        .await
+        .expect("stream")
+        .purge()
+        .await
+        .expect("purge");
+    sqlx::query("UPDATE call_events SET published_at = now() - interval '1 hour'")
+        .execute(&w.pool)
+        .await
+        .expect("age");
+    w.spawn_worker(|c| c.relay_republish_after = Duration::from_millis(500))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            w.scalar("SELECT count(*) FROM runtime_dispatches").await == 1
+                && w.scalar("SELECT count(*) FROM call_events WHERE type = 'call.inbound' AND processed_at IS NOT NULL")
+                    .await
+                    == 1
+        })
+        .await
+    );
+    w.delete_streams().await;
+}
