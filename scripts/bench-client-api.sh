@@ -30,7 +30,7 @@ if ! psql "$PG_URL/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$D
   psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >/dev/null
 fi
 
-cargo build --release --locked -p api -p client-bench
+cargo build --release --locked -p api -p bench --bin client-bench --bin api
 BIN="$CARGO_TARGET_DIR/release"
 
 "$BIN/client-bench" load

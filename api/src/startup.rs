@@ -106,6 +106,7 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(crate::audit_log::routes())
         .merge(crate::automation::routes())
         .merge(crate::client::routes())
+        .merge(crate::runtime_dispatches::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

@@ -1,6 +1,7 @@
 //! Settings of the dispatch-worker binary (flags and environment variables).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
@@ -23,4 +24,33 @@ pub struct Config {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub encryption: EncryptionArgs,
+    /// Seconds a runtime has to claim a dispatch before it expires.
+    #[arg(long, env = "DISPATCH_TTL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub dispatch_ttl_seconds: u32,
+    /// Outbox events still unpublished this long after their commit are
+    /// published by the relay.
+    #[arg(long, env = "RELAY_PUBLISH_AFTER", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub relay_publish_after: Duration,
+    /// Events published but not processed this long ago are published again.
+    #[arg(long, env = "RELAY_REPUBLISH_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub relay_republish_after: Duration,
+    /// How often the relay looks for due events.
+    #[arg(long, env = "RELAY_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub relay_interval: Duration,
+    /// Events the relay takes per round.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 500)]
+    pub relay_batch: i64,
+    /// How often pending dispatches past their expiry are expired.
+    #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dispatch_expiry_interval: Duration,
+    /// Runtime events handled concurrently.
+    #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Most call events committed in one transaction (the messages already
+    /// waiting are taken together; a lone message is handled at once).
+    #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub batch_size: u16,
+    /// Call-event batches in flight at once.
+    #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_batches: u16,
 }

@@ -1,4 +1,14 @@
 //! The dispatch-worker binary: owns the call lifecycle and runtime dispatches.
+//!
+//! `lifecycle` (calls.* -> sessions, dispatches, handoffs, recordings),
+//! `runtime_events` (runtime.events.* -> timeline, transcript), `relay`
+//! (the outbox), `expiry` (unclaimed dispatches), `consumer` (the shared
+//! JetStream consume loop).
 
 pub mod config;
+pub mod consumer;
+pub mod expiry;
+pub mod lifecycle;
+pub mod relay;
+pub mod runtime_events;
 pub mod startup;

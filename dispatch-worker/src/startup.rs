@@ -1,18 +1,27 @@
 //! Wiring: settings -> connections -> tasks, and graceful shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
+use shared::nats::Subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::relay::Relay;
+
+/// Durable consumer names, shared by every instance.
+pub const CALLS_CONSUMER: &str = "dispatch-worker";
+pub const RUNTIME_EVENTS_CONSUMER: &str = "dispatch-worker-runtime-events";
 
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
-    let _key = config.encryption.key(&config.common)?;
     let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
     let nats = shared::nats::connect(&config.nats, "dispatch-worker").await?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
@@ -31,14 +40,17 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
 
 /// Runs until `shutdown` is cancelled, then drains.
 pub async fn run(
-    _config: Config,
+    config: Config,
     pool: PgPool,
     nats: async_nats::Client,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let key = config.encryption.key(&config.common)?;
+    let subjects = Subjects::new(&config.nats.nats_subject_prefix);
+    let js = async_nats::jetstream::new(nats.clone());
     let readiness = Readiness {
-        pool,
+        pool: pool.clone(),
         nats,
         metrics: shared::telemetry::install_metrics(),
     };
@@ -50,8 +62,103 @@ pub async fn run(
             timeout: Duration::from_secs(10),
         },
     );
-    let stop = shutdown.clone();
-    shared::http::serve(listener, app, async move { stop.cancelled().await }).await?;
+    let tasks = TaskTracker::new();
+    {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) =
+                shared::http::serve(listener, app, async move { stop.cancelled().await }).await
+            {
+                tracing::error!(%err, "ops server failed");
+            }
+        });
+    }
+
+    tasks.spawn(crate::expiry::run(
+        pool.clone(),
+        config.dispatch_expiry_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(
+        Relay {
+            pool: pool.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            publish_after: config.relay_publish_after,
+            republish_after: config.relay_republish_after,
+            interval: config.relay_interval,
+            batch: config.relay_batch,
+        }
+        .run(shutdown.clone()),
+    );
+
+    // Streams and consumers, idempotently; waits for NATS if it is down.
+    let consumers = loop {
+        let attempt = async {
+            shared::nats::ensure_streams(&js, &subjects, config.nats.nats_stream_replicas).await?;
+            let calls = crate::consumer::ensure_consumer(
+                &js,
+                &subjects.calls_stream(),
+                CALLS_CONSUMER,
+                subjects.calls_all(),
+            )
+            .await?;
+            let events = crate::consumer::ensure_consumer(
+                &js,
+                &subjects.runtime_events_stream(),
+                RUNTIME_EVENTS_CONSUMER,
+                subjects.runtime_events_all(),
+            )
+            .await?;
+            anyhow::Ok((calls, events))
+        };
+        match attempt.await {
+            Ok(consumers) => break Some(consumers),
+            Err(err) => tracing::warn!(%err, "cannot set up JetStream yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break None,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+
+    if let Some((calls, events)) = consumers {
+        let concurrency = usize::from(config.concurrency);
+        let lifecycle = Arc::new(Lifecycle {
+            pool: pool.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            secrets: SecretBox::new(&key),
+            dispatch_ttl: Duration::from_secs(u64::from(config.dispatch_ttl_seconds)),
+        });
+        tasks.spawn(crate::consumer::run(
+            "calls",
+            calls,
+            usize::from(config.batch_size),
+            usize::from(config.parallel_batches),
+            shutdown.clone(),
+            move |batch| lifecycle.clone().handle_batch(batch),
+        ));
+        let (events_pool, events_subjects) = (pool.clone(), subjects.clone());
+        tasks.spawn(crate::consumer::run(
+            "runtime_events",
+            events,
+            concurrency,
+            1,
+            shutdown.clone(),
+            move |batch: Vec<async_nats::jetstream::Message>| {
+                let (pool, subjects) = (events_pool.clone(), events_subjects.clone());
+                futures::future::join_all(batch.into_iter().map(move |message| {
+                    crate::runtime_events::handle(pool.clone(), subjects.clone(), message)
+                }))
+            },
+        ));
+        tracing::info!("dispatch-worker consuming");
+    }
+
+    tasks.close();
+    shutdown.cancelled().await;
+    tasks.wait().await;
     tracing::info!("dispatch-worker stopped");
     Ok(())
 }

@@ -182,13 +182,15 @@ impl PrivateNats {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                let js = jetstream::new(client);
-                if js.query_account().await.is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "private NATS did not start");
+            let last_error = match async_nats::connect(self.url()).await {
+                Ok(client) if client.server_info().jetstream => return,
+                Ok(_) => "JetStream not enabled".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "private NATS did not start: {last_error}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -504,7 +506,6 @@ async fn terminate_service_connections(pool: &PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-#[ignore = "TEMP: enabled when the pipeline lands"]
 async fn nothing_accepted_is_lost_under_faults(pool: PgPool) {
     shared::install_crypto_providers();
     let mut h = harness(pool).await;

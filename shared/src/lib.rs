@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod automation;
+pub mod calls;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -18,6 +19,7 @@ pub mod password;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
+pub mod twilio;
 
 /// Installs the process-wide crypto providers (rustls and jsonwebtoken).
 ///

@@ -1,11 +1,13 @@
 //! Settings of the webhook-ingress binary (flags and environment variables).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "webhook-ingress",
     version,
@@ -23,4 +25,111 @@ pub struct Config {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub encryption: EncryptionArgs,
+    #[command(flatten)]
+    pub twilio: TwilioArgs,
+    /// How long a phone-number route is trusted before it is read again.
+    #[arg(long, env = "PHONE_NUMBER_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub phone_number_cache_ttl: Duration,
+    /// Concurrent database writers; webhooks arriving while they commit are
+    /// grouped into their next transaction.
+    #[arg(long, env = "INGRESS_DB_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub db_writers: u16,
+    /// Largest number of webhooks committed in one transaction.
+    #[arg(long, env = "INGRESS_MAX_GROUP_COMMIT", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_group_commit: u16,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("twilio", &self.twilio)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, clap::Args)]
+pub struct TwilioArgs {
+    /// Check `X-Twilio-Signature` on every webhook. Turn off only for local
+    /// smoke tests.
+    #[arg(long, env = "TWILIO_VALIDATE_SIGNATURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub twilio_validate_signature: bool,
+    /// The account's Auth Token (the HMAC key of the signature).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+    /// The public base URL Twilio calls (scheme, host, optional port), e.g.
+    /// `https://voice.example.com`; the signed URL is this + path + query.
+    #[arg(long, env = "TWILIO_WEBHOOK_BASE_URL")]
+    pub twilio_webhook_base_url: Option<String>,
+    /// `wss://` URL of the voice runtime's media stream; without it calls hear
+    /// a short message and are hung up.
+    #[arg(long, env = "TWILIO_MEDIA_STREAM_URL")]
+    pub twilio_media_stream_url: Option<String>,
+    /// Optional token passed to the media stream as a `<Parameter>`.
+    #[arg(long, env = "TWILIO_MEDIA_STREAM_TOKEN", hide_env_values = true)]
+    pub twilio_media_stream_token: Option<String>,
+}
+
+impl fmt::Debug for TwilioArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TwilioArgs")
+            .field("validate_signature", &self.twilio_validate_signature)
+            .field(
+                "auth_token",
+                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhook_base_url", &self.twilio_webhook_base_url)
+            .field("media_stream_url", &self.twilio_media_stream_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How webhooks are authenticated, checked at start-up.
+#[derive(Clone)]
+pub enum SignatureCheck {
+    Enabled {
+        auth_token: String,
+        /// Without a trailing slash.
+        base_url: String,
+    },
+    Disabled,
+}
+
+impl TwilioArgs {
+    /// Refuses to start with validation on but no token or base URL.
+    pub fn signature_check(&self) -> anyhow::Result<SignatureCheck> {
+        if !self.twilio_validate_signature {
+            tracing::warn!(
+                "TWILIO_VALIDATE_SIGNATURE=false: webhooks are NOT authenticated; use only for local smoke tests"
+            );
+            return Ok(SignatureCheck::Disabled);
+        }
+        let token = self
+            .twilio_auth_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "TWILIO_AUTH_TOKEN is required while TWILIO_VALIDATE_SIGNATURE=true"
+                )
+            })?;
+        let base = self
+            .twilio_webhook_base_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "TWILIO_WEBHOOK_BASE_URL is required while TWILIO_VALIDATE_SIGNATURE=true"
+                )
+            })?;
+        let parsed = url::Url::parse(&base)
+            .map_err(|e| anyhow::anyhow!("TWILIO_WEBHOOK_BASE_URL is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("TWILIO_WEBHOOK_BASE_URL must be http(s)");
+        }
+        Ok(SignatureCheck::Enabled {
+            auth_token: token,
+            base_url: base.trim_end_matches('/').to_owned(),
+        })
+    }
 }

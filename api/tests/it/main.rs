@@ -10,3 +10,4 @@ mod client;
 mod client_kpis;
 mod helpers;
 mod mgmt;
+mod runtime_dispatches;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The inbound-pipeline benchmark, one command: release builds, a fresh
+# database, webhook-ingress + dispatch-worker with a unique NATS prefix, the
+# load generator in closed loop (throughput) and open loop at a fixed rate
+# (latency), then pgbench running the minimum SQL of one inbound call on the
+# same machine for comparison. Everything it starts is stopped at the end.
+#
+#   bash bench/run.sh                    # defaults below
+#   DURATION=20s RATE=1000 CONNECTIONS=64 bash bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10s}"
+RATE="${RATE:-1000}"
+CONNECTIONS="${CONNECTIONS:-64}"
+PG="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
+NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+RUN="bench$(date +%s)"
+DB="vcp_$RUN"
+
+bash scripts/services.sh >/dev/null
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
+echo "building release binaries..."
+cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
+BIN="$CARGO_TARGET_DIR/release"
+
+psql "$PG/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
+for f in migrations/*.sql; do psql "$PG/$DB" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+TENANT=$(psql "$PG/$DB" -qAt <<'SQL'
+WITH t AS (INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 'bench') RETURNING id),
+     a AS (INSERT INTO agents (id, tenant_id, name) SELECT gen_random_uuid(), id, 'bench' FROM t RETURNING id, tenant_id),
+     v AS (INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at)
+           SELECT gen_random_uuid(), tenant_id, id, 1, '{}', 'published', now() FROM a RETURNING id, agent_id),
+     u AS (UPDATE agents SET active_version_id = v.id FROM v WHERE agents.id = v.agent_id RETURNING agents.id),
+     n AS (INSERT INTO phone_numbers (id, tenant_id, e164, twilio_sid, agent_id)
+           SELECT gen_random_uuid(), tenant_id, '+15005550100', 'PNbench', id FROM a RETURNING tenant_id)
+SELECT tenant_id FROM n;
+SQL
+)
+
+export TWILIO_AUTH_TOKEN="bench-auth-token"
+export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
+export NATS_URL NATS_SUBJECT_PREFIX="$RUN" DATABASE_URL="$PG/$DB" RUST_LOG=warn LOG_FORMAT=json
+mkdir -p .stack
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+LISTEN_ADDR=127.0.0.1:4101 TWILIO_WEBHOOK_BASE_URL=http://127.0.0.1:4101 DATABASE_MAX_CONNECTIONS=16 \
+  "$BIN/webhook-ingress" >.stack/bench-ingress.log 2>&1 &
+pids+=($!)
+LISTEN_ADDR=127.0.0.1:4103 DATABASE_MAX_CONNECTIONS=32 "$BIN/dispatch-worker" >.stack/bench-worker.log 2>&1 &
+pids+=($!)
+for port in 4101 4103; do
+  for _ in $(seq 1 60); do
+    curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+done
+
+LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100
+  --nats-url "$NATS_URL" --nats-subject-prefix "$RUN" --duration "$DURATION")
+echo
+echo "== saturation (closed loop) =="
+"${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS"
+echo
+echo "== fixed arrival rate (open loop) =="
+"${LOADGEN[@]}" --mode open --rate "$RATE" --delete-streams
+
+echo
+echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="
+cat >".stack/bench-inbound.sql" <<SQL
+\set n random(1, 2000000000)
+WITH s AS (
+  INSERT INTO call_sessions (id, tenant_id, call_sid, from_number, to_number)
+  VALUES (gen_random_uuid(), '$TENANT', 'PB' || :client_id || '_' || :n, '+14155550100', '+15005550100')
+  ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
+  RETURNING id, tenant_id
+)
+INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish)
+SELECT gen_random_uuid(), s.tenant_id, s.id, 'call.inbound', 'PB' || :client_id || '_' || :n, '{}', true FROM s
+ON CONFLICT (call_id, idempotency_key) DO NOTHING;
+SQL
+for clients in 1 "$CONNECTIONS"; do
+  tps=$(pgbench -n -M prepared -c "$clients" -j 2 -T "${DURATION%s}" -f .stack/bench-inbound.sql "$PG/$DB" 2>/dev/null \
+    | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  echo "  pgbench clients=$clients: $tps inbound calls/s (one commit each)"
+done

@@ -1,0 +1,129 @@
+//! A durable JetStream pull consumer shared by every instance, handling
+//! messages concurrently: ack after the handler's commit, nak (redeliver
+//! later) on a transient failure, term on a message that can never succeed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler decided about a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done (or already done before): ack.
+    Done,
+    /// Cannot ever succeed (malformed, unknown call): log and drop.
+    Reject(String),
+    /// Transient (Postgres down): redeliver after a pause.
+    Retry(String),
+}
+
+/// Creates the durable consumer, or binds to it when it exists.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    filter_subject: String,
+) -> anyhow::Result<PullConsumer> {
+    let stream = js.get_stream(stream).await?;
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        max_ack_pending: 4096,
+        filter_subject,
+        ..Default::default()
+    };
+    match stream.create_consumer(config).await {
+        Ok(consumer) => Ok(consumer),
+        // Exists with another config (an older version): keep using it.
+        Err(err) => {
+            tracing::warn!(%err, durable, "cannot create consumer; binding to the existing one");
+            stream
+                .get_consumer(durable)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind consumer {durable}: {e}"))
+        }
+    }
+}
+
+/// Consumes until `shutdown`; in-flight messages finish first. Messages
+/// already waiting are handed to `handler` together (up to `batch` at a
+/// time, so it can commit them at once), `parallel` batches at a time.
+pub async fn run<H, F>(
+    name: &'static str,
+    consumer: PullConsumer,
+    batch: usize,
+    parallel: usize,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Vec<jetstream::Message>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<(jetstream::Message, Outcome)>> + Send,
+{
+    while !shutdown.is_cancelled() {
+        let messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(%err, consumer = name, "cannot pull; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let stop = shutdown.clone();
+        messages
+            .take_until(async move { stop.cancelled().await })
+            .ready_chunks(batch.max(1))
+            .for_each_concurrent(parallel.max(1), |chunk| {
+                let handler = handler.clone();
+                async move {
+                    let mut received = Vec::with_capacity(chunk.len());
+                    for message in chunk {
+                        match message {
+                            Ok(message) => received.push(message),
+                            Err(err) => tracing::warn!(%err, consumer = name, "pull error"),
+                        }
+                    }
+                    if received.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
+                    let results = handler(received).await;
+                    futures::future::join_all(
+                        results
+                            .into_iter()
+                            .map(|(message, outcome)| settle(name, message, outcome)),
+                    )
+                    .await;
+                }
+            })
+            .await;
+    }
+}
+
+async fn settle(name: &'static str, message: jetstream::Message, outcome: Outcome) {
+    let ack = match outcome {
+        Outcome::Done => message.ack().await,
+        Outcome::Reject(reason) => {
+            metrics::counter!("dispatch_messages_rejected_total", "consumer" => name).increment(1);
+            tracing::warn!(consumer = name, subject = %message.subject, %reason, "dropping message");
+            message.ack_with(AckKind::Term).await
+        }
+        Outcome::Retry(reason) => {
+            tracing::warn!(consumer = name, %reason, "will retry message");
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(err) = ack {
+        // Redelivered after ack_wait; handlers are idempotent.
+        tracing::warn!(%err, consumer = name, "ack failed");
+    }
+}

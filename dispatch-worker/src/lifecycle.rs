@@ -1,0 +1,376 @@
+//! The call lifecycle from the `calls.*` stream: an inbound call becomes a
+//! runtime dispatch and a handoff request; status and recording callbacks
+//! update the session and its recordings, never moving a call backwards.
+//!
+//! Every handler reads the event from Postgres (the record; the message only
+//! names it), does its work and marks the event processed in one
+//! transaction, so a redelivered or republished message changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use shared::calls::{CallEventMessage, OutboxRow, event_type, join_token_aad, status_rank};
+use shared::crypto::SecretBox;
+use shared::nats::Subjects;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::consumer::Outcome;
+
+pub struct Lifecycle {
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub secrets: SecretBox,
+    pub dispatch_ttl: Duration,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    tenant_id: Uuid,
+    call_id: Uuid,
+    #[sqlx(rename = "type")]
+    kind: String,
+    payload: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+}
+
+fn param<'a>(payload: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    payload
+        .get(name)
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn int_param(payload: &serde_json::Value, name: &str) -> Option<i32> {
+    param(payload, name)
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|v| *v >= 0)
+}
+
+impl Lifecycle {
+    /// Handles a batch of `calls.*` messages with ONE commit (the worker's
+    /// group commit); the inbound calls of the batch become dispatches in one
+    /// statement. If anything fails, the batch is rolled back and each
+    /// message is handled in its own transaction, so one bad event never
+    /// holds back the others.
+    pub async fn handle_batch(
+        self: Arc<Self>,
+        messages: Vec<jetstream::Message>,
+    ) -> Vec<(jetstream::Message, Outcome)> {
+        metrics::histogram!("dispatch_batch_size").record(messages.len() as f64);
+        let items: Vec<Item> = messages
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<CallEventMessage>(&m.payload)
+                    .map(|e| (e.event_id, e.kind))
+                    .map_err(|e| format!("malformed call event: {e}"))
+            })
+            .collect();
+        let (outcomes, handoffs) = match self.process_group(&items).await {
+            Ok(done) => done,
+            Err(err) => {
+                if messages.len() > 1 {
+                    tracing::warn!(%err, size = messages.len(), "batch failed; retrying one by one");
+                }
+                let mut outcomes = Vec::with_capacity(items.len());
+                let mut handoffs = Vec::new();
+                for item in &items {
+                    match self.process_group(std::slice::from_ref(item)).await {
+                        Ok((mut one, rows)) => {
+                            outcomes.push(one.pop().unwrap_or(Outcome::Done));
+                            handoffs.extend(rows);
+                        }
+                        Err(err) => outcomes.push(Outcome::Retry(err.to_string())),
+                    }
+                }
+                (outcomes, handoffs)
+            }
+        };
+        // Handoffs go out after the commit and before the acks.
+        self.publish_handoffs(handoffs).await;
+        messages.into_iter().zip(outcomes).collect()
+    }
+
+    /// Processes `items` in one transaction: the inbound calls set-wise, the
+    /// callbacks one by one.
+    async fn process_group(
+        &self,
+        items: &[Item],
+    ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut inbound: Vec<Uuid> = items
+            .iter()
+            .filter_map(|item| match item {
+                Ok((id, kind)) if kind == event_type::CALL_INBOUND => Some(*id),
+                _ => None,
+            })
+            .collect();
+        // A redelivery can sit in the same batch as the original.
+        inbound.sort_unstable();
+        inbound.dedup();
+        let mut handoffs = self.create_dispatches(&mut tx, &inbound).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            outcomes.push(match item {
+                Err(reason) => Outcome::Reject(reason.clone()),
+                Ok((_, kind)) if kind == event_type::CALL_INBOUND => Outcome::Done,
+                Ok((id, _)) => {
+                    let (outcome, rows) = self.process_in(&mut tx, *id).await?;
+                    handoffs.extend(rows);
+                    outcome
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok((outcomes, handoffs))
+    }
+
+    /// A status or recording callback (or an inbound event whose message
+    /// named another type).
+    async fn process_in(
+        &self,
+        tx: &mut PgConnection,
+        event_id: Uuid,
+    ) -> Result<(Outcome, Vec<OutboxRow>), sqlx::Error> {
+        let event: Option<EventRow> = sqlx::query_as(
+            "SELECT tenant_id, call_id, type, payload, occurred_at, processed_at
+             FROM call_events WHERE id = $1 FOR UPDATE",
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(event) = event else {
+            return Ok((Outcome::Reject(format!("no event {event_id}")), Vec::new()));
+        };
+        if event.processed_at.is_some() {
+            metrics::counter!("dispatch_duplicates_total").increment(1);
+            return Ok((Outcome::Done, Vec::new()));
+        }
+        match event.kind.as_str() {
+            event_type::CALL_INBOUND => {
+                let rows = self.create_dispatches(&mut *tx, &[event_id]).await?;
+                return Ok((Outcome::Done, rows));
+            }
+            event_type::CALL_STATUS => apply_status(&mut *tx, &event).await?,
+            event_type::CALL_RECORDING => upsert_recording(&mut *tx, &event).await?,
+            other => {
+                return Ok((
+                    Outcome::Reject(format!("unexpected event type {other}")),
+                    Vec::new(),
+                ));
+            }
+        }
+        sqlx::query("UPDATE call_events SET processed_at = now() WHERE id = $1")
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+        metrics::counter!("dispatch_events_processed_total", "type" => event.kind.clone())
+            .increment(1);
+        Ok((Outcome::Done, Vec::new()))
+    }
+
+    /// For every still-unprocessed inbound event of `event_ids`, in ONE
+    /// statement: mark it processed, create the call's dispatch (pending,
+    /// sealed join token, expiry), fix the call's agent version (the agent's
+    /// active version at ring time) and append the handoff outbox event.
+    /// Returns the handoff events to publish. Events already processed (a
+    /// redelivery) and calls that already have a dispatch produce nothing.
+    async fn create_dispatches(
+        &self,
+        conn: &mut PgConnection,
+        event_ids: &[Uuid],
+    ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut dispatch_ids = Vec::with_capacity(event_ids.len());
+        let mut handoff_ids = Vec::with_capacity(event_ids.len());
+        let mut ciphertexts = Vec::with_capacity(event_ids.len());
+        let mut nonces = Vec::with_capacity(event_ids.len());
+        for _ in event_ids {
+            let dispatch_id = Uuid::now_v7();
+            let token = shared::crypto::random_bytes::<32>();
+            let sealed = self
+                .secrets
+                .seal(&token, &join_token_aad(dispatch_id))
+                .map_err(|e| sqlx::Error::Protocol(format!("cannot seal join token: {e}")))?;
+            dispatch_ids.push(dispatch_id);
+            handoff_ids.push(Uuid::now_v7());
+            ciphertexts.push(sealed.ciphertext);
+            nonces.push(sealed.nonce);
+        }
+        let ttl =
+            chrono::Duration::from_std(self.dispatch_ttl).unwrap_or(chrono::Duration::seconds(60));
+        let expires_at = Utc::now() + ttl;
+        let rows: Vec<OutboxRow> = sqlx::query_as(CREATE_DISPATCHES)
+            .bind(event_ids)
+            .bind(&dispatch_ids)
+            .bind(&handoff_ids)
+            .bind(&ciphertexts)
+            .bind(&nonces)
+            .bind(self.secrets.key_id())
+            .bind(expires_at)
+            .fetch_all(&mut *conn)
+            .await?;
+        metrics::counter!("dispatch_dispatches_created_total").increment(rows.len() as u64);
+        metrics::counter!("dispatch_events_processed_total", "type" => event_type::CALL_INBOUND)
+            .increment(rows.len() as u64);
+        Ok(rows)
+    }
+
+    /// Publishes right away and records the acks in one update; whatever
+    /// fails here the relay publishes later.
+    async fn publish_handoffs(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let results = futures::future::join_all(rows.iter().map(|row| async move {
+            let id = row.id.to_string();
+            let result = shared::calls::publish_outbox_row(
+                &self.js,
+                &self.subjects,
+                row,
+                &id,
+                Duration::from_secs(5),
+            )
+            .await;
+            if let Err(err) = &result {
+                tracing::warn!(event_id = %row.id, %err, "handoff publish failed; the relay will retry");
+            }
+            (row.id, result.is_ok())
+        }))
+        .await;
+        let acked: Vec<Uuid> = results
+            .into_iter()
+            .filter_map(|(id, ok)| ok.then_some(id))
+            .collect();
+        if let Err(err) = shared::calls::mark_published(&self.pool, &acked).await {
+            tracing::warn!(%err, "cannot mark handoffs published");
+        }
+    }
+}
+
+/// A message's event id and type, or why it is malformed.
+type Item = Result<(Uuid, String), String>;
+
+/// See [`Lifecycle::create_dispatches`]. The handoff payload is the
+/// [`shared::calls::HandoffRequested`] shape, built here so the whole batch is one round
+/// trip.
+const CREATE_DISPATCHES: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bytea[], $5::bytea[])
+        AS t(event_id, dispatch_id, handoff_id, ciphertext, nonce)
+), ev AS (
+    UPDATE call_events e SET processed_at = now()
+    FROM input i
+    WHERE e.id = i.event_id AND e.type = 'call.inbound' AND e.processed_at IS NULL
+    RETURNING e.id AS event_id, e.tenant_id, e.call_id
+), calls AS (
+    SELECT ev.event_id, ev.tenant_id, ev.call_id, s.call_sid, s.from_number, s.to_number, s.agent_id,
+           COALESCE(s.agent_version_id, a.active_version_id) AS agent_version_id,
+           (s.agent_version_id IS NULL) AS fix_version
+    FROM ev
+    JOIN call_sessions s ON s.id = ev.call_id AND s.tenant_id = ev.tenant_id
+    LEFT JOIN agents a ON a.id = s.agent_id AND a.tenant_id = s.tenant_id
+), d AS (
+    INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
+        join_token_ciphertext, join_token_nonce, join_token_key_id, expires_at)
+    SELECT i.dispatch_id, c.tenant_id, c.call_id, c.agent_id, c.agent_version_id, 'pending',
+           i.ciphertext, i.nonce, $6, $7
+    FROM calls c JOIN input i ON i.event_id = c.event_id
+    ON CONFLICT (call_id) DO NOTHING
+    RETURNING id, call_id
+), fixed AS (
+    UPDATE call_sessions s SET agent_version_id = c.agent_version_id, updated_at = now()
+    FROM calls c JOIN d ON d.call_id = c.call_id
+    WHERE s.id = c.call_id AND c.fix_version AND c.agent_version_id IS NOT NULL
+    RETURNING s.id
+)
+INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+SELECT i.handoff_id, c.tenant_id, c.call_id, 'runtime.handoff_requested', 'runtime.handoff_requested',
+       jsonb_build_object(
+           'dispatch_id', d.id, 'call_id', c.call_id, 'call_sid', c.call_sid,
+           'tenant_id', c.tenant_id, 'agent_id', c.agent_id,
+           'agent_version_id', c.agent_version_id, 'agent_version', v.version,
+           'from', c.from_number, 'to', c.to_number, 'expires_at', $7::timestamptz),
+       true, now()
+FROM d
+JOIN calls c ON c.call_id = d.call_id
+JOIN input i ON i.event_id = c.event_id
+LEFT JOIN agent_versions v ON v.id = c.agent_version_id
+ON CONFLICT (call_id, idempotency_key) DO NOTHING
+RETURNING id, tenant_id, call_id, type, occurred_at, payload";
+
+/// Moves the session forward to the callback's status; a late or repeated
+/// callback never moves it back (a completed call stays completed).
+async fn apply_status(conn: &mut PgConnection, event: &EventRow) -> Result<(), sqlx::Error> {
+    let Some(status) = param(&event.payload, "CallStatus") else {
+        return Ok(());
+    };
+    let Some(rank) = status_rank(status) else {
+        tracing::warn!(status, "unknown CallStatus; recorded on the timeline only");
+        return Ok(());
+    };
+    let at = param(&event.payload, "Timestamp")
+        .and_then(|t| DateTime::parse_from_rfc2822(t).ok())
+        .map_or(event.occurred_at, |t| t.with_timezone(&Utc));
+    let duration = int_param(&event.payload, "CallDuration");
+    sqlx::query(
+        "UPDATE call_sessions SET
+             status = CASE WHEN $2::int > (CASE status WHEN 'queued' THEN 0 WHEN 'ringing' THEN 1
+                                                      WHEN 'in-progress' THEN 2 ELSE 3 END)
+                           THEN $3 ELSE status END,
+             answered_at = COALESCE(answered_at,
+                 CASE WHEN $3 = 'in-progress' THEN $4
+                      WHEN $3 = 'completed' AND $5::int > 0 THEN $4 - make_interval(secs => $5::int)
+                 END),
+             ended_at = COALESCE(ended_at, CASE WHEN $2::int = 3 THEN $4 END),
+             duration_seconds = COALESCE(duration_seconds, $5),
+             updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(event.call_id)
+    .bind(i32::from(rank))
+    .bind(status)
+    .bind(at)
+    .bind(duration)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Recording metadata, upserted by RecordingSid; a finished recording keeps
+/// its final status.
+async fn upsert_recording(conn: &mut PgConnection, event: &EventRow) -> Result<(), sqlx::Error> {
+    let Some(sid) = param(&event.payload, "RecordingSid") else {
+        return Ok(());
+    };
+    let channels = int_param(&event.payload, "RecordingChannels").filter(|c| (1..=2).contains(c));
+    sqlx::query(
+        "INSERT INTO recordings (id, tenant_id, call_id, recording_sid, url, duration_seconds, channels, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (recording_sid) DO UPDATE SET
+             url = COALESCE(EXCLUDED.url, recordings.url),
+             duration_seconds = COALESCE(EXCLUDED.duration_seconds, recordings.duration_seconds),
+             channels = COALESCE(EXCLUDED.channels, recordings.channels),
+             status = CASE WHEN recordings.status IN ('completed', 'absent', 'failed')
+                           THEN recordings.status ELSE EXCLUDED.status END,
+             updated_at = now()
+         WHERE recordings.tenant_id = EXCLUDED.tenant_id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event.tenant_id)
+    .bind(event.call_id)
+    .bind(sid)
+    .bind(param(&event.payload, "RecordingUrl"))
+    .bind(int_param(&event.payload, "RecordingDuration"))
+    .bind(channels)
+    .bind(param(&event.payload, "RecordingStatus").unwrap_or("completed"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

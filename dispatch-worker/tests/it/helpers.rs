@@ -1,0 +1,296 @@
+#![allow(dead_code)] // Helpers serve every test module; not each uses all.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reqwest::Client;
+use shared::nats::Subjects;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// One test's world: a database, a NATS prefix, the ingress in-process.
+pub struct World {
+    pub pool: PgPool,
+    pub prefix: String,
+    pub subjects: Subjects,
+    pub nats: async_nats::Client,
+    pub ingress_base: String,
+    pub client: Client,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", Uuid::new_v4().simple())
+}
+
+/// The URL of the test's own database, for child processes.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("test database name")
+        .to_owned();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+pub async fn world(pool: PgPool) -> World {
+    world_with_ingress_nats(pool, NATS_URL).await
+}
+
+/// The ingress talks to `ingress_nats` (a dead address simulates an outage).
+pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World {
+    shared::install_crypto_providers();
+    let prefix = unique_prefix();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut config =
+        webhook_ingress::config::Config::try_parse_from(["webhook-ingress"]).expect("defaults");
+    config.nats.nats_subject_prefix = prefix.clone();
+    config.nats.nats_url = ingress_nats.to_owned();
+    config.twilio.twilio_auth_token = Some(AUTH_TOKEN.into());
+    config.twilio.twilio_webhook_base_url = Some(base.clone());
+    config.twilio.twilio_media_stream_url = Some("wss://runtime.example.com/media".into());
+    let ingress_client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(ingress_nats)
+        .await
+        .expect("nats");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(webhook_ingress::startup::run(
+        config,
+        pool.clone(),
+        ingress_client,
+        listener,
+        shutdown.clone(),
+    ));
+    let nats = async_nats::connect(NATS_URL).await.expect("NATS");
+    let subjects = Subjects::new(&prefix);
+    // Streams exist before anyone subscribes or counts.
+    let js = async_nats::jetstream::new(nats.clone());
+    shared::nats::ensure_streams(&js, &subjects, 1)
+        .await
+        .expect("streams");
+    World {
+        pool,
+        prefix,
+        subjects,
+        nats,
+        ingress_base: base,
+        client: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        shutdown,
+    }
+}
+
+pub fn worker_config(prefix: &str) -> dispatch_worker::config::Config {
+    let mut config =
+        dispatch_worker::config::Config::try_parse_from(["dispatch-worker"]).expect("defaults");
+    config.nats.nats_subject_prefix = prefix.to_owned();
+    config.nats.nats_url = NATS_URL.into();
+    config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());
+    config.relay_publish_after = Duration::from_millis(500);
+    config.relay_interval = Duration::from_millis(200);
+    config
+}
+
+impl World {
+    /// The dispatch-worker in-process; stops with the world.
+    pub async fn spawn_worker(&self, customize: impl FnOnce(&mut dispatch_worker::config::Config)) {
+        let mut config = worker_config(&self.prefix);
+        customize(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        tokio::spawn(dispatch_worker::startup::run(
+            config,
+            self.pool.clone(),
+            self.nats.clone(),
+            listener,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// The real dispatch-worker binary as a child process.
+    pub fn spawn_worker_binary(&self) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch-worker"))
+            .env("DATABASE_URL", database_url(&self.pool))
+            .env("NATS_URL", NATS_URL)
+            .env("NATS_SUBJECT_PREFIX", &self.prefix)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("ENCRYPTION_KEY", shared::config::DEV_ENCRYPTION_KEY)
+            .env("RELAY_PUBLISH_AFTER", "500ms")
+            .env("RELAY_INTERVAL", "200ms")
+            .env("RELAY_REPUBLISH_AFTER", "3s")
+            .env("LOG_FORMAT", "pretty")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start dispatch-worker")
+    }
+
+    pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> (u16, String) {
+        let url = format!("{}{path}", self.ingress_base);
+        let signature = shared::twilio::compute_signature(AUTH_TOKEN, &url, params);
+        self.post(path, params, &signature).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        signature: &str,
+    ) -> (u16, String) {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.ingress_base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    pub async fn scalar(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("scalar")
+    }
+
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        match js.get_stream(stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn delete_streams(&self) {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        for name in [
+            self.subjects.calls_stream(),
+            self.subjects.runtime_handoffs_stream(),
+            self.subjects.runtime_events_stream(),
+        ] {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+}
+
+pub struct Seeded {
+    pub tenant_id: Uuid,
+    pub agent_id: Uuid,
+    pub version_id: Uuid,
+    pub e164: String,
+}
+
+/// A tenant, an agent whose active version is 3, and an active number.
+pub async fn seed_number(pool: &PgPool, e164: &str) -> Seeded {
+    let tenant_id = Uuid::now_v7();
+    let agent_id = Uuid::now_v7();
+    let version_id = Uuid::now_v7();
+    let mut tx = pool.begin().await.expect("tx");
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'acme')")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO agents (id, tenant_id, name, active_version_id) VALUES ($1, $2, 'a', $3)",
+    )
+    .bind(agent_id)
+    .bind(tenant_id)
+    .bind(version_id)
+    .execute(&mut *tx)
+    .await
+    .expect("agent");
+    sqlx::query(
+        "INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at)
+         VALUES ($1, $2, $3, 3, '{}', 'published', now())",
+    )
+    .bind(version_id)
+    .bind(tenant_id)
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .expect("version");
+    sqlx::query(
+        "INSERT INTO phone_numbers (id, tenant_id, e164, twilio_sid, agent_id) VALUES ($1, $2, $3, 'PN1', $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant_id)
+    .bind(e164)
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .expect("number");
+    tx.commit().await.expect("commit");
+    Seeded {
+        tenant_id,
+        agent_id,
+        version_id,
+        e164: e164.to_owned(),
+    }
+}
+
+pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+pub fn inbound_params(call_sid: &str, to: &str) -> Vec<(String, String)> {
+    params(&[
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("CallSid", call_sid),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+14155550100"),
+        ("To", to),
+    ])
+}
+
+/// Polls `check` until true or `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

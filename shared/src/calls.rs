@@ -1,0 +1,360 @@
+//! Message bodies of flow 1 on NATS (DESIGN.md "Messages on NATS") and the
+//! call-event types of the outbox.
+//!
+//! Every outbox row (`call_events` with `needs_publish`) becomes one message:
+//! `call.*` events travel as a [`CallEventMessage`] on `calls.<kind>.<tenant>`,
+//! a `runtime.handoff_requested` event as its payload, a [`HandoffRequested`],
+//! on `runtime.handoff_requested.<tenant>`. The message id (`Nats-Msg-Id`) is
+//! the event id, so JetStream drops duplicate publishes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::nats::Subjects;
+
+/// `call_events.type` values.
+pub mod event_type {
+    pub const CALL_INBOUND: &str = "call.inbound";
+    pub const CALL_STATUS: &str = "call.status";
+    pub const CALL_RECORDING: &str = "call.recording";
+    pub const HANDOFF_REQUESTED: &str = "runtime.handoff_requested";
+    pub const DISPATCH_EXPIRED: &str = "runtime.dispatch_expired";
+}
+
+/// A Twilio callback as the ingress stored it: the event's identity and the
+/// form parameters Twilio sent (all of them, as strings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEventMessage {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub tenant_id: Uuid,
+    pub call_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// `runtime.handoff_requested.<tenant_id>`: a call waiting for a voice
+/// runtime. Never carries the join token; the runtime claims it by
+/// `dispatch_id` through the api.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRequested {
+    pub dispatch_id: Uuid,
+    pub call_id: Uuid,
+    pub call_sid: String,
+    pub tenant_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub agent_version_id: Option<Uuid>,
+    /// The version's number.
+    pub agent_version: Option<i32>,
+    pub from: String,
+    pub to: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `runtime.events.<tenant_id>.<call_id>`, published by the voice runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeEvent {
+    /// The idempotency key.
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub call_id: Uuid,
+    pub tenant_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// The typed `data` of the runtime event kinds this system understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEventData {
+    TranscriptSegment {
+        speaker: String,
+        text: String,
+        start_ms: i32,
+        end_ms: i32,
+    },
+    CallEnded {
+        reason: String,
+    },
+    RuntimeError {
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct SegmentData {
+    speaker: String,
+    text: String,
+    start_ms: i32,
+    end_ms: i32,
+}
+
+impl RuntimeEvent {
+    /// The typed data, or why the event is malformed.
+    pub fn parse_data(&self) -> Result<RuntimeEventData, String> {
+        let text_field = |name: &str| -> Result<String, String> {
+            Ok(self
+                .data
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned())
+        };
+        match self.kind.as_str() {
+            "transcript.segment" => {
+                let d: SegmentData = serde_json::from_value(self.data.clone())
+                    .map_err(|e| format!("transcript.segment data: {e}"))?;
+                if d.speaker != "caller" && d.speaker != "agent" {
+                    return Err("speaker must be caller or agent".into());
+                }
+                if d.start_ms < 0 || d.end_ms < d.start_ms {
+                    return Err("need 0 <= start_ms <= end_ms".into());
+                }
+                Ok(RuntimeEventData::TranscriptSegment {
+                    speaker: d.speaker,
+                    text: d.text,
+                    start_ms: d.start_ms,
+                    end_ms: d.end_ms,
+                })
+            }
+            "call.ended" => Ok(RuntimeEventData::CallEnded {
+                reason: text_field("reason")?,
+            }),
+            "runtime.error" => Ok(RuntimeEventData::RuntimeError {
+                message: text_field("message")?,
+            }),
+            other => Err(format!("unknown runtime event type {other:?}")),
+        }
+    }
+}
+
+/// Where an outbox event of `kind` is published, or `None` for kinds that
+/// are timeline-only.
+pub fn outbox_subject(subjects: &Subjects, kind: &str, tenant_id: Uuid) -> Option<String> {
+    match kind {
+        event_type::CALL_INBOUND => Some(subjects.calls_inbound(tenant_id)),
+        event_type::CALL_STATUS => Some(subjects.calls_status(tenant_id)),
+        event_type::CALL_RECORDING => Some(subjects.calls_recording(tenant_id)),
+        event_type::HANDOFF_REQUESTED => Some(subjects.runtime_handoff_requested(tenant_id)),
+        _ => None,
+    }
+}
+
+/// The body published for an outbox row.
+pub fn outbox_body(
+    event_id: Uuid,
+    kind: &str,
+    tenant_id: Uuid,
+    call_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    payload: &serde_json::Value,
+) -> Result<Vec<u8>, serde_json::Error> {
+    if kind == event_type::HANDOFF_REQUESTED {
+        serde_json::to_vec(payload)
+    } else {
+        serde_json::to_vec(&CallEventMessage {
+            event_id,
+            kind: kind.to_owned(),
+            tenant_id,
+            call_id,
+            occurred_at,
+            payload: payload.clone(),
+        })
+    }
+}
+
+/// An outbox row (`call_events` with `needs_publish`) ready to publish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub call_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Publishes `row` to JetStream with `msg_id` as `Nats-Msg-Id` and waits (at
+/// most `timeout`) for the stream's ack.
+pub async fn publish_outbox_row(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    row: &OutboxRow,
+    msg_id: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let subject = outbox_subject(subjects, &row.kind, row.tenant_id)
+        .ok_or_else(|| format!("event type {} is not published", row.kind))?;
+    let body = outbox_body(
+        row.id,
+        &row.kind,
+        row.tenant_id,
+        row.call_id,
+        row.occurred_at,
+        &row.payload,
+    )
+    .map_err(|e| e.to_string())?;
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(body.into())
+        .message_id(msg_id);
+    let ack = async {
+        let future = js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| e.to_string())?;
+        future.await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(timeout, ack).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no ack within {timeout:?}")),
+    }
+}
+
+/// Marks acked events published. Handoff events have no consumer in this
+/// system that reports back, so publishing them also completes them.
+pub async fn mark_published(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    // Losing this update in a crash only means one more (deduplicated)
+    // publish by the relay, so it need not wait for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE call_events
+         SET published_at = now(),
+             publish_attempts = publish_attempts + 1,
+             processed_at = CASE WHEN type = 'runtime.handoff_requested' THEN now() ELSE processed_at END
+         WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// The associated data that binds a sealed join token to its dispatch, so a
+/// ciphertext copied into another row does not open.
+pub fn join_token_aad(dispatch_id: Uuid) -> Vec<u8> {
+    format!("runtime_dispatches:{dispatch_id}").into_bytes()
+}
+
+/// Twilio's call statuses in lifecycle order; a callback may only move a
+/// call forward (terminal statuses are final).
+pub fn status_rank(status: &str) -> Option<u8> {
+    match status {
+        "queued" => Some(0),
+        "ringing" => Some(1),
+        "in-progress" => Some(2),
+        "completed" | "busy" | "failed" | "no-answer" | "canceled" => Some(3),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handoff_has_exactly_the_designed_fields() {
+        let h = HandoffRequested {
+            dispatch_id: Uuid::nil(),
+            call_id: Uuid::nil(),
+            call_sid: "CA1".into(),
+            tenant_id: Uuid::nil(),
+            agent_id: None,
+            agent_version_id: None,
+            agent_version: Some(3),
+            from: "+1".into(),
+            to: "+2".into(),
+            expires_at: Utc::now(),
+        };
+        let v = serde_json::to_value(&h).expect("json");
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "agent_id",
+                "agent_version",
+                "agent_version_id",
+                "call_id",
+                "call_sid",
+                "dispatch_id",
+                "expires_at",
+                "from",
+                "tenant_id",
+                "to"
+            ]
+        );
+    }
+
+    #[test]
+    fn runtime_event_data_parses_and_rejects() {
+        let ev = |kind: &str, data: serde_json::Value| RuntimeEvent {
+            event_id: Uuid::nil(),
+            kind: kind.into(),
+            call_id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            occurred_at: Utc::now(),
+            data,
+        };
+        assert_eq!(
+            ev(
+                "transcript.segment",
+                json!({"speaker":"caller","text":"hi","start_ms":0,"end_ms":10})
+            )
+            .parse_data(),
+            Ok(RuntimeEventData::TranscriptSegment {
+                speaker: "caller".into(),
+                text: "hi".into(),
+                start_ms: 0,
+                end_ms: 10
+            })
+        );
+        assert!(
+            ev(
+                "transcript.segment",
+                json!({"speaker":"bot","text":"hi","start_ms":0,"end_ms":10})
+            )
+            .parse_data()
+            .is_err()
+        );
+        assert!(
+            ev(
+                "transcript.segment",
+                json!({"speaker":"agent","text":"hi","start_ms":10,"end_ms":1})
+            )
+            .parse_data()
+            .is_err()
+        );
+        assert!(ev("nope", json!({})).parse_data().is_err());
+        assert_eq!(
+            ev("call.ended", json!({"reason":"hangup"})).parse_data(),
+            Ok(RuntimeEventData::CallEnded {
+                reason: "hangup".into()
+            })
+        );
+    }
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert!(status_rank("ringing") < status_rank("in-progress"));
+        assert!(status_rank("in-progress") < status_rank("completed"));
+        assert_eq!(status_rank("busy"), status_rank("completed"));
+        assert_eq!(status_rank("weird"), None);
+    }
+}

@@ -1,0 +1,369 @@
+//! Durability first: a webhook's call session and its outbox event are
+//! committed before Twilio gets an answer.
+//!
+//! Writes go through a few writer tasks. Each takes every webhook already
+//! waiting (up to a limit) and commits them in ONE transaction, so under load
+//! many calls share one WAL flush (group commit) while a lone webhook is
+//! written at once. If any statement of a group fails, the group is rolled
+//! back and each webhook is retried in its own transaction, so one bad row
+//! never fails its neighbours.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use shared::calls::OutboxRow;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+/// What a new session needs when the callback is the first we hear of a
+/// call (always for `call.inbound`).
+#[derive(Debug, Clone)]
+pub struct SessionSeed {
+    pub tenant_id: Uuid,
+    pub phone_number_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub account_sid: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub direction: String,
+}
+
+/// One webhook to persist: the session (upserted by `CallSid`) and its event.
+#[derive(Debug, Clone)]
+pub struct CallWrite {
+    pub call_sid: String,
+    /// `None`: only attach the event to an existing session.
+    pub seed: Option<SessionSeed>,
+    pub event_id: Uuid,
+    pub kind: &'static str,
+    pub idempotency_key: String,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// The session exists; `new_event` is `None` when the event was already
+    /// recorded (a Twilio retry).
+    Call {
+        call_id: Uuid,
+        tenant_id: Uuid,
+        new_event: Option<OutboxRow>,
+    },
+    /// No session with this `CallSid` and nothing to create one from.
+    UnknownCall,
+}
+
+pub type StoreResult = Result<Stored, String>;
+
+#[derive(sqlx::FromRow)]
+struct WriteRow {
+    call_id: Uuid,
+    tenant_id: Uuid,
+    event_id: Option<Uuid>,
+}
+
+const UPSERT_SESSION_AND_EVENT: &str = "
+WITH s AS (
+    INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+                               from_number, to_number, direction, started_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $14)
+    ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
+    RETURNING id, tenant_id
+), e AS (
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+    SELECT $10, s.tenant_id, s.id, $11, $12, $13, true, $14 FROM s
+    ON CONFLICT (call_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id FROM s";
+
+const EVENT_FOR_EXISTING_SESSION: &str = "
+WITH s AS (
+    SELECT id, tenant_id FROM call_sessions WHERE call_sid = $1
+), e AS (
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+    SELECT $2, s.tenant_id, s.id, $3, $4, $5, true, $6 FROM s
+    ON CONFLICT (call_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id FROM s";
+
+/// Runs one webhook's statement on `conn` (inside the caller's transaction).
+pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored, sqlx::Error> {
+    let row: Option<WriteRow> = match &w.seed {
+        Some(seed) => {
+            sqlx::query_as(UPSERT_SESSION_AND_EVENT)
+                .bind(Uuid::now_v7())
+                .bind(seed.tenant_id)
+                .bind(&w.call_sid)
+                .bind(&seed.account_sid)
+                .bind(seed.phone_number_id)
+                .bind(seed.agent_id)
+                .bind(&seed.from)
+                .bind(&seed.to)
+                .bind(&seed.direction)
+                .bind(w.event_id)
+                .bind(w.kind)
+                .bind(&w.idempotency_key)
+                .bind(&w.payload)
+                .bind(w.occurred_at)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        None => {
+            sqlx::query_as(EVENT_FOR_EXISTING_SESSION)
+                .bind(&w.call_sid)
+                .bind(w.event_id)
+                .bind(w.kind)
+                .bind(&w.idempotency_key)
+                .bind(&w.payload)
+                .bind(w.occurred_at)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    Ok(match row {
+        None => Stored::UnknownCall,
+        Some(row) => Stored::Call {
+            call_id: row.call_id,
+            tenant_id: row.tenant_id,
+            new_event: row.event_id.map(|id| OutboxRow {
+                id,
+                tenant_id: row.tenant_id,
+                call_id: row.call_id,
+                kind: w.kind.to_owned(),
+                occurred_at: w.occurred_at,
+                payload: w.payload.clone(),
+            }),
+        },
+    })
+}
+
+struct Job {
+    write: CallWrite,
+    reply: oneshot::Sender<StoreResult>,
+}
+
+/// The handle handlers submit writes through.
+#[derive(Clone)]
+pub struct CallStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl CallStore {
+    /// Starts `writers` writer tasks, each committing up to `max_group`
+    /// webhooks per transaction. They stop when every handle is dropped.
+    pub fn start(pool: PgPool, writers: usize, max_group: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(max_group * writers * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            let rx = rx.clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                loop {
+                    let group = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { break };
+                        let mut group = vec![first];
+                        while group.len() < max_group {
+                            match rx.try_recv() {
+                                Ok(job) => group.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        group
+                    };
+                    commit_group(&pool, group).await;
+                }
+            });
+        }
+        Self { jobs: tx }
+    }
+
+    /// Persists `write`; returns once it is committed (or failed).
+    pub async fn write(&self, write: CallWrite) -> StoreResult {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| "store is shut down".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "writer stopped before answering".to_owned())?
+    }
+}
+
+async fn commit_group(pool: &PgPool, group: Vec<Job>) {
+    metrics::histogram!("ingress_group_commit_size").record(group.len() as f64);
+    if group.len() > 1 {
+        match try_group(pool, &group).await {
+            Ok(results) => {
+                for (job, result) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, size = group.len(), "group commit failed; retrying one by one");
+            }
+        }
+    }
+    for job in group {
+        let result = try_single(pool, &job.write)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = job.reply.send(result);
+    }
+}
+
+async fn try_group(pool: &PgPool, group: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let seeded: Vec<&CallWrite> = group
+        .iter()
+        .map(|job| &job.write)
+        .filter(|w| w.seed.is_some())
+        .collect();
+    let mut seeded_results = upsert_many(&mut tx, &seeded).await?.into_iter();
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        if job.write.seed.is_some() {
+            results.push(
+                seeded_results
+                    .next()
+                    .ok_or_else(|| sqlx::Error::Protocol("group upsert lost a row".into()))?,
+            );
+        } else {
+            results.push(write_one(&mut tx, &job.write).await?);
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// [`UPSERT_SESSION_AND_EVENT`] for many webhooks in ONE statement (one
+/// round trip per group). A group that names one CallSid twice fails here
+/// (a row cannot be upserted twice in one statement) and is retried one by
+/// one by the caller.
+const UPSERT_MANY: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                         $7::text[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[],
+                         $13::jsonb[], $14::timestamptz[])
+        WITH ORDINALITY AS t(session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+                             from_number, to_number, direction, event_id, type, idempotency_key,
+                             payload, occurred_at, ord)
+), s AS (
+    INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+                               from_number, to_number, direction, started_at)
+    SELECT session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
+           from_number, to_number, direction, occurred_at
+    FROM input ORDER BY call_sid
+    ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
+    RETURNING id, tenant_id, call_sid
+), e AS (
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+    SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at
+    FROM input i JOIN s ON s.call_sid = i.call_sid
+    ON CONFLICT (call_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT s.id AS call_id, s.tenant_id,
+       CASE WHEN i.event_id IN (SELECT id FROM e) THEN i.event_id END AS event_id
+FROM input i JOIN s ON s.call_sid = i.call_sid
+ORDER BY i.ord";
+
+async fn upsert_many(
+    conn: &mut PgConnection,
+    writes: &[&CallWrite],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = writes.len();
+    let (mut session_ids, mut tenant_ids, mut call_sids, mut account_sids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut phone_ids, mut agent_ids, mut froms, mut tos, mut directions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut event_ids, mut kinds, mut keys, mut payloads, mut times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for w in writes {
+        let Some(seed) = &w.seed else { continue };
+        session_ids.push(Uuid::now_v7());
+        tenant_ids.push(seed.tenant_id);
+        call_sids.push(w.call_sid.clone());
+        account_sids.push(seed.account_sid.clone());
+        phone_ids.push(seed.phone_number_id);
+        agent_ids.push(seed.agent_id);
+        froms.push(seed.from.clone());
+        tos.push(seed.to.clone());
+        directions.push(seed.direction.clone());
+        event_ids.push(w.event_id);
+        kinds.push(w.kind.to_owned());
+        keys.push(w.idempotency_key.clone());
+        payloads.push(w.payload.clone());
+        times.push(w.occurred_at);
+    }
+    let rows: Vec<WriteRow> = sqlx::query_as(UPSERT_MANY)
+        .bind(&session_ids)
+        .bind(&tenant_ids)
+        .bind(&call_sids)
+        .bind(&account_sids)
+        .bind(&phone_ids)
+        .bind(&agent_ids)
+        .bind(&froms)
+        .bind(&tos)
+        .bind(&directions)
+        .bind(&event_ids)
+        .bind(&kinds)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&times)
+        .fetch_all(&mut *conn)
+        .await?;
+    if rows.len() != writes.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "group upsert returned {} rows for {} webhooks",
+            rows.len(),
+            writes.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(writes)
+        .map(|(row, w)| Stored::Call {
+            call_id: row.call_id,
+            tenant_id: row.tenant_id,
+            new_event: row.event_id.map(|id| OutboxRow {
+                id,
+                tenant_id: row.tenant_id,
+                call_id: row.call_id,
+                kind: w.kind.to_owned(),
+                occurred_at: w.occurred_at,
+                payload: w.payload.clone(),
+            }),
+        })
+        .collect())
+}
+
+async fn try_single(pool: &PgPool, write: &CallWrite) -> Result<Stored, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let stored = write_one(&mut tx, write).await?;
+    tx.commit().await?;
+    Ok(stored)
+}

@@ -1,0 +1,234 @@
+#![allow(dead_code)] // Helpers serve every test module; not each uses all.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reqwest::Client;
+use shared::nats::Subjects;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhook_ingress::config::Config;
+
+pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
+
+pub struct TestIngress {
+    pub base: String,
+    pub client: Client,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub subjects: Subjects,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestIngress {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", Uuid::new_v4().simple())
+}
+
+pub fn config_for(prefix: &str, base: &str) -> Config {
+    let mut config = Config::try_parse_from(["webhook-ingress"]).expect("defaults parse");
+    config.nats.nats_subject_prefix = prefix.to_owned();
+    config.twilio.twilio_auth_token = Some(AUTH_TOKEN.into());
+    config.twilio.twilio_webhook_base_url = Some(base.to_owned());
+    config.twilio.twilio_media_stream_url = Some("wss://runtime.example.com/media".into());
+    config.twilio.twilio_media_stream_token = Some("stream\"token&<x>".into());
+    config
+}
+
+pub async fn spawn_ingress(pool: PgPool) -> TestIngress {
+    spawn_ingress_with(pool, "nats://127.0.0.1:4222", |_| {}).await
+}
+
+pub async fn spawn_ingress_with(
+    pool: PgPool,
+    nats_url: &str,
+    customize: impl FnOnce(&mut Config),
+) -> TestIngress {
+    shared::install_crypto_providers();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let prefix = unique_prefix();
+    let mut config = config_for(&prefix, &base);
+    config.nats.nats_url = nats_url.to_owned();
+    customize(&mut config);
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats_url)
+        .await
+        .expect("nats client");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(webhook_ingress::startup::run(
+        config,
+        pool.clone(),
+        nats.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    TestIngress {
+        base,
+        client: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        pool,
+        nats,
+        subjects: Subjects::new(&prefix),
+        shutdown,
+    }
+}
+
+pub struct Seeded {
+    pub tenant_id: Uuid,
+    pub agent_id: Uuid,
+    pub phone_number_id: Uuid,
+    pub e164: String,
+}
+
+/// A tenant, an agent with an active version 1, and an active number.
+pub async fn seed_number(pool: &PgPool, e164: &str) -> Seeded {
+    let tenant_id = Uuid::now_v7();
+    let agent_id = Uuid::now_v7();
+    let version_id = Uuid::now_v7();
+    let phone_number_id = Uuid::now_v7();
+    let mut tx = pool.begin().await.expect("tx");
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'acme')")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO agents (id, tenant_id, name, active_version_id) VALUES ($1, $2, 'a', $3)",
+    )
+    .bind(agent_id)
+    .bind(tenant_id)
+    .bind(version_id)
+    .execute(&mut *tx)
+    .await
+    .expect("agent");
+    sqlx::query(
+        "INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at)
+         VALUES ($1, $2, $3, 1, '{}', 'published', now())",
+    )
+    .bind(version_id)
+    .bind(tenant_id)
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .expect("version");
+    sqlx::query(
+        "INSERT INTO phone_numbers (id, tenant_id, e164, twilio_sid, agent_id) VALUES ($1, $2, $3, 'PN1', $4)",
+    )
+    .bind(phone_number_id)
+    .bind(tenant_id)
+    .bind(e164)
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .expect("number");
+    tx.commit().await.expect("commit");
+    Seeded {
+        tenant_id,
+        agent_id,
+        phone_number_id,
+        e164: e164.to_owned(),
+    }
+}
+
+pub fn inbound_params(call_sid: &str, to: &str) -> Vec<(String, String)> {
+    [
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", call_sid),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+14155550100"),
+        ("To", to),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+impl TestIngress {
+    /// Posts `params` to `path`, signed as Twilio would sign it.
+    pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let signature = shared::twilio::compute_signature(AUTH_TOKEN, &url, params);
+        self.post_raw(path, params, Some(&signature)).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        params: &[(String, String)],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(sig) = signature {
+            req = req.header("x-twilio-signature", sig);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Messages currently in `stream`, or 0 if it does not exist yet.
+pub async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+pub async fn delete_streams(nats: &async_nats::Client, subjects: &Subjects) {
+    let js = async_nats::jetstream::new(nats.clone());
+    for name in [
+        subjects.calls_stream(),
+        subjects.runtime_handoffs_stream(),
+        subjects.runtime_events_stream(),
+    ] {
+        let _ = js.delete_stream(&name).await;
+    }
+}
