@@ -275,6 +275,7 @@ async fn execute(
         .send_request(
             state.subjects.automation_tool_execute(),
             async_nats::Request::new()
+                .headers(nats_headers(&execution_id.to_string(), Some(&trace_id)))
                 .payload(payload.into())
                 .timeout(Some(settings.execute_timeout + REPLY_GRACE)),
         )
@@ -522,4 +523,15 @@ async fn fail_unsent(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// `Nats-Msg-Id` (the execution or integration id) and the trace id, as
+/// every message of this system carries.
+pub(crate) fn nats_headers(msg_id: &str, trace_id: Option<&str>) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    if let Some(trace_id) = trace_id {
+        headers.insert("x-trace-id", trace_id);
+    }
+    headers
 }
