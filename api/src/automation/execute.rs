@@ -389,29 +389,9 @@ FROM call_sessions c
 LEFT JOIN tools t ON t.tenant_id = c.tenant_id AND t.name = $3
 WHERE c.id = $1 AND c.tenant_id = $2";
 
-/// Counts the call's executions of the last 60 s and, when under the
-/// limit, records the queued execution and its `tool.requested` event.
-/// Runs after the call's row lock is held, as its own statement, so its
-/// snapshot sees every execution committed by earlier lock holders.
-const COUNT_AND_INSERT: &str = "
-WITH w AS (
-    SELECT count(*) AS n,
-           EXTRACT(EPOCH FROM (min(created_at) + interval '60 seconds' - clock_timestamp()))::float8 AS retry_after
-    FROM tool_executions
-    WHERE call_id = $3 AND created_at > clock_timestamp() - interval '60 seconds'),
-ins AS (
-    INSERT INTO tool_executions (id, tenant_id, call_id, tool_id, trace_id, status, input, created_at, deadline_at)
-    SELECT $1, $2, $3, $4, $5, 'queued', $6, clock_timestamp(),
-           clock_timestamp() + make_interval(secs => $7::float8 / 1000)
-    FROM w WHERE w.n < $8
-    RETURNING id),
-ev AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-    SELECT $9, $2, $3, 'tool.requested', $10, $11, $5 FROM ins)
-SELECT w.retry_after, (SELECT count(*) FROM ins) AS inserted FROM w";
-
 /// The rate check and the queued execution with its `tool.requested`
-/// event, in one transaction under the call's row lock.
+/// event, atomically, in one round trip (`enqueue_tool_execution`,
+/// migration 0004: the call's row lock, then count and insert).
 async fn record_queued(
     state: &AppState,
     call: &super::CallRef,
@@ -421,44 +401,36 @@ async fn record_queued(
     execution_id: Uuid,
 ) -> AppResult<()> {
     let settings = &state.settings.automation;
-    let mut tx = state.pool.begin().await?;
-    // The lock serialises this call's executions; the same statement sets
-    // the transaction's commit durability (AUTOMATION_SYNCHRONOUS_COMMIT).
-    sqlx::query(
-        "SELECT set_config('synchronous_commit', $2, true) FROM call_sessions WHERE id = $1 FOR UPDATE",
+    let deadline_ms = settings.execute_timeout.as_secs_f64() * 1000.0;
+    let retry_after: Option<f64> = sqlx::query_scalar(
+        "SELECT enqueue_tool_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
+    .bind(execution_id)
+    .bind(call.tenant_id)
     .bind(call.id)
-    .bind(if settings.synchronous_commit { "on" } else { "off" })
-    .execute(&mut *tx)
+    .bind(tool.id)
+    .bind(trace_id)
+    .bind(input)
+    .bind(deadline_ms)
+    .bind(i64::from(settings.max_executions_per_minute))
+    .bind(Uuid::now_v7())
+    .bind(json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name}))
+    .bind(if settings.synchronous_commit {
+        "on"
+    } else {
+        "off"
+    })
+    .fetch_one(&state.pool)
     .await?;
-    let deadline_ms = i64::try_from(settings.execute_timeout.as_millis()).unwrap_or(i64::MAX);
-    // clock_timestamp(), not now(): now() is when the transaction began,
-    // possibly long before the lock was granted.
-    let (retry_after, inserted): (Option<f64>, i64) = sqlx::query_as(COUNT_AND_INSERT)
-        .bind(execution_id)
-        .bind(call.tenant_id)
-        .bind(call.id)
-        .bind(tool.id)
-        .bind(trace_id)
-        .bind(input)
-        .bind(deadline_ms as f64)
-        .bind(i64::from(settings.max_executions_per_minute))
-        .bind(Uuid::now_v7())
-        .bind(format!("tool:{execution_id}:requested"))
-        .bind(json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name}))
-        .fetch_one(&mut *tx)
-        .await?;
-    if inserted == 0 {
-        let retry_after_secs = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
+    if let Some(retry_after) = retry_after {
         return Err(AppError::TooManyRequests {
             message: format!(
                 "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
                 settings.max_executions_per_minute
             ),
-            retry_after_secs,
+            retry_after_secs: retry_after.ceil().max(1.0) as u64,
         });
     }
-    tx.commit().await?;
     Ok(())
 }
 
