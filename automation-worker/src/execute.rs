@@ -37,7 +37,6 @@ struct ExecutionContext {
     call_id: Uuid,
     tool_id: Uuid,
     trace_id: String,
-    status: String,
     input: Value,
     deadline_at: DateTime<Utc>,
     tool_name: String,
@@ -61,20 +60,43 @@ struct ExecutionContext {
     agent_version: Option<i32>,
 }
 
-const LOAD_SQL: &str = "
-SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.status, te.input, te.deadline_at,
+/// Claims the execution (queued -> running) and reads everything needed to
+/// run it, in one statement: a second delivery, or the reaper, cannot run
+/// or close it twice, and the hot path costs one round trip.
+const CLAIM_SQL: &str = "
+WITH cfg AS (SELECT set_config('synchronous_commit', $3, true) AS sc),
+te AS (
+    UPDATE tool_executions SET status = 'running', started_at = now()
+    WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
+    RETURNING id, tenant_id, call_id, tool_id, trace_id, input, deadline_at)
+SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.deadline_at,
        t.name AS tool_name,
        e.webhook_path, e.method, e.headers_template, e.timeout_ms, e.max_retries,
        i.id AS integration_id, i.base_url, i.auth_type, i.header_name,
        i.secret_ciphertext, i.secret_nonce, i.secret_key_id, i.status AS integration_status,
        c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
-FROM tool_executions te
+FROM te
+CROSS JOIN cfg
 JOIN tools t ON t.tenant_id = te.tenant_id AND t.id = te.tool_id
 JOIN call_sessions c ON c.tenant_id = te.tenant_id AND c.id = te.call_id
 LEFT JOIN tool_endpoints e ON e.tenant_id = te.tenant_id AND e.tool_id = te.tool_id
 LEFT JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
-LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id
-WHERE te.id = $1 AND te.tenant_id = $2";
+LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id";
+
+/// Records the outcome and its timeline event in one statement (atomic).
+const RECORD_SQL: &str = "
+WITH cfg AS (SELECT set_config('synchronous_commit', $13, true) AS sc),
+done AS (
+    UPDATE tool_executions
+    SET status = $2, output = $3, error_code = $4, error_message = $5,
+        http_status = $6, attempts = $7, latency_ms = $8, finished_at = now()
+    WHERE id = $1 AND status IN ('queued', 'running')
+    RETURNING id, tenant_id, call_id, trace_id),
+event AS (
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
+    SELECT $9, tenant_id, call_id, $10, $11, $12, trace_id FROM done
+    ON CONFLICT (call_id, idempotency_key) DO NOTHING)
+SELECT (SELECT count(*) FROM done) AS n, (SELECT sc FROM cfg) AS sc";
 
 /// What an execution ended with.
 #[derive(Debug, Clone)]
@@ -108,33 +130,29 @@ pub struct Executor {
     pub outbound: Outbound,
     pub secrets: SecretBox,
     pub max_output_bytes: usize,
+    /// Wait for the WAL flush when recording (see `AUTOMATION_SYNCHRONOUS_COMMIT`).
+    pub synchronous_commit: bool,
 }
 
 impl Executor {
+    fn synchronous_commit(&self) -> &'static str {
+        if self.synchronous_commit { "on" } else { "off" }
+    }
+
     /// Runs the execution and answers what was recorded. `Err` only when
     /// the execution cannot be found or Postgres fails.
     pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
-        let ctx: Option<ExecutionContext> = sqlx::query_as(LOAD_SQL)
+        let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
             .bind(req.execution_id)
             .bind(req.tenant_id)
+            .bind(self.synchronous_commit())
             .fetch_optional(&self.pool)
             .await?;
         let Some(ctx) = ctx else {
-            anyhow::bail!("execution {} not found", req.execution_id);
+            // Not queued (already run, or closed by the reaper) or unknown.
+            tracing::warn!(execution_id = %req.execution_id, "execution not queued; answering its record");
+            return self.recorded(req.execution_id, req.tenant_id).await;
         };
-        // Claim it: a second delivery, or the reaper, must not run it twice.
-        let claimed = sqlx::query(
-            "UPDATE tool_executions SET status = 'running', started_at = now()
-             WHERE id = $1 AND status = 'queued'",
-        )
-        .bind(ctx.id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            tracing::warn!(execution_id = %ctx.id, status = %ctx.status, "execution not queued; answering its record");
-            return self.recorded(ctx.id, ctx.tenant_id).await;
-        }
         let finished = self.run(&ctx).await;
         metrics::counter!("automation_tool_executions_total", "status" => finished.status.as_str())
             .increment(1);
@@ -331,56 +349,36 @@ impl Executor {
     /// Records the outcome and its timeline event in one transaction.
     /// False when the execution was no longer open (the reaper closed it).
     async fn record(&self, ctx: &ExecutionContext, f: &Finished) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tool_executions
-             SET status = $2, output = $3, error_code = $4, error_message = $5,
-                 http_status = $6, attempts = $7, latency_ms = $8, finished_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(ctx.id)
-        .bind(f.status.as_str())
-        .bind(&f.output)
-        .bind(f.error.as_ref().map(|e| e.code.as_str()))
-        .bind(f.error.as_ref().map(|e| e.message.as_str()))
-        .bind(f.http_status.map(i32::from))
-        .bind(i32::try_from(f.attempts).unwrap_or(i32::MAX))
-        .bind(i32::try_from(f.latency_ms).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(false);
-        }
         let (event, suffix) = match f.status {
             ExecutionStatus::Succeeded => ("tool.succeeded", "succeeded"),
             _ => ("tool.failed", "failed"),
         };
-        sqlx::query(
-            "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (call_id, idempotency_key) DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(ctx.tenant_id)
-        .bind(ctx.call_id)
-        .bind(event)
-        .bind(format!("tool:{}:{suffix}", ctx.id))
-        .bind(json!({
-            "execution_id": ctx.id,
-            "tool_id": ctx.tool_id,
-            "tool": ctx.tool_name,
-            "status": f.status.as_str(),
-            "attempts": f.attempts,
-            "latency_ms": f.latency_ms,
-            "http_status": f.http_status,
-            "error": f.error,
-        }))
-        .bind(&ctx.trace_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let (updated, _): (i64, String) = sqlx::query_as(RECORD_SQL)
+            .bind(ctx.id)
+            .bind(f.status.as_str())
+            .bind(&f.output)
+            .bind(f.error.as_ref().map(|e| e.code.as_str()))
+            .bind(f.error.as_ref().map(|e| e.message.as_str()))
+            .bind(f.http_status.map(i32::from))
+            .bind(i32::try_from(f.attempts).unwrap_or(i32::MAX))
+            .bind(i32::try_from(f.latency_ms).unwrap_or(i32::MAX))
+            .bind(Uuid::now_v7())
+            .bind(event)
+            .bind(format!("tool:{}:{suffix}", ctx.id))
+            .bind(json!({
+                "execution_id": ctx.id,
+                "tool_id": ctx.tool_id,
+                "tool": ctx.tool_name,
+                "status": f.status.as_str(),
+                "attempts": f.attempts,
+                "latency_ms": f.latency_ms,
+                "http_status": f.http_status,
+                "error": f.error,
+            }))
+            .bind(self.synchronous_commit())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(updated > 0)
     }
 
     async fn recorded(&self, id: Uuid, tenant_id: Uuid) -> anyhow::Result<ToolExecuteReply> {

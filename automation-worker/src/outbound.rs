@@ -364,6 +364,50 @@ mod tests {
     }
 
     #[test]
+    fn refusals_map_to_stable_reasons() {
+        use std::net::{IpAddr, Ipv4Addr};
+        let dns = refusal_failure(Refusal::Dns {
+            host: "n8n.example.com".into(),
+            message: "no addresses".into(),
+        });
+        assert_eq!(dns.kind, FailureKind::Dns);
+        let refused = refusal_failure(Refusal::Address {
+            host: "evil.example.com".into(),
+            ip: IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+        });
+        assert_eq!(refused.kind, FailureKind::AddressRefused);
+        assert!(refused.message.contains("169.254.169.254"));
+        assert_eq!(
+            refusal_failure(Refusal::InvalidUrl("x".into())).kind,
+            FailureKind::InvalidUrl
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_name_is_classified_before_any_connection() {
+        // `localhost` resolves from /etc/hosts: no traffic leaves the machine,
+        // and the refusal comes from the resolver, inside reqwest.
+        let outbound = Outbound::new(
+            Policy {
+                allow_private: false,
+                https_only: false,
+            },
+            Backoff {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(1),
+            },
+        )
+        .expect("client");
+        let err = outbound
+            .client()
+            .get("http://localhost:9/healthz")
+            .send()
+            .await
+            .expect_err("refused");
+        assert_eq!(classify(&err).kind, FailureKind::AddressRefused);
+    }
+
+    #[test]
     fn auth_debug_never_shows_the_secret() {
         let auth = Auth::new(AuthType::Bearer, None, Some("s3cr3t".into())).expect("auth");
         assert!(!format!("{auth:?}").contains("s3cr3t"));

@@ -19,7 +19,8 @@ WITH lost AS (
         ORDER BY deadline_at
         LIMIT 500
         FOR UPDATE SKIP LOCKED)
-    RETURNING te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.attempts)
+    RETURNING te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.attempts),
+events AS (
 INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
 SELECT gen_random_uuid(), tenant_id, call_id, 'tool.failed', 'tool:' || id || ':failed',
        jsonb_build_object('execution_id', id, 'tool_id', tool_id, 'status', 'failed',
@@ -28,15 +29,16 @@ SELECT gen_random_uuid(), tenant_id, call_id, 'tool.failed', 'tool:' || id || ':
                               'message', 'no worker finished the execution before its deadline')),
        trace_id
 FROM lost
-ON CONFLICT (call_id, idempotency_key) DO NOTHING";
+ON CONFLICT (call_id, idempotency_key) DO NOTHING)
+SELECT count(*) FROM lost";
 
 /// One pass; returns how many executions were closed.
 pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(REAP_SQL)
+    let reaped: i64 = sqlx::query_scalar(REAP_SQL)
         .bind(grace.as_secs_f64())
-        .execute(pool)
+        .fetch_one(pool)
         .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(reaped).unwrap_or(0))
 }
 
 pub async fn run(pool: PgPool, interval: Duration, grace: Duration, stop: CancellationToken) {

@@ -86,6 +86,7 @@ pub async fn run(
             outbound,
             secrets: SecretBox::new(&key),
             max_output_bytes: a.max_output_bytes,
+            synchronous_commit: a.synchronous_commit,
         },
         probe: ProbeSettings {
             timeout: a.probe_timeout,

@@ -162,37 +162,57 @@ async fn execute(
     let tenant_id = claims.tenant_id;
     let trace_id = trace_id(body.trace_id)?;
 
-    // 1. The call (404, another tenant's exactly like a missing one).
-    let call = super::find_call(&state.pool, tenant_id, body.call_id).await?;
-    // 2. The tool (404).
-    let tool = find_tool(&state.pool, tenant_id, tool_ref).await?;
-    // 3. The allowlist (403).
-    if settings.require_agent_tool_mapping {
-        let allowed: bool = match call.agent_version_id {
-            None => false,
-            Some(version_id) => {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM agent_version_tools
-                 WHERE tenant_id = $1 AND agent_version_id = $2 AND tool_id = $3)",
-                )
+    // One round trip reads what every check needs; the checks still
+    // answer in the documented order.
+    let found: Option<Lookup> = match tool_ref {
+        ToolRef::Id(id) => {
+            sqlx::query_as(LOOKUP_BY_ID)
+                .bind(body.call_id)
                 .bind(tenant_id)
-                .bind(version_id)
-                .bind(tool.id)
-                .fetch_one(&state.pool)
+                .bind(id)
+                .fetch_optional(&state.pool)
                 .await?
-            }
-        };
-        if !allowed {
-            return Err(AppError::Status {
-                status: StatusCode::FORBIDDEN,
-                code: "tool_not_allowed",
-                message: format!(
-                    "tool {} is not on the allowlist of the call's agent version \
-                     (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)",
-                    tool.name
-                ),
-            });
         }
+        ToolRef::Name(name) => {
+            sqlx::query_as(LOOKUP_BY_NAME)
+                .bind(body.call_id)
+                .bind(tenant_id)
+                .bind(name)
+                .fetch_optional(&state.pool)
+                .await?
+        }
+    };
+    // 1. The call (404, another tenant's exactly like a missing one).
+    let Some(found) = found else {
+        return Err(AppError::NotFound("call"));
+    };
+    let call = super::CallRef {
+        id: found.call_id,
+        tenant_id: found.tenant_id,
+        agent_version_id: found.agent_version_id,
+    };
+    // 2. The tool (404).
+    let (Some(tool_id), Some(tool_name), Some(input_schema)) =
+        (found.tool_id, found.tool_name, found.input_schema)
+    else {
+        return Err(AppError::NotFound("tool"));
+    };
+    let tool = ToolRow {
+        id: tool_id,
+        name: tool_name,
+        input_schema,
+    };
+    // 3. The allowlist (403).
+    if settings.require_agent_tool_mapping && !found.allowed {
+        return Err(AppError::Status {
+            status: StatusCode::FORBIDDEN,
+            code: "tool_not_allowed",
+            message: format!(
+                "tool {} is not on the allowlist of the call's agent version \
+                 (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)",
+                tool.name
+            ),
+        });
     }
     // 4. The input against the tool's schema (400 with every violation).
     let validator =
@@ -218,16 +238,7 @@ async fn execute(
         return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
     }
     // 5. Something to call.
-    let endpoint: Option<String> = sqlx::query_scalar(
-        "SELECT i.status FROM tool_endpoints e
-         JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
-         WHERE e.tenant_id = $1 AND e.tool_id = $2",
-    )
-    .bind(tenant_id)
-    .bind(tool.id)
-    .fetch_optional(&state.pool)
-    .await?;
-    match endpoint.as_deref() {
+    match found.integration_status.as_deref() {
         Some("active") => {}
         Some(_) => {
             return Err(AppError::Status {
@@ -267,6 +278,7 @@ async fn execute(
         .send_request(
             state.subjects.automation_tool_execute(),
             async_nats::Request::new()
+                .headers(nats_headers(&execution_id.to_string(), Some(&trace_id)))
                 .payload(payload.into())
                 .timeout(Some(settings.execute_timeout + REPLY_GRACE)),
         )
@@ -342,32 +354,47 @@ async fn execute(
     }
 }
 
-async fn find_tool(pool: &PgPool, tenant_id: Uuid, tool_ref: ToolRef<'_>) -> AppResult<ToolRow> {
-    let row: Option<ToolRow> = match tool_ref {
-        ToolRef::Id(id) => {
-            sqlx::query_as(
-                "SELECT id, name, input_schema FROM tools WHERE tenant_id = $1 AND id = $2",
-            )
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-        }
-        ToolRef::Name(name) => {
-            sqlx::query_as(
-                "SELECT id, name, input_schema FROM tools WHERE tenant_id = $1 AND name = $2",
-            )
-            .bind(tenant_id)
-            .bind(name)
-            .fetch_optional(pool)
-            .await?
-        }
-    };
-    row.ok_or(AppError::NotFound("tool"))
+#[derive(Debug, sqlx::FromRow)]
+struct Lookup {
+    call_id: Uuid,
+    tenant_id: Uuid,
+    agent_version_id: Option<Uuid>,
+    tool_id: Option<Uuid>,
+    tool_name: Option<String>,
+    input_schema: Option<Value>,
+    allowed: bool,
+    integration_status: Option<String>,
 }
 
+const LOOKUP_BY_ID: &str = "
+SELECT c.id AS call_id, c.tenant_id, c.agent_version_id,
+       t.id AS tool_id, t.name AS tool_name, t.input_schema,
+       EXISTS (SELECT 1 FROM agent_version_tools avt
+               WHERE avt.tenant_id = c.tenant_id AND avt.agent_version_id = c.agent_version_id
+                 AND avt.tool_id = t.id) AS allowed,
+       (SELECT i.status FROM tool_endpoints e
+        JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
+        WHERE e.tenant_id = c.tenant_id AND e.tool_id = t.id) AS integration_status
+FROM call_sessions c
+LEFT JOIN tools t ON t.tenant_id = c.tenant_id AND t.id = $3
+WHERE c.id = $1 AND c.tenant_id = $2";
+
+const LOOKUP_BY_NAME: &str = "
+SELECT c.id AS call_id, c.tenant_id, c.agent_version_id,
+       t.id AS tool_id, t.name AS tool_name, t.input_schema,
+       EXISTS (SELECT 1 FROM agent_version_tools avt
+               WHERE avt.tenant_id = c.tenant_id AND avt.agent_version_id = c.agent_version_id
+                 AND avt.tool_id = t.id) AS allowed,
+       (SELECT i.status FROM tool_endpoints e
+        JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
+        WHERE e.tenant_id = c.tenant_id AND e.tool_id = t.id) AS integration_status
+FROM call_sessions c
+LEFT JOIN tools t ON t.tenant_id = c.tenant_id AND t.name = $3
+WHERE c.id = $1 AND c.tenant_id = $2";
+
 /// The rate check and the queued execution with its `tool.requested`
-/// event, in one transaction under the call's row lock.
+/// event, atomically, in one round trip (`enqueue_tool_execution`,
+/// migration 0004: the call's row lock, then count and insert).
 async fn record_queued(
     state: &AppState,
     call: &super::CallRef,
@@ -377,37 +404,9 @@ async fn record_queued(
     execution_id: Uuid,
 ) -> AppResult<()> {
     let settings = &state.settings.automation;
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("SELECT 1 FROM call_sessions WHERE id = $1 FOR UPDATE")
-        .bind(call.id)
-        .execute(&mut *tx)
-        .await?;
-    // clock_timestamp(), not now(): now() is when the transaction began,
-    // possibly long before the lock was granted.
-    let (count, retry_after): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*),
-                EXTRACT(EPOCH FROM (min(created_at) + interval '60 seconds' - clock_timestamp()))::float8
-         FROM tool_executions
-         WHERE call_id = $1 AND created_at > clock_timestamp() - interval '60 seconds'",
-    )
-    .bind(call.id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if count >= i64::from(settings.max_executions_per_minute) {
-        let retry_after_secs = retry_after.unwrap_or(1.0).ceil().max(1.0) as u64;
-        return Err(AppError::TooManyRequests {
-            message: format!(
-                "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
-                settings.max_executions_per_minute
-            ),
-            retry_after_secs,
-        });
-    }
-    let deadline_ms = i64::try_from(settings.execute_timeout.as_millis()).unwrap_or(i64::MAX);
-    sqlx::query(
-        "INSERT INTO tool_executions (id, tenant_id, call_id, tool_id, trace_id, status, input, created_at, deadline_at)
-         VALUES ($1, $2, $3, $4, $5, 'queued', $6, clock_timestamp(),
-                 clock_timestamp() + make_interval(secs => $7::float8 / 1000))",
+    let deadline_ms = settings.execute_timeout.as_secs_f64() * 1000.0;
+    let retry_after: Option<f64> = sqlx::query_scalar(
+        "SELECT enqueue_tool_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(execution_id)
     .bind(call.tenant_id)
@@ -415,19 +414,26 @@ async fn record_queued(
     .bind(tool.id)
     .bind(trace_id)
     .bind(input)
-    .bind(deadline_ms as f64)
-    .execute(&mut *tx)
+    .bind(deadline_ms)
+    .bind(i64::from(settings.max_executions_per_minute))
+    .bind(Uuid::now_v7())
+    .bind(json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name}))
+    .bind(if settings.synchronous_commit {
+        "on"
+    } else {
+        "off"
+    })
+    .fetch_one(&state.pool)
     .await?;
-    insert_event(
-        &mut tx,
-        call,
-        "tool.requested",
-        &format!("tool:{execution_id}:requested"),
-        json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name}),
-        trace_id,
-    )
-    .await?;
-    tx.commit().await?;
+    if let Some(retry_after) = retry_after {
+        return Err(AppError::TooManyRequests {
+            message: format!(
+                "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
+                settings.max_executions_per_minute
+            ),
+            retry_after_secs: retry_after.ceil().max(1.0) as u64,
+        });
+    }
     Ok(())
 }
 
@@ -492,4 +498,15 @@ async fn fail_unsent(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// `Nats-Msg-Id` (the execution or integration id) and the trace id, as
+/// every message of this system carries.
+pub(crate) fn nats_headers(msg_id: &str, trace_id: Option<&str>) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    if let Some(trace_id) = trace_id {
+        headers.insert("x-trace-id", trace_id);
+    }
+    headers
 }

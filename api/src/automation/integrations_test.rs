@@ -207,6 +207,10 @@ pub async fn test_n8n_integration(
         .send_request(
             state.subjects.automation_integration_test(),
             async_nats::Request::new()
+                .headers(super::execute::nats_headers(
+                    &integration_id.to_string(),
+                    None,
+                ))
                 .payload(payload.into())
                 .timeout(Some(timeout)),
         )

