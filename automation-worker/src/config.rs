@@ -55,10 +55,10 @@ pub struct AutomationArgs {
     #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
     /// Wait for Postgres to flush the WAL when claiming and recording a tool
-    /// execution. Off (the default) saves one disk flush (2-4 ms) per write
-    /// on the caller's path; a Postgres crash can then lose the last
-    /// fraction of a second of execution records (never corrupt them).
-    #[arg(long, env = "AUTOMATION_SYNCHRONOUS_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
+    /// execution. On by default: Postgres is the record. Off saves one disk
+    /// flush (2-4 ms) per write on the caller's path, but a Postgres crash
+    /// can then lose the last fraction of a second of execution records.
+    #[arg(long, env = "AUTOMATION_SYNCHRONOUS_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub synchronous_commit: bool,
     /// How often executions past their deadline are marked `worker_lost`.
     #[arg(long, env = "AUTOMATION_REAPER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
