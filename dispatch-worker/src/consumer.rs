@@ -86,7 +86,13 @@ pub async fn run<H, F>(
                     let mut received = Vec::with_capacity(chunk.len());
                     for message in chunk {
                         match message {
-                            Ok(message) => received.push(message),
+                            Ok(message) => {
+                                if message.info().is_ok_and(|info| info.delivered > 1) {
+                                    metrics::counter!("nats_redeliveries_total", "consumer" => name)
+                                        .increment(1);
+                                }
+                                received.push(message)
+                            }
                             Err(err) => tracing::warn!(%err, consumer = name, "pull error"),
                         }
                     }
@@ -104,6 +110,29 @@ pub async fn run<H, F>(
                 }
             })
             .await;
+    }
+}
+
+/// Exports the consumer's lag (messages not yet delivered), messages
+/// delivered but not acked, and messages redelivered, every few seconds.
+pub async fn watch_lag(name: &'static str, consumer: PullConsumer, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match consumer.get_info().await {
+            Ok(info) => {
+                metrics::gauge!("nats_consumer_pending_messages", "consumer" => name)
+                    .set(info.num_pending as f64);
+                metrics::gauge!("nats_consumer_ack_pending_messages", "consumer" => name)
+                    .set(info.num_ack_pending as f64);
+                metrics::gauge!("nats_consumer_redelivered_messages", "consumer" => name)
+                    .set(info.num_redelivered as f64);
+            }
+            Err(err) => tracing::debug!(%err, consumer = name, "cannot read consumer info"),
+        }
     }
 }
 

@@ -65,6 +65,10 @@ impl Lifecycle {
         let items: Vec<Item> = messages
             .iter()
             .map(|m| {
+                // One call's log lines join up across services by trace_id.
+                if let Some(trace) = shared::trace::TraceContext::from_nats(m.headers.as_ref()) {
+                    tracing::debug!(trace_id = %trace.trace_id_hex(), subject = %m.subject, "call event received");
+                }
                 serde_json::from_slice::<CallEventMessage>(&m.payload)
                     .map(|e| (e.event_id, e.kind))
                     .map_err(|e| format!("malformed call event: {e}"))
@@ -268,9 +272,9 @@ WITH input AS (
     UPDATE call_events e SET processed_at = now()
     FROM input i
     WHERE e.id = i.event_id AND e.type = 'call.inbound' AND e.processed_at IS NULL
-    RETURNING e.id AS event_id, e.tenant_id, e.call_id
+    RETURNING e.id AS event_id, e.tenant_id, e.call_id, e.trace_id
 ), calls AS (
-    SELECT ev.event_id, ev.tenant_id, ev.call_id, s.call_sid, s.from_number, s.to_number, s.agent_id,
+    SELECT ev.event_id, ev.tenant_id, ev.call_id, ev.trace_id, s.call_sid, s.from_number, s.to_number, s.agent_id,
            COALESCE(s.agent_version_id, a.active_version_id) AS agent_version_id,
            (s.agent_version_id IS NULL) AS fix_version
     FROM ev
@@ -290,20 +294,20 @@ WITH input AS (
     WHERE s.id = c.call_id AND c.fix_version AND c.agent_version_id IS NOT NULL
     RETURNING s.id
 )
-INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
+INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
 SELECT i.handoff_id, c.tenant_id, c.call_id, 'runtime.handoff_requested', 'runtime.handoff_requested',
        jsonb_build_object(
            'dispatch_id', d.id, 'call_id', c.call_id, 'call_sid', c.call_sid,
            'tenant_id', c.tenant_id, 'agent_id', c.agent_id,
            'agent_version_id', c.agent_version_id, 'agent_version', v.version,
            'from', c.from_number, 'to', c.to_number, 'expires_at', $7::timestamptz),
-       true, now()
+       true, now(), c.trace_id
 FROM d
 JOIN calls c ON c.call_id = d.call_id
 JOIN input i ON i.event_id = c.event_id
 LEFT JOIN agent_versions v ON v.id = c.agent_version_id
 ON CONFLICT (call_id, idempotency_key) DO NOTHING
-RETURNING id, tenant_id, call_id, type, occurred_at, payload";
+RETURNING id, tenant_id, call_id, type, occurred_at, payload, trace_id";
 
 /// Moves the session forward to the callback's status; a late or repeated
 /// callback never moves it back (a completed call stays completed).

@@ -32,7 +32,7 @@ struct DueRow {
 }
 
 const DUE_UNPUBLISHED: &str = "
-SELECT id, tenant_id, call_id, type, occurred_at, payload, publish_attempts
+SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id, publish_attempts
 FROM call_events
 WHERE needs_publish AND published_at IS NULL AND created_at < now() - make_interval(secs => $1)
 ORDER BY created_at
@@ -41,7 +41,7 @@ FOR UPDATE SKIP LOCKED";
 
 // Only `call.*` events have a consumer here that reports back.
 const DUE_UNPROCESSED: &str = "
-SELECT id, tenant_id, call_id, type, occurred_at, payload, publish_attempts
+SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id, publish_attempts
 FROM call_events
 WHERE needs_publish AND published_at IS NOT NULL AND processed_at IS NULL
   AND published_at < now() - make_interval(secs => $1)

@@ -131,6 +131,16 @@ pub async fn run(
             secrets: SecretBox::new(&key),
             dispatch_ttl: Duration::from_secs(u64::from(config.dispatch_ttl_seconds)),
         });
+        tasks.spawn(crate::consumer::watch_lag(
+            "calls",
+            calls.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::consumer::watch_lag(
+            "runtime_events",
+            events.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::consumer::run(
             "calls",
             calls,

@@ -14,6 +14,10 @@
 //! `runtime.handoff_requested` message in the stream runtimes consume, with
 //! no duplicates anywhere. The counts are printed for the README.
 //!
+//! Two dispatch-worker instances run throughout, sharing the durable
+//! consumer and the outbox relay: both must do part of the work, and the
+//! checks above prove neither did anything twice.
+//!
 //! Run alone with `cargo test -p dispatch-worker --test faults -- --nocapture`.
 
 use std::collections::{HashMap, HashSet};
@@ -372,6 +376,8 @@ struct Harness {
     nats: PrivateNats,
     ingress: Service,
     dispatch: Service,
+    /// A second dispatch-worker: the two share the consumer and the relay.
+    dispatch_peer: Service,
     prefix: String,
     to: String,
 }
@@ -437,14 +443,17 @@ async fn harness(pool: PgPool) -> Harness {
         ),
     ]);
     ingress.env = ingress_env;
-    let mut dispatch = Service::new("dispatch-worker", common);
+    let mut dispatch = Service::new("dispatch-worker", common.clone());
+    let mut dispatch_peer = Service::new("dispatch-worker", common);
     ingress.start().await;
     dispatch.start().await;
+    dispatch_peer.start().await;
     Harness {
         pool,
         nats,
         ingress,
         dispatch,
+        dispatch_peer,
         prefix,
         to,
     }
@@ -469,7 +478,7 @@ async fn run_fault(name: &str, h: &mut Harness, fault: impl AsyncFnOnce(&mut Har
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    println!(
+    report(format!(
         "fault `{name}`: sent {}, accepted {}, 503s {}, other {:?}, sessions {}, dispatches {}, handoffs {}, duplicate handoffs {}",
         r.sent,
         accepted,
@@ -479,7 +488,7 @@ async fn run_fault(name: &str, h: &mut Harness, fault: impl AsyncFnOnce(&mut Har
         counts.dispatches,
         counts.handoffs,
         counts.duplicate_handoffs
-    );
+    ));
     assert!(accepted > 0, "{name}: nothing was accepted");
     assert_eq!(counts.sessions, accepted, "{name}: sessions");
     assert_eq!(counts.dispatches, accepted, "{name}: dispatches");
@@ -494,6 +503,28 @@ async fn run_fault(name: &str, h: &mut Harness, fault: impl AsyncFnOnce(&mut Har
     assert_eq!(duplicate_events, 0, "{name}: duplicate events");
 }
 
+/// Prints past libtest's output capture (which only takes `print!`), so
+/// the counts show in every run, CI included.
+fn report(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Dispatches a dispatch-worker instance created since it started.
+async fn dispatches_created(service: &Service) -> f64 {
+    let url = format!("http://127.0.0.1:{}/metrics", service.port);
+    let text = reqwest::get(&url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("dispatch_dispatches_created_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn terminate_service_connections(pool: &PgPool) {
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -502,7 +533,7 @@ async fn terminate_service_connections(pool: &PgPool) {
     .fetch_one(pool)
     .await
     .expect("terminate");
-    println!("terminated {killed} connections");
+    report(format!("terminated {killed} connections"));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -524,6 +555,20 @@ async fn nothing_accepted_is_lost_under_faults(pool: PgPool) {
         h.nats.restart().await;
     })
     .await;
+
+    // Scale-out: both dispatch-workers took part (and, by the checks above,
+    // nothing was done twice).
+    let (first, second) = (
+        dispatches_created(&h.dispatch).await,
+        dispatches_created(&h.dispatch_peer).await,
+    );
+    report(format!(
+        "dispatches created per instance since its start: {first} and {second}"
+    ));
+    assert!(
+        first > 0.0 && second > 0.0,
+        "one dispatch-worker did all the work: {first} / {second}"
+    );
 
     run_fault("database connections terminated twice", &mut h, async |h| {
         pause().await;

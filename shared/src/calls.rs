@@ -176,6 +176,10 @@ pub struct OutboxRow {
     pub kind: String,
     pub occurred_at: DateTime<Utc>,
     pub payload: serde_json::Value,
+    /// The W3C `traceparent` of the request that caused the event (column
+    /// `trace_id`), sent on as a NATS header.
+    #[sqlx(rename = "trace_id", default)]
+    pub traceparent: Option<String>,
 }
 
 /// Publishes `row` to JetStream with `msg_id` as `Nats-Msg-Id` and waits (at
@@ -198,9 +202,19 @@ pub async fn publish_outbox_row(
         &row.payload,
     )
     .map_err(|e| e.to_string())?;
-    let publish = async_nats::jetstream::message::PublishMessage::build()
+    let mut publish = async_nats::jetstream::message::PublishMessage::build()
         .payload(body.into())
         .message_id(msg_id);
+    if let Some(trace) = row
+        .traceparent
+        .as_deref()
+        .and_then(crate::trace::TraceContext::parse)
+    {
+        publish = publish.header(
+            crate::trace::TRACEPARENT,
+            trace.child().to_string().as_str(),
+        );
+    }
     let ack = async {
         let future = js
             .send_publish(subject, publish)

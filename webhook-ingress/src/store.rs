@@ -40,6 +40,8 @@ pub struct CallWrite {
     pub idempotency_key: String,
     pub payload: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
+    /// The request's W3C trace context, stored with the event and sent on.
+    pub traceparent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -72,8 +74,8 @@ WITH s AS (
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
     RETURNING id, tenant_id
 ), e AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
-    SELECT $10, s.tenant_id, s.id, $11, $12, $13, true, $14 FROM s
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
+    SELECT $10, s.tenant_id, s.id, $11, $12, $13, true, $14, $15 FROM s
     ON CONFLICT (call_id, idempotency_key) DO NOTHING
     RETURNING id
 )
@@ -83,8 +85,8 @@ const EVENT_FOR_EXISTING_SESSION: &str = "
 WITH s AS (
     SELECT id, tenant_id FROM call_sessions WHERE call_sid = $1
 ), e AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
-    SELECT $2, s.tenant_id, s.id, $3, $4, $5, true, $6 FROM s
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
+    SELECT $2, s.tenant_id, s.id, $3, $4, $5, true, $6, $7 FROM s
     ON CONFLICT (call_id, idempotency_key) DO NOTHING
     RETURNING id
 )
@@ -109,6 +111,7 @@ pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored,
                 .bind(&w.idempotency_key)
                 .bind(&w.payload)
                 .bind(w.occurred_at)
+                .bind(&w.traceparent)
                 .fetch_optional(&mut *conn)
                 .await?
         }
@@ -120,6 +123,7 @@ pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored,
                 .bind(&w.idempotency_key)
                 .bind(&w.payload)
                 .bind(w.occurred_at)
+                .bind(&w.traceparent)
                 .fetch_optional(&mut *conn)
                 .await?
         }
@@ -136,6 +140,7 @@ pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored,
                 kind: w.kind.to_owned(),
                 occurred_at: w.occurred_at,
                 payload: w.payload.clone(),
+                traceparent: Some(w.traceparent.clone()),
             }),
         },
     })
@@ -250,10 +255,10 @@ const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
                          $7::text[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[],
-                         $13::jsonb[], $14::timestamptz[])
+                         $13::jsonb[], $14::timestamptz[], $15::text[])
         WITH ORDINALITY AS t(session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                              from_number, to_number, direction, event_id, type, idempotency_key,
-                             payload, occurred_at, ord)
+                             payload, occurred_at, trace_id, ord)
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                                from_number, to_number, direction, started_at)
@@ -263,8 +268,8 @@ WITH input AS (
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
     RETURNING id, tenant_id, call_sid
 ), e AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at)
-    SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at
+    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
+    SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at, i.trace_id
     FROM input i JOIN s ON s.call_sid = i.call_sid
     ON CONFLICT (call_id, idempotency_key) DO NOTHING
     RETURNING id
@@ -295,6 +300,7 @@ async fn upsert_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut traces = Vec::with_capacity(n);
     let (mut event_ids, mut kinds, mut keys, mut payloads, mut times) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -318,6 +324,7 @@ async fn upsert_many(
         keys.push(w.idempotency_key.clone());
         payloads.push(w.payload.clone());
         times.push(w.occurred_at);
+        traces.push(w.traceparent.clone());
     }
     let rows: Vec<WriteRow> = sqlx::query_as(UPSERT_MANY)
         .bind(&session_ids)
@@ -334,6 +341,7 @@ async fn upsert_many(
         .bind(&keys)
         .bind(&payloads)
         .bind(&times)
+        .bind(&traces)
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != writes.len() {
@@ -356,6 +364,7 @@ async fn upsert_many(
                 kind: w.kind.to_owned(),
                 occurred_at: w.occurred_at,
                 payload: w.payload.clone(),
+                traceparent: Some(w.traceparent.clone()),
             }),
         })
         .collect())

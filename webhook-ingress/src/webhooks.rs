@@ -13,6 +13,7 @@ use axum::routing::post;
 use chrono::Utc;
 use shared::calls::event_type;
 use shared::error::error_response;
+use shared::trace::TraceContext;
 use shared::twilio::{TWIML_CONTENT_TYPE, Twiml};
 use uuid::Uuid;
 
@@ -250,6 +251,7 @@ async fn inbound(
         kind: event_type::CALL_INBOUND,
         payload: form.payload(),
         occurred_at: Utc::now(),
+        traceparent: TraceContext::from_http(&headers).to_string(),
     };
     let call_id = match store(&ingress, write).await {
         Ok(Stored::Call { call_id, .. }) => call_id,
@@ -315,6 +317,7 @@ async fn status(
         kind: event_type::CALL_STATUS,
         payload: form.payload(),
         occurred_at: Utc::now(),
+        traceparent: TraceContext::from_http(&headers).to_string(),
     };
     callback_answer(store(&ingress, write).await)
 }
@@ -347,6 +350,7 @@ async fn recording(
         kind: event_type::CALL_RECORDING,
         payload: form.payload(),
         occurred_at: Utc::now(),
+        traceparent: TraceContext::from_http(&headers).to_string(),
     };
     callback_answer(store(&ingress, write).await)
 }

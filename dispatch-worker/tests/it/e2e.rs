@@ -73,6 +73,20 @@ async fn signed_webhook_becomes_one_dispatch_one_handoff_and_one_claim(pool: PgP
         message.subject.as_str(),
         w.subjects.runtime_handoff_requested(seeded.tenant_id)
     );
+    // The trace started at the webhook travels with the call to the runtime.
+    let carried = shared::trace::TraceContext::from_nats(message.headers.as_ref())
+        .expect("traceparent header on the handoff");
+    let stored: String =
+        sqlx::query_scalar("SELECT trace_id FROM call_events WHERE type = 'call.inbound'")
+            .fetch_one(&w.pool)
+            .await
+            .expect("inbound event trace");
+    assert_eq!(
+        shared::trace::TraceContext::parse(&stored)
+            .expect("stored traceparent")
+            .trace_id,
+        carried.trace_id
+    );
     let text = String::from_utf8(message.payload.to_vec()).expect("utf-8");
     assert!(!text.contains("token"), "{text}");
     let handoff: HandoffRequested = serde_json::from_str(&text).expect("handoff body");
