@@ -512,4 +512,69 @@ mod tests {
             assert!(validate_webhook_path(bad).is_err(), "{bad}");
         }
     }
+
+    /// Arbitrary JSON as a schema, and arbitrary instances against the
+    /// schemas that compile: never a panic, always a verdict.
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| json!(f)),
+                ".{0,12}".prop_map(Value::String),
+                prop_oneof![
+                    Just("type"),
+                    Just("properties"),
+                    Just("required"),
+                    Just("items"),
+                    Just("$ref"),
+                    Just("pattern"),
+                    Just("minimum"),
+                    Just("enum"),
+                    Just("object"),
+                    Just("string"),
+                    Just("#"),
+                    Just("(a+)+$")
+                ]
+                .prop_map(|s| Value::String(s.into())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("type".to_owned()),
+                            Just("properties".to_owned()),
+                            Just("required".to_owned()),
+                            Just("items".to_owned()),
+                            Just("pattern".to_owned()),
+                            Just("$ref".to_owned()),
+                            Just("enum".to_owned()),
+                            ".{0,6}"
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_schema_compiles_or_is_refused(schema in json(), instance in json()) {
+                if validate_input_schema(&schema).is_ok()
+                    && let Ok(validator) = jsonschema::validator_for(&schema)
+                {
+                    let _ = crate::automation::schema_cache::violations(&validator, &instance);
+                }
+            }
+        }
+    }
 }

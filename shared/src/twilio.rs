@@ -611,3 +611,56 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod property_tests {
+    //! Hostile input: signatures and TwiML hold for any content.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params() -> impl Strategy<Value = Vec<(String, String)>> {
+        proptest::collection::vec((".{0,12}", ".{0,24}"), 0..8)
+    }
+
+    proptest! {
+        #[test]
+        fn signed_params_validate_and_any_change_fails(
+            token in "[a-f0-9]{32}", path in "[a-z/]{0,20}", params in params(), extra in ".{1,8}"
+        ) {
+            let url = format!("https://voice.example.com/{path}?x=1");
+            let signature = compute_signature(&token, &url, &params);
+            prop_assert!(validate(&token, &url, &params, &signature));
+            let mut changed = params.clone();
+            changed.push(("Injected".into(), extra));
+            prop_assert!(!validate(&token, &url, &changed, &signature));
+            prop_assert!(!validate("other-token", &url, &params, &signature));
+        }
+
+        #[test]
+        fn arbitrary_signatures_and_urls_never_panic(
+            url in ".{0,80}", params in params(), signature in ".{0,64}", body in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            let _ = validate("t", &url, &params, &signature);
+            let _ = validate_with_body("t", &url, &body, &signature);
+            let _ = url_with_port(&url);
+            let _ = url_without_port(&url);
+        }
+
+        #[test]
+        fn twiml_is_well_formed_for_any_parameter(name in ".{0,16}", value in ".{0,64}", say in ".{0,64}") {
+            for xml in [
+                Twiml::ConnectStream { url: format!("wss://x/{value}"), parameters: vec![(name.clone(), value.clone())] }.render(),
+                Twiml::SayHangup(say.clone()).render(),
+            ] {
+                let mut reader = quick_xml::Reader::from_str(&xml);
+                loop {
+                    match reader.read_event() {
+                        Ok(quick_xml::events::Event::Eof) => break,
+                        Ok(_) => {}
+                        Err(e) => prop_assert!(false, "malformed XML {xml:?}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -169,6 +169,14 @@ fn accept(
     {
         return Err(bad_request("the form body has invalid percent-encoding"));
     }
+    // Postgres cannot store NUL in text or jsonb: refuse it here as bad
+    // input rather than fail the commit.
+    if params
+        .iter()
+        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(bad_request("the form body contains a NUL character"));
+    }
     if let SignatureCheck::Enabled {
         auth_token,
         base_url,

@@ -122,6 +122,13 @@ async fn bad_bodies_are_400_and_413(pool: PgPool) {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
 
+    // A correctly signed form with a NUL in a value (Postgres cannot store
+    // it): 400, nothing stored.
+    let mut nul = inbound_params("CA1NUL", &seeded.e164);
+    nul.push(("CallerName".into(), "Eve\u{0}".into()));
+    let (status, body) = app.post_signed(INBOUND, &nul).await;
+    assert_eq!(status, 400, "{body}");
+
     let mut big = inbound_params("CA2", &seeded.e164);
     big.push(("Padding".into(), "x".repeat(70 * 1024)));
     let (status, _) = app.post_signed(INBOUND, &big).await;
