@@ -337,7 +337,7 @@ async fn execute(
         Err(err) => {
             // Timed out (or NATS hiccup): the worker may still be running
             // it and will record its outcome, or the reaper will close it.
-            tracing::warn!(%execution_id, error = %err, "tool execution: no reply in time");
+            tracing::warn!(%execution_id, %trace_id, w3c_trace_id = %trace.trace_id_hex(), error = %err, "tool execution: no reply in time");
             let status: Option<String> =
                 sqlx::query_scalar("SELECT status FROM tool_executions WHERE id = $1")
                     .bind(execution_id)
