@@ -67,6 +67,22 @@ pub struct AutomationArgs {
     /// reaper marks it `worker_lost` (lets a slow reply land first).
     #[arg(long, env = "AUTOMATION_REAPER_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reaper_grace: Duration,
+    /// This instance's name in logs (`worker_id`), in the `tool.succeeded` /
+    /// `tool.failed` timeline events and in the `worker-id` reply header, so
+    /// one can tell which of several instances ran an execution. Default:
+    /// `aw-` and 8 random hex digits, new at every start.
+    #[arg(long, env = "AUTOMATION_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl AutomationArgs {
+    /// The configured worker id, or a fresh random one.
+    pub fn resolved_worker_id(&self) -> String {
+        match self.worker_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => format!("aw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        }
+    }
 }
 
 impl Config {

@@ -132,6 +132,9 @@ pub struct Executor {
     pub max_output_bytes: usize,
     /// Wait for the WAL flush when recording (see `AUTOMATION_SYNCHRONOUS_COMMIT`).
     pub synchronous_commit: bool,
+    /// This instance (`AUTOMATION_WORKER_ID`), written into the outcome's
+    /// timeline event.
+    pub worker_id: String,
 }
 
 impl Executor {
@@ -374,6 +377,7 @@ impl Executor {
                 "latency_ms": f.latency_ms,
                 "http_status": f.http_status,
                 "error": f.error,
+                "worker_id": self.worker_id,
             }))
             .bind(self.synchronous_commit())
             .fetch_one(&self.pool)

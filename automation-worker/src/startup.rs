@@ -17,16 +17,21 @@ use shared::automation::{
 use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
+use shared::trace::TraceContext;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::execute::Executor;
 use crate::outbound::{Backoff, Outbound};
 use crate::probe::ProbeSettings;
 use crate::ssrf::Policy;
+
+/// Reply header naming the instance that answered (`AUTOMATION_WORKER_ID`).
+pub const WORKER_ID_HEADER: &str = "worker-id";
 
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
@@ -51,6 +56,7 @@ struct Worker {
     executor: Executor,
     probe: ProbeSettings,
     nats: async_nats::Client,
+    worker_id: String,
 }
 
 /// Runs until `shutdown` is cancelled, then drains.
@@ -63,6 +69,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let key = config.encryption.key(&config.common)?;
     let a = &config.automation;
+    let worker_id = a.resolved_worker_id();
+    tracing::info!(%worker_id, "automation-worker starting");
     if a.allow_private_networks {
         if config.common.is_production() {
             anyhow::bail!("AUTOMATION_ALLOW_PRIVATE_NETWORKS=true is refused in production");
@@ -87,12 +95,14 @@ pub async fn run(
             secrets: SecretBox::new(&key),
             max_output_bytes: a.max_output_bytes,
             synchronous_commit: a.synchronous_commit,
+            worker_id: worker_id.clone(),
         },
         probe: ProbeSettings {
             timeout: a.probe_timeout,
             retries: a.probe_retries,
         },
         nats: nats.clone(),
+        worker_id,
     });
 
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
@@ -211,7 +221,29 @@ async fn consume(
     }
 }
 
+/// Handles one request inside a span carrying the caller's trace: the
+/// `traceparent` header continued (W3C), else the `x-trace-id` header, so
+/// this worker's log lines join the api's for the same call.
 async fn handle(worker: &Worker, kind: Kind, msg: Message) {
+    let headers = msg.headers.as_ref();
+    let trace_id = TraceContext::from_nats(headers)
+        .map(|t| t.trace_id_hex())
+        .or_else(|| {
+            headers
+                .and_then(|h| h.get("x-trace-id"))
+                .map(|v| v.as_str().to_owned())
+        })
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "automation",
+        kind = ?kind,
+        trace_id = %trace_id,
+        worker_id = %worker.worker_id,
+    );
+    handle_in_span(worker, kind, msg).instrument(span).await;
+}
+
+async fn handle_in_span(worker: &Worker, kind: Kind, msg: Message) {
     let Some(reply_to) = msg.reply.clone() else {
         tracing::warn!(subject = %msg.subject, "request without reply subject ignored");
         return;
@@ -263,8 +295,13 @@ async fn handle(worker: &Worker, kind: Kind, msg: Message) {
             }
         },
     };
+    let mut reply_headers = async_nats::HeaderMap::new();
+    reply_headers.insert(WORKER_ID_HEADER, worker.worker_id.as_str());
     if let Some(payload) = payload
-        && let Err(err) = worker.nats.publish(reply_to, Bytes::from(payload)).await
+        && let Err(err) = worker
+            .nats
+            .publish_with_headers(reply_to, reply_headers, Bytes::from(payload))
+            .await
     {
         tracing::warn!(error = %err, "cannot publish reply");
     }

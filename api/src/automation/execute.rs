@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -20,6 +20,7 @@ use shared::auth::{Claims, InternalPrincipal};
 use shared::automation::{
     ExecutionStatus, ToolError, ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
+use shared::trace::TraceContext;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -39,7 +40,8 @@ pub struct ExecuteTool {
     pub call_id: Uuid,
     /// The tool's input; must match its `input_schema`.
     pub input_json: Value,
-    /// Correlates logs and timeline events; generated when absent.
+    /// Correlates logs and timeline events; when absent, the trace id of
+    /// the request's `traceparent` header, or a new one.
     pub trace_id: Option<String>,
 }
 
@@ -108,10 +110,11 @@ enum ToolRef<'a> {
 pub async fn execute_tool_by_id(
     State(state): State<AppState>,
     InternalPrincipal(claims): InternalPrincipal,
+    headers: HeaderMap,
     Path(tool_id): Path<Uuid>,
     Json(body): Json<ExecuteTool>,
 ) -> AppResult<Response> {
-    execute(&state, &claims, ToolRef::Id(tool_id), body).await
+    execute(&state, &claims, &headers, ToolRef::Id(tool_id), body).await
 }
 
 /// Runs a tool by name for a call, through automation-worker.
@@ -134,15 +137,16 @@ pub async fn execute_tool_by_id(
 pub async fn execute_tool_by_name(
     State(state): State<AppState>,
     InternalPrincipal(claims): InternalPrincipal,
+    headers: HeaderMap,
     Path(tool_name): Path<String>,
     Json(body): Json<ExecuteTool>,
 ) -> AppResult<Response> {
-    execute(&state, &claims, ToolRef::Name(&tool_name), body).await
+    execute(&state, &claims, &headers, ToolRef::Name(&tool_name), body).await
 }
 
-fn trace_id(given: Option<String>) -> AppResult<String> {
+fn trace_id(given: Option<String>, trace: &TraceContext) -> AppResult<String> {
     match given {
-        None => Ok(Uuid::new_v4().simple().to_string()),
+        None => Ok(trace.trace_id_hex()),
         Some(t) if !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()) => {
             Ok(t)
         }
@@ -155,12 +159,16 @@ fn trace_id(given: Option<String>) -> AppResult<String> {
 async fn execute(
     state: &AppState,
     claims: &Claims,
+    http_headers: &HeaderMap,
     tool_ref: ToolRef<'_>,
     body: ExecuteTool,
 ) -> AppResult<Response> {
     let settings = &state.settings.automation;
     let tenant_id = claims.tenant_id;
-    let trace_id = trace_id(body.trace_id)?;
+    // The caller's trace continued (or a new one); it travels to the
+    // worker in the NATS headers so both services' logs join up.
+    let trace = TraceContext::from_http(http_headers);
+    let trace_id = trace_id(body.trace_id, &trace)?;
 
     // One round trip reads what every check needs; the checks still
     // answer in the documented order.
@@ -278,7 +286,11 @@ async fn execute(
         .send_request(
             state.subjects.automation_tool_execute(),
             async_nats::Request::new()
-                .headers(nats_headers(&execution_id.to_string(), Some(&trace_id)))
+                .headers(nats_headers(
+                    &execution_id.to_string(),
+                    Some(&trace_id),
+                    &trace,
+                ))
                 .payload(payload.into())
                 .timeout(Some(settings.execute_timeout + REPLY_GRACE)),
         )
@@ -325,7 +337,7 @@ async fn execute(
         Err(err) => {
             // Timed out (or NATS hiccup): the worker may still be running
             // it and will record its outcome, or the reaper will close it.
-            tracing::warn!(%execution_id, error = %err, "tool execution: no reply in time");
+            tracing::warn!(%execution_id, %trace_id, w3c_trace_id = %trace.trace_id_hex(), error = %err, "tool execution: no reply in time");
             let status: Option<String> =
                 sqlx::query_scalar("SELECT status FROM tool_executions WHERE id = $1")
                     .bind(execution_id)
@@ -500,11 +512,16 @@ async fn fail_unsent(
     Ok(())
 }
 
-/// `Nats-Msg-Id` (the execution or integration id) and the trace id, as
-/// every message of this system carries.
-pub(crate) fn nats_headers(msg_id: &str, trace_id: Option<&str>) -> async_nats::HeaderMap {
+/// `Nats-Msg-Id` (the execution or integration id), the trace id and the
+/// W3C `traceparent`, as every message of this system carries.
+pub(crate) fn nats_headers(
+    msg_id: &str,
+    trace_id: Option<&str>,
+    trace: &TraceContext,
+) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", msg_id);
+    trace.inject(&mut headers);
     if let Some(trace_id) = trace_id {
         headers.insert("x-trace-id", trace_id);
     }

@@ -179,9 +179,11 @@ fn validate(body: &TestIntegration, is_production: bool) -> AppResult<(String, O
 pub async fn test_n8n_integration(
     State(state): State<AppState>,
     InternalPrincipal(claims): InternalPrincipal,
+    headers: axum::http::HeaderMap,
     Json(body): Json<TestIntegration>,
 ) -> AppResult<Response> {
     claims.require_tenant(body.tenant_id)?;
+    let trace = shared::trace::TraceContext::from_http(&headers);
     let (base_url, header_name) = validate(&body, state.settings.is_production)?;
     let integration_id = Uuid::now_v7();
     let aad = integration_secret_aad(integration_id);
@@ -210,6 +212,7 @@ pub async fn test_n8n_integration(
                 .headers(super::execute::nats_headers(
                     &integration_id.to_string(),
                     None,
+                    &trace,
                 ))
                 .payload(payload.into())
                 .timeout(Some(timeout)),

@@ -5,7 +5,10 @@
 mod auth;
 mod automation;
 mod automation_bench;
+mod automation_faults;
+mod automation_scale;
 mod automation_support;
+mod automation_trace;
 mod client;
 mod client_kpis;
 mod helpers;

@@ -1,0 +1,199 @@
+//! W3C trace context from the api to automation-worker: the api continues
+//! the request's `traceparent` (or starts one) and sends it in the NATS
+//! request headers. A test subscriber stands in for the worker and looks at
+//! the message it gets.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use shared::auth::Role;
+use shared::automation::{ExecutionStatus, ToolExecuteReply};
+use shared::trace::{TRACEPARENT, TraceContext};
+use sqlx::PgPool;
+
+use crate::automation_support::{ToolSpec, insert_integration, insert_tool, seed};
+use crate::helpers::{TestApp, spawn_app};
+
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Sends one execute request (with `traceparent` when given) and returns
+/// the api's answer and the NATS headers the stand-in worker received.
+async fn execute_capturing(
+    app: &TestApp,
+    traceparent: Option<&str>,
+    body_trace_id: Option<&str>,
+) -> (serde_json::Value, async_nats::HeaderMap) {
+    let s = seed(&app.pool).await;
+    let integration =
+        insert_integration(app, s.tenant_id, "http://127.0.0.1:9", "none", None, None).await;
+    let tool_id = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("lookup_order", "ok"),
+    )
+    .await;
+    let mut sub = app
+        .nats
+        .subscribe(app.subjects.automation_tool_execute())
+        .await
+        .expect("subscribe");
+    app.nats.flush().await.expect("flush");
+    let nats = app.nats.clone();
+    let stand_in = tokio::spawn(async move {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a request within 10 s")
+            .expect("subscription open");
+        let req: shared::automation::ToolExecuteRequest =
+            serde_json::from_slice(&msg.payload).expect("request payload");
+        let reply = ToolExecuteReply {
+            execution_id: req.execution_id,
+            trace_id: String::new(),
+            status: ExecutionStatus::Succeeded,
+            output: Some(json!({"ok": true})),
+            error: None,
+            http_status: Some(200),
+            attempts: 1,
+            latency_ms: Some(1),
+        };
+        nats.publish(
+            msg.reply.clone().expect("a request has a reply subject"),
+            serde_json::to_vec(&reply).expect("json").into(),
+        )
+        .await
+        .expect("reply");
+        msg.headers.expect("the request carries headers")
+    });
+    let mut body = json!({"call_id": s.call_id, "input_json": {"order_id": "A-123"}});
+    if let Some(t) = body_trace_id {
+        body["trace_id"] = json!(t);
+    }
+    let mut request = app
+        .client
+        .post(app.url(&format!("/internal/automation/tools/{tool_id}/execute")))
+        .bearer_auth(app.token(s.tenant_id, Role::InternalOperator))
+        .json(&body);
+    if let Some(t) = traceparent {
+        request = request.header(TRACEPARENT, t);
+    }
+    let resp = request.send().await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let out: serde_json::Value = resp.json().await.expect("json");
+    let headers = stand_in.await.expect("stand-in worker");
+    (out, headers)
+}
+
+fn carried(headers: &async_nats::HeaderMap) -> TraceContext {
+    let value = headers
+        .get(TRACEPARENT)
+        .expect("traceparent header on the NATS request")
+        .as_str();
+    TraceContext::parse(value).expect("a valid traceparent")
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_callers_traceparent_reaches_the_worker_continued(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (out, headers) = execute_capturing(&app, Some(PARENT), None).await;
+    let ctx = carried(&headers);
+    let parent = TraceContext::parse(PARENT).expect("parent");
+    // Same trace, one hop further.
+    assert_eq!(ctx.trace_id, parent.trace_id);
+    assert_ne!(ctx.parent_id, parent.parent_id);
+    assert!(ctx.sampled);
+    // With no trace_id in the body, the record uses the W3C trace id, so
+    // the timeline, the api's logs and the worker's logs share one id.
+    assert_eq!(out["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        headers.get("x-trace-id").map(|v| v.as_str()),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn without_traceparent_the_api_starts_a_trace(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (out, headers) = execute_capturing(&app, None, None).await;
+    let ctx = carried(&headers);
+    assert_eq!(out["trace_id"], ctx.trace_id_hex());
+    // A malformed header is ignored (a new root), never an error.
+    let (out, headers) = execute_capturing(&app, Some("00-zz-bad-01"), None).await;
+    assert_eq!(out["trace_id"], carried(&headers).trace_id_hex());
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn an_explicit_trace_id_is_kept_beside_the_traceparent(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (out, headers) = execute_capturing(&app, Some(PARENT), Some("call-trace-7")).await;
+    assert_eq!(out["trace_id"], "call-trace-7");
+    assert_eq!(
+        headers.get("x-trace-id").map(|v| v.as_str()),
+        Some("call-trace-7")
+    );
+    assert_eq!(
+        carried(&headers).trace_id_hex(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+}
+
+/// The real worker continues the trace: its log line for the execution
+/// carries the W3C trace id in its span (`span.trace_id`), beside the
+/// execution's own `trace_id`.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_worker_logs_the_execution_in_the_callers_trace(pool: PgPool) {
+    let db_url = crate::automation_faults::database_url(&pool);
+    let app = spawn_app(pool).await;
+    let n8n = crate::automation_support::FakeN8n::start().await;
+    let mut worker = crate::automation_faults::WorkerProcess::new(&app, db_url, "info");
+    worker.start("aw-traced").await;
+    let s = seed(&app.pool).await;
+    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
+    let tool_id = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("lookup_order", "ok"),
+    )
+    .await;
+    let resp = app
+        .client
+        .post(app.url(&format!("/internal/automation/tools/{tool_id}/execute")))
+        .bearer_auth(app.token(s.tenant_id, Role::InternalOperator))
+        .header(TRACEPARENT, PARENT)
+        .json(&json!({"call_id": s.call_id, "input_json": {"order_id": "A-123"}, "trace_id": "call-trace-9"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let out: serde_json::Value = resp.json().await.expect("json");
+    let execution_id = out["execution_id"].as_str().expect("id").to_owned();
+
+    // The line is written before the reply; poll the file briefly anyway.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&worker.log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v["message"] == "tool execution finished")
+        }) {
+            break line;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 'tool execution finished' line in {}",
+            worker.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["execution_id"], execution_id.as_str(), "{line}");
+    assert_eq!(line["trace_id"], "call-trace-9", "{line}");
+    assert_eq!(
+        line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{line}"
+    );
+    assert_eq!(line["span"]["worker_id"], "aw-traced", "{line}");
+    worker.kill9();
+}
