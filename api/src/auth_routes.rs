@@ -227,6 +227,7 @@ pub struct LoginResponse {
         (status = 401, body = shared::error::ErrorBody),
         (status = 403, description = "no membership in tenant_id", body = shared::error::ErrorBody),
         (status = 429, description = "too many failed logins; see Retry-After", body = shared::error::ErrorBody),
+        (status = 503, description = "every password-hashing slot stayed busy; try again", body = shared::error::ErrorBody),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -234,18 +235,19 @@ async fn login(
     Json(body): Json<Login>,
 ) -> AppResult<Json<LoginResponse>> {
     let ip = Some(peer.ip());
-    if let Some(wait) = state.login_throttle.check(&body.email, ip, Instant::now()) {
+    // Counted as a failure before the slow password check (a success takes
+    // it back), so a burst of concurrent guesses cannot all get past the
+    // limit while earlier ones wait for a hashing permit.
+    if let Err(wait) = state
+        .login_throttle
+        .begin_attempt(&body.email, ip, Instant::now())
+    {
         return Err(AppError::TooManyRequests {
             message: "too many failed logins; try again later".into(),
             retry_after_secs: wait.as_secs().saturating_add(1),
         });
     }
-    let failed = || {
-        state
-            .login_throttle
-            .record_failure(&body.email, ip, Instant::now());
-        AppError::Unauthorized("invalid email or password".into())
-    };
+    let failed = || AppError::Unauthorized("invalid email or password".into());
     if body.password.len() > MAX_PASSWORD_BYTES || body.email.len() > 320 {
         return Err(failed());
     }
@@ -258,15 +260,19 @@ async fn login(
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
     };
-    let matched = state
-        .passwords
-        .verify(body.password, stored)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let matched = match state.passwords.verify(body.password, stored).await {
+        Ok(matched) => matched,
+        Err(shared::password::PasswordError::Busy) => {
+            return Err(AppError::ServiceUnavailable(
+                "too many logins in progress; try again shortly".into(),
+            ));
+        }
+        Err(err) => return Err(anyhow::Error::from(err).into()),
+    };
     let Some(user_id) = user_id.filter(|_| matched) else {
         return Err(failed());
     };
-    state.login_throttle.record_success(&body.email);
+    state.login_throttle.record_success(&body.email, ip);
 
     let memberships: Vec<MembershipView> = sqlx::query_as(
         "SELECT tenant_id, role FROM memberships WHERE user_id = $1 ORDER BY created_at, tenant_id",

@@ -51,9 +51,37 @@ impl LoginThrottle {
         keys
     }
 
+    /// Admits a login attempt and counts it as a failure until
+    /// [`Self::record_success`] says otherwise, in one step under the lock so
+    /// that concurrent guesses cannot all slip past the limit while earlier
+    /// ones are still being checked. `Err(wait)`: refuse it for `wait`.
+    pub fn begin_attempt(
+        &self,
+        email: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wait) = self.blocked_for(&map, email, ip, now) {
+            return Err(wait);
+        }
+        self.push_failure(&mut map, email, ip, now);
+        Ok(())
+    }
+
     /// `Some(wait)` when this login must be refused for `wait`.
     pub fn check(&self, email: &str, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        self.blocked_for(&map, email, ip, now)
+    }
+
+    fn blocked_for(
+        &self,
+        map: &HashMap<Key, VecDeque<Instant>>,
+        email: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<Duration> {
         Self::keys(email, ip)
             .into_iter()
             .filter_map(|(key, is_email)| {
@@ -85,6 +113,16 @@ impl LoginThrottle {
 
     pub fn record_failure(&self, email: &str, ip: Option<IpAddr>, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_failure(&mut map, email, ip, now);
+    }
+
+    fn push_failure(
+        &self,
+        map: &mut HashMap<Key, VecDeque<Instant>>,
+        email: &str,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) {
         if map.len() >= MAX_KEYS {
             let window = self.limits.window;
             map.retain(|_, times| {
@@ -113,9 +151,15 @@ impl LoginThrottle {
         }
     }
 
-    pub fn record_success(&self, email: &str) {
+    /// A login that turned out right: the email's failures are cleared and
+    /// the attempt counted against the address (by [`Self::record_failure`],
+    /// before the password was checked) is taken back.
+    pub fn record_success(&self, email: &str, ip: Option<IpAddr>) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&Key::Email(email.trim().to_lowercase()));
+        if let Some(times) = ip.and_then(|ip| map.get_mut(&Key::Ip(ip))) {
+            times.pop_back();
+        }
     }
 }
 
@@ -164,7 +208,7 @@ mod tests {
         );
         t.record_failure("c@x.io", None, now);
         t.record_failure("c@x.io", None, now);
-        t.record_success("c@x.io");
+        t.record_success("c@x.io", None);
         t.record_failure("c@x.io", None, now);
         assert!(t.check("c@x.io", None, now).is_none());
     }

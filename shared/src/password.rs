@@ -13,7 +13,14 @@ pub enum PasswordError {
     Hash(String),
     #[error("password worker failed")]
     Join,
+    /// Every permit stayed taken for [`PERMIT_WAIT`]: shed the request
+    /// rather than queue it without bound.
+    #[error("too many password checks in progress")]
+    Busy,
 }
+
+/// Longest a request waits for a hashing permit.
+pub const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Hashes and verifies passwords with bounded concurrency, so a flood of
 /// logins cannot take every core or unbounded memory (each hash holds
@@ -63,12 +70,16 @@ impl PasswordHasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PasswordError> {
+        match tokio::time::timeout(PERMIT_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(PasswordError::Join),
+            Err(_) => Err(PasswordError::Busy),
+        }
+    }
+
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| PasswordError::Join)?;
+        let _permit = self.permit().await?;
         let argon = self.argon();
         tokio::task::spawn_blocking(move || {
             argon
@@ -88,11 +99,7 @@ impl PasswordHasher {
         password: String,
         stored: Option<String>,
     ) -> Result<bool, PasswordError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| PasswordError::Join)?;
+        let _permit = self.permit().await?;
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
         let argon = self.argon();

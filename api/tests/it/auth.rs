@@ -597,3 +597,23 @@ async fn nul_characters_and_wrong_content_types_are_4xx_not_500(pool: PgPool) {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_concurrent_burst_of_bad_logins_cannot_pass_the_limit(pool: PgPool) {
+    let app = spawn_app_with(pool, |c| {
+        c.login_max_failures_per_email = 1000;
+        c.login_max_failures_per_ip = 4;
+    })
+    .await;
+    let attempts = (0..30).map(|i| {
+        let body =
+            json!({"email": format!("burst{i}@example.com"), "password": "wrong password!!"});
+        let req = app.client.post(app.url("/auth/login")).json(&body);
+        async move { req.send().await.expect("send").status().as_u16() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(unauthorized, 4, "{statuses:?}");
+    assert_eq!(throttled, 26, "{statuses:?}");
+}
