@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 echo "building..."
 cargo build --workspace --bins --quiet

@@ -6,9 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
-if ! command -v st >/dev/null 2>&1; then
-  python3 -m pip install -q --disable-pip-version-check schemathesis
+# schemathesis lives in a virtualenv of its own, outside the clone.
+venv="$HOME/.cache/vcp-schemathesis"
+if ! "$venv/bin/python" -c "import schemathesis" 2>/dev/null; then
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check schemathesis
 fi
 cargo build -p api --bin api --quiet
 
@@ -38,7 +45,7 @@ token=$(echo "$resp" | python3 -c 'import json,sys; print(json.load(sys.stdin)["
 
 # not_a_server_error: no 5xx; response_schema_conformance and
 # status_code_conformance: answers are the documented ones.
-st run "$base/openapi.json" \
+"$venv/bin/python" -m schemathesis.cli run "$base/openapi.json" \
   -H "Authorization: Bearer $token" \
   -H "x-dev-bootstrap-key: $DEV_BOOTSTRAP_KEY" \
   -H "x-auth-bootstrap-key: $AUTH_BOOTSTRAP_KEY" \
