@@ -433,9 +433,10 @@ async fn update_version(
     if lock_version(&mut tx, &claims, &path).await? == VersionStatus::Published {
         return Err(published_conflict("config"));
     }
-    sqlx::query("UPDATE agent_versions SET config = $2 WHERE id = $1")
+    sqlx::query("UPDATE agent_versions SET config = $2 WHERE id = $1 AND tenant_id = $3")
         .bind(path.version_id)
         .bind(&body.config)
+        .bind(claims.tenant_id)
         .execute(&mut *tx)
         .await?;
     audit(
@@ -477,9 +478,11 @@ async fn publish_version(
         ));
     }
     sqlx::query(
-        "UPDATE agent_versions SET status = 'published', published_at = now() WHERE id = $1",
+        "UPDATE agent_versions SET status = 'published', published_at = now()
+         WHERE id = $1 AND tenant_id = $2",
     )
     .bind(path.version_id)
+    .bind(claims.tenant_id)
     .execute(&mut *tx)
     .await?;
     let version = fetch_version(&mut tx, claims.tenant_id, path.agent_id, path.version_id).await?;
@@ -534,11 +537,12 @@ async fn activate_version(
     }
     let agent: Agent = sqlx::query_as(
         "UPDATE agents SET active_version_id = $2, updated_at = now()
-         WHERE id = $1
+         WHERE id = $1 AND tenant_id = $3
          RETURNING id, tenant_id, name, active_version_id, created_at, updated_at",
     )
     .bind(path.agent_id)
     .bind(path.version_id)
+    .bind(claims.tenant_id)
     .fetch_one(&mut *tx)
     .await?;
     if previous != Some(path.version_id) {

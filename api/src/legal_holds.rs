@@ -244,12 +244,14 @@ async fn release_legal_hold(
         Some(None) => {}
     }
     let sql = format!(
-        "UPDATE legal_holds SET released_at = now(), released_by = $2 WHERE id = $1
+        "UPDATE legal_holds SET released_at = now(), released_by = $2
+         WHERE id = $1 AND tenant_id = $3
          RETURNING {HOLD_COLUMNS}"
     );
     let hold: LegalHold = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(path.hold_id)
         .bind(&claims.sub)
+        .bind(claims.tenant_id)
         .fetch_one(&mut *tx)
         .await?;
     audit(

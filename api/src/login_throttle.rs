@@ -69,7 +69,9 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// `Some(wait)` when this login must be refused for `wait`.
+    /// `Some(wait)` when this login must be refused for `wait` (tests read
+    /// the state without admitting an attempt).
+    #[cfg(test)]
     pub fn check(&self, email: &str, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         self.blocked_for(&map, email, ip, now)
@@ -111,6 +113,7 @@ impl LoginThrottle {
             .max()
     }
 
+    #[cfg(test)]
     pub fn record_failure(&self, email: &str, ip: Option<IpAddr>, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         self.push_failure(&mut map, email, ip, now);

@@ -245,11 +245,12 @@ async fn set_phone_number_agent(
         require_agent(&mut tx, claims.tenant_id, agent_id).await?;
     }
     let number: PhoneNumber = sqlx::query_as(
-        "UPDATE phone_numbers SET agent_id = $2, updated_at = now() WHERE id = $1
+        "UPDATE phone_numbers SET agent_id = $2, updated_at = now() WHERE id = $1 AND tenant_id = $3
          RETURNING id, tenant_id, e164, twilio_sid, agent_id, status, created_at, updated_at",
     )
     .bind(path.phone_number_id)
     .bind(agent_id)
+    .bind(claims.tenant_id)
     .fetch_one(&mut *tx)
     .await?;
     audit(

@@ -338,11 +338,13 @@ async fn execute(
             // Timed out (or NATS hiccup): the worker may still be running
             // it and will record its outcome, or the reaper will close it.
             tracing::warn!(%execution_id, %trace_id, w3c_trace_id = %trace.trace_id_hex(), error = %err, "tool execution: no reply in time");
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM tool_executions WHERE id = $1")
-                    .bind(execution_id)
-                    .fetch_optional(&state.pool)
-                    .await?;
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM tool_executions WHERE id = $1 AND tenant_id = $2",
+            )
+            .bind(execution_id)
+            .bind(tenant_id)
+            .fetch_optional(&state.pool)
+            .await?;
             let result = ExecutionResult {
                 execution_id,
                 trace_id,
@@ -488,11 +490,12 @@ async fn fail_unsent(
     let updated = sqlx::query(
         "UPDATE tool_executions
          SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
-         WHERE id = $1 AND status = 'queued'",
+         WHERE id = $1 AND tenant_id = $4 AND status = 'queued'",
     )
     .bind(execution_id)
     .bind(&error.code)
     .bind(&error.message)
+    .bind(call.tenant_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
