@@ -394,30 +394,10 @@ async fn harness(pool: PgPool) -> Harness {
         None => panic!("DATABASE_URL without a database"),
     };
     // One routed number with an agent whose published version is active.
-    let tenant = Uuid::now_v7();
-    let agent = Uuid::now_v7();
-    let version = Uuid::now_v7();
     let to = "+15005550006".to_owned();
-    let mut tx = pool.begin().await.expect("tx");
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Faults')")
-        .bind(tenant)
-        .execute(&mut *tx)
+    shared::testing::seed_routed_number(&pool, &to, 1)
         .await
-        .expect("tenant");
-    sqlx::query(
-        "INSERT INTO agents (id, tenant_id, name, active_version_id) VALUES ($1, $2, 'Agent', $3)",
-    )
-    .bind(agent)
-    .bind(tenant)
-    .bind(version)
-    .execute(&mut *tx)
-    .await
-    .expect("agent");
-    sqlx::query("INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at) VALUES ($1, $2, $3, 1, '{}', 'published', now())")
-        .bind(version).bind(tenant).bind(agent).execute(&mut *tx).await.expect("version");
-    sqlx::query("INSERT INTO phone_numbers (id, tenant_id, e164, twilio_sid, agent_id) VALUES ($1, $2, $3, 'PN1', $4)")
-        .bind(Uuid::now_v7()).bind(tenant).bind(&to).bind(agent).execute(&mut *tx).await.expect("number");
-    tx.commit().await.expect("commit");
+        .expect("seed a routed number");
 
     let nats = PrivateNats::start().await;
     let prefix = format!("f{}", Uuid::new_v4().simple());

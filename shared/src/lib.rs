@@ -18,6 +18,8 @@ pub mod nats;
 pub mod password;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod trace;
 pub mod twilio;
 

@@ -85,61 +85,13 @@ pub async fn spawn_ingress_with(
     }
 }
 
-pub struct Seeded {
-    pub tenant_id: Uuid,
-    pub agent_id: Uuid,
-    pub phone_number_id: Uuid,
-    pub e164: String,
-}
+pub use shared::testing::RoutedNumber as Seeded;
 
-/// A tenant, an agent with an active version 1, and an active number.
+/// A tenant, an agent whose active version is 1, and an active number.
 pub async fn seed_number(pool: &PgPool, e164: &str) -> Seeded {
-    let tenant_id = Uuid::now_v7();
-    let agent_id = Uuid::now_v7();
-    let version_id = Uuid::now_v7();
-    let phone_number_id = Uuid::now_v7();
-    let mut tx = pool.begin().await.expect("tx");
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'acme')")
-        .bind(tenant_id)
-        .execute(&mut *tx)
+    shared::testing::seed_routed_number(pool, e164, 1)
         .await
-        .expect("tenant");
-    sqlx::query(
-        "INSERT INTO agents (id, tenant_id, name, active_version_id) VALUES ($1, $2, 'a', $3)",
-    )
-    .bind(agent_id)
-    .bind(tenant_id)
-    .bind(version_id)
-    .execute(&mut *tx)
-    .await
-    .expect("agent");
-    sqlx::query(
-        "INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at)
-         VALUES ($1, $2, $3, 1, '{}', 'published', now())",
-    )
-    .bind(version_id)
-    .bind(tenant_id)
-    .bind(agent_id)
-    .execute(&mut *tx)
-    .await
-    .expect("version");
-    sqlx::query(
-        "INSERT INTO phone_numbers (id, tenant_id, e164, twilio_sid, agent_id) VALUES ($1, $2, $3, 'PN1', $4)",
-    )
-    .bind(phone_number_id)
-    .bind(tenant_id)
-    .bind(e164)
-    .bind(agent_id)
-    .execute(&mut *tx)
-    .await
-    .expect("number");
-    tx.commit().await.expect("commit");
-    Seeded {
-        tenant_id,
-        agent_id,
-        phone_number_id,
-        e164: e164.to_owned(),
-    }
+        .expect("seed a routed number")
 }
 
 pub fn inbound_params(call_sid: &str, to: &str) -> Vec<(String, String)> {
