@@ -69,12 +69,6 @@ pub struct Config {
     /// api waits for automation-worker before answering 504.
     #[arg(long, env = "AUTOMATION_EXECUTE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub automation_execute_timeout: Duration,
-    /// Wait for Postgres to flush the WAL when recording a queued tool
-    /// execution. On by default: Postgres is the record. Off keeps a disk
-    /// flush (2-4 ms) off the caller's path, but a Postgres crash can then
-    /// lose the last fraction of a second of execution records.
-    #[arg(long, env = "AUTOMATION_SYNCHRONOUS_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub automation_synchronous_commit: bool,
     /// How long the api waits for automation-worker's n8n integration test.
     #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub automation_integration_test_timeout: Duration,

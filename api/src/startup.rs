@@ -81,7 +81,6 @@ pub fn build_state(
                 max_executions_per_minute: config.automation_max_executions_per_minute,
                 execute_timeout: config.automation_execute_timeout,
                 integration_test_timeout: config.automation_integration_test_timeout,
-                synchronous_commit: config.automation_synchronous_commit,
             },
             recordings_expose_url: config.recordings_expose_url,
         }),

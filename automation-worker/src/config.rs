@@ -54,10 +54,12 @@ pub struct AutomationArgs {
     /// Largest number of tool calls and probes run at once by this instance.
     #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
-    /// Wait for Postgres to flush the WAL when claiming and recording a tool
-    /// execution. On by default: Postgres is the record. Off saves one disk
-    /// flush (2-4 ms) per write on the caller's path, but a Postgres crash
-    /// can then lose the last fraction of a second of execution records.
+    /// Wait for Postgres to flush the WAL when recording an execution's
+    /// outcome (that flush also covers the api's queued row and the claim,
+    /// both committed without waiting). On by default: Postgres is the
+    /// record, and the caller is answered only after it. Off saves that one
+    /// flush, but a Postgres crash can then lose the last fraction of a
+    /// second of execution records.
     #[arg(long, env = "AUTOMATION_SYNCHRONOUS_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub synchronous_commit: bool,
     /// How often executions past their deadline are marked `worker_lost`.

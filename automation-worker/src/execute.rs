@@ -63,8 +63,13 @@ struct ExecutionContext {
 /// Claims the execution (queued -> running) and reads everything needed to
 /// run it, in one statement: a second delivery, or the reaper, cannot run
 /// or close it twice, and the hot path costs one round trip.
+///
+/// The claim never waits for the WAL flush: the outcome's commit (which
+/// does, with `AUTOMATION_SYNCHRONOUS_COMMIT=true`) flushes it too, and a
+/// claim lost to a Postgres crash only puts the row back to `queued`, which
+/// the outcome's update and the reaper both accept.
 const CLAIM_SQL: &str = "
-WITH cfg AS (SELECT set_config('synchronous_commit', $3, true) AS sc),
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc),
 te AS (
     UPDATE tool_executions SET status = 'running', started_at = now()
     WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
@@ -148,7 +153,6 @@ impl Executor {
         let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
             .bind(req.execution_id)
             .bind(req.tenant_id)
-            .bind(self.synchronous_commit())
             .fetch_optional(&self.pool)
             .await?;
         let Some(ctx) = ctx else {

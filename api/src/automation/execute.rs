@@ -4,11 +4,14 @@
 //! Checks, in this order: the call (404), the tool (404), the allowlist
 //! when required (403), the input against the tool's JSON Schema (400 with
 //! every violation), the tool's endpoint (422), the per-call rate (429).
-//! The rate check and the insert of the queued execution share one
-//! transaction holding the call's row lock, so concurrent requests for one
-//! call are counted one after the other: never more than the limit.
-//! Then automation-worker runs it over NATS request/reply.
+//! All of them, and the queued execution, are one SQL call
+//! (`execute_tool_checked`, migration 0006) with the tool's schema cached
+//! here; the rate check and the insert hold the call's row lock, so
+//! concurrent requests for one call are counted one after the other: never
+//! more than the limit. Then automation-worker runs it over NATS
+//! request/reply.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -25,7 +28,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::schema_cache::{self, Violation};
+use super::schema_cache::{self, CachedTool, ToolKey, Violation};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
@@ -77,19 +80,6 @@ pub struct InvalidInputDetail {
     pub violations: Vec<Violation>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct ToolRow {
-    id: Uuid,
-    name: String,
-    input_schema: Value,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ToolRef<'a> {
-    Id(Uuid),
-    Name(&'a str),
-}
-
 /// Runs a tool by id for a call, through automation-worker.
 #[utoipa::path(post, path = "/internal/automation/tools/{tool_id}/execute", tag = "automation",
     params(("tool_id" = Uuid, Path)),
@@ -114,7 +104,7 @@ pub async fn execute_tool_by_id(
     Path(tool_id): Path<Uuid>,
     Json(body): Json<ExecuteTool>,
 ) -> AppResult<Response> {
-    execute(&state, &claims, &headers, ToolRef::Id(tool_id), body).await
+    execute(&state, &claims, &headers, ToolKey::Id(tool_id), body).await
 }
 
 /// Runs a tool by name for a call, through automation-worker.
@@ -141,7 +131,7 @@ pub async fn execute_tool_by_name(
     Path(tool_name): Path<String>,
     Json(body): Json<ExecuteTool>,
 ) -> AppResult<Response> {
-    execute(&state, &claims, &headers, ToolRef::Name(&tool_name), body).await
+    execute(&state, &claims, &headers, ToolKey::Name(tool_name), body).await
 }
 
 fn trace_id(given: Option<String>, trace: &TraceContext) -> AppResult<String> {
@@ -156,11 +146,23 @@ fn trace_id(given: Option<String>, trace: &TraceContext) -> AppResult<String> {
     }
 }
 
+/// What `execute_tool_checked` (migration 0006) answered.
+#[derive(Debug, sqlx::FromRow)]
+struct Checked {
+    outcome: String,
+    retry_after: Option<f64>,
+    tool_name: Option<String>,
+}
+
+/// A stale cached tool is read again; past this many tries in one request
+/// (a tool edited over and over meanwhile) the request is refused.
+const MAX_STALE_RETRIES: usize = 3;
+
 async fn execute(
     state: &AppState,
     claims: &Claims,
     http_headers: &HeaderMap,
-    tool_ref: ToolRef<'_>,
+    key: ToolKey,
     body: ExecuteTool,
 ) -> AppResult<Response> {
     let settings = &state.settings.automation;
@@ -169,113 +171,150 @@ async fn execute(
     // worker in the NATS headers so both services' logs join up.
     let trace = TraceContext::from_http(http_headers);
     let trace_id = trace_id(body.trace_id, &trace)?;
+    let execution_id = Uuid::now_v7();
 
-    // One round trip reads what every check needs; the checks still
-    // answer in the documented order.
-    let found: Option<Lookup> = match tool_ref {
-        ToolRef::Id(id) => {
-            sqlx::query_as(LOOKUP_BY_ID)
-                .bind(body.call_id)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?
-        }
-        ToolRef::Name(name) => {
-            sqlx::query_as(LOOKUP_BY_NAME)
-                .bind(body.call_id)
-                .bind(tenant_id)
-                .bind(name)
-                .fetch_optional(&state.pool)
-                .await?
-        }
-    };
-    // 1. The call (404, another tenant's exactly like a missing one).
-    let Some(found) = found else {
-        return Err(AppError::NotFound("call"));
-    };
-    let call = super::CallRef {
-        id: found.call_id,
-        tenant_id: found.tenant_id,
-        agent_version_id: found.agent_version_id,
-    };
-    // 2. The tool (404).
-    let (Some(tool_id), Some(tool_name), Some(input_schema)) =
-        (found.tool_id, found.tool_name, found.input_schema)
-    else {
-        return Err(AppError::NotFound("tool"));
-    };
-    let tool = ToolRow {
-        id: tool_id,
-        name: tool_name,
-        input_schema,
-    };
-    // 3. The allowlist (403).
-    if settings.require_agent_tool_mapping && !found.allowed {
-        return Err(AppError::Status {
-            status: StatusCode::FORBIDDEN,
-            code: "tool_not_allowed",
-            message: format!(
-                "tool {} is not on the allowlist of the call's agent version \
-                 (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)",
-                tool.name
-            ),
-        });
-    }
-    // 4. The input against the tool's schema (400 with every violation).
-    let validator =
-        schema_cache::validator(tool.id, &tool.input_schema).map_err(|e| AppError::Status {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "tool_schema_invalid",
-            message: format!("the tool's input_schema does not compile: {e}"),
-        })?;
-    let violations = schema_cache::violations(&validator, &body.input_json);
-    if !violations.is_empty() {
-        let body = InvalidInputBody {
-            error: InvalidInputDetail {
-                code: "invalid_input".into(),
-                message: format!(
-                    "input_json does not match the schema of tool {} ({} violation{})",
-                    tool.name,
-                    violations.len(),
-                    if violations.len() == 1 { "" } else { "s" }
-                ),
-                violations,
-            },
+    // One round trip on the hot path: the tool (schema, compiled validator)
+    // comes from memory, the input is validated here, and one SQL call
+    // makes every check in order and records the queued execution.
+    let mut tries = 0;
+    let (tool, checked, violations) = loop {
+        tries += 1;
+        let cached = if tries == 1 {
+            schema_cache::cached_tool(tenant_id, &key)
+        } else {
+            None
         };
-        return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
-    }
-    // 5. Something to call.
-    match found.integration_status.as_deref() {
-        Some("active") => {}
-        Some(_) => {
+        let tool = match cached {
+            Some(tool) => Some(tool),
+            None => load_tool(&state.pool, tenant_id, &key).await?,
+        };
+        let violations = match tool.as_deref().map(|t| &t.validator) {
+            Some(Ok(validator)) => schema_cache::violations(validator, &body.input_json),
+            _ => Vec::new(),
+        };
+        let input_valid =
+            matches!(tool.as_deref().map(|t| &t.validator), Some(Ok(_))) && violations.is_empty();
+        let checked: Checked = sqlx::query_as(
+            "SELECT outcome, retry_after, tool_name
+             FROM execute_tool_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(execution_id)
+        .bind(tenant_id)
+        .bind(body.call_id)
+        .bind(tool.as_ref().map(|t| t.id))
+        .bind(match &key {
+            ToolKey::Name(name) => Some(name.as_str()),
+            ToolKey::Id(_) => None,
+        })
+        .bind(tool.as_ref().map(|t| &t.input_schema))
+        .bind(input_valid)
+        .bind(settings.require_agent_tool_mapping)
+        .bind(&trace_id)
+        .bind(&body.input_json)
+        .bind(settings.execute_timeout.as_secs_f64() * 1000.0)
+        .bind(i64::from(settings.max_executions_per_minute))
+        .bind(Uuid::now_v7())
+        .fetch_one(&state.pool)
+        .await?;
+        if checked.outcome == "stale" || checked.outcome == "tool_not_found" {
+            schema_cache::forget_tool(tenant_id, &key);
+        }
+        if checked.outcome != "stale" {
+            break (tool, checked, violations);
+        }
+        if tries >= MAX_STALE_RETRIES {
+            return Err(AppError::Status {
+                status: StatusCode::CONFLICT,
+                code: "tool_changed",
+                message: "the tool changed while the request was checked; try again".into(),
+            });
+        }
+    };
+    let tool_name = checked
+        .tool_name
+        .clone()
+        .or_else(|| tool.as_ref().map(|t| t.name.clone()))
+        .unwrap_or_default();
+    match checked.outcome.as_str() {
+        "queued" => {}
+        // Another tenant's call exactly like a missing one.
+        "call_not_found" => return Err(AppError::NotFound("call")),
+        "tool_not_found" => return Err(AppError::NotFound("tool")),
+        "tool_not_allowed" => {
+            return Err(AppError::Status {
+                status: StatusCode::FORBIDDEN,
+                code: "tool_not_allowed",
+                message: format!(
+                    "tool {tool_name} is not on the allowlist of the call's agent version \
+                     (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)"
+                ),
+            });
+        }
+        "invalid_input" => {
+            if let Some(Err(e)) = tool.as_deref().map(|t| &t.validator) {
+                return Err(AppError::Status {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: "tool_schema_invalid",
+                    message: format!("the tool's input_schema does not compile: {e}"),
+                });
+            }
+            let body = InvalidInputBody {
+                error: InvalidInputDetail {
+                    code: "invalid_input".into(),
+                    message: format!(
+                        "input_json does not match the schema of tool {tool_name} ({} violation{})",
+                        violations.len(),
+                        if violations.len() == 1 { "" } else { "s" }
+                    ),
+                    violations,
+                },
+            };
+            return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+        }
+        "integration_disabled" => {
             return Err(AppError::Status {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "integration_disabled",
-                message: format!("the n8n integration of tool {} is disabled", tool.name),
+                message: format!("the n8n integration of tool {tool_name} is disabled"),
             });
         }
-        None => {
+        "tool_endpoint_missing" => {
             return Err(AppError::Status {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "tool_endpoint_missing",
-                message: format!("tool {} has no endpoint to call", tool.name),
+                message: format!("tool {tool_name} has no endpoint to call"),
             });
         }
+        "rate_limited" => {
+            return Err(AppError::TooManyRequests {
+                message: format!(
+                    "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
+                    settings.max_executions_per_minute
+                ),
+                retry_after_secs: checked.retry_after.unwrap_or(1.0).ceil().max(1.0) as u64,
+            });
+        }
+        other => {
+            return Err(anyhow::anyhow!("execute_tool_checked answered {other:?}").into());
+        }
     }
-    // 6. The rate (429) and the queued record, atomically.
-    let execution_id = Uuid::now_v7();
-    record_queued(
-        state,
-        &call,
-        &tool,
-        &body.input_json,
-        &trace_id,
-        execution_id,
-    )
-    .await?;
+    let Some(tool) = tool else {
+        return Err(anyhow::anyhow!("queued without a tool").into());
+    };
+    let exec = Recorded {
+        tenant_id,
+        call_id: body.call_id,
+        tool_id: tool.id,
+        tool_name,
+    };
 
-    // 7. Run it.
+    // Run it. The queued row was committed without waiting for the WAL
+    // flush: every answer below follows a commit that waits (the worker's
+    // outcome, or `fail_unsent`), and a WAL flush is a prefix flush, so the
+    // row is on disk before any answer names it. The 504 comes seconds
+    // later, long after Postgres' WAL writer flushed it (within 3 x
+    // wal_writer_delay). A crash before any of that loses a queued row
+    // nobody was told about.
     let request = ToolExecuteRequest {
         execution_id,
         tenant_id,
@@ -321,7 +360,7 @@ async fn execute(
                 code: error_codes::WORKER_UNAVAILABLE.into(),
                 message: "no automation-worker is running; try again shortly".into(),
             };
-            fail_unsent(&state.pool, &call, &tool, execution_id, &trace_id, &error).await?;
+            fail_unsent(&state.pool, &exec, execution_id, &trace_id, &error).await?;
             let result = ExecutionResult {
                 execution_id,
                 trace_id,
@@ -368,150 +407,76 @@ async fn execute(
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct Lookup {
-    call_id: Uuid,
+/// Reads the tool named by `key` in the tenant and caches it.
+async fn load_tool(
+    pool: &PgPool,
     tenant_id: Uuid,
-    agent_version_id: Option<Uuid>,
-    tool_id: Option<Uuid>,
-    tool_name: Option<String>,
-    input_schema: Option<Value>,
-    allowed: bool,
-    integration_status: Option<String>,
+    key: &ToolKey,
+) -> AppResult<Option<Arc<CachedTool>>> {
+    let row: Option<(Uuid, String, Value)> = match key {
+        ToolKey::Id(id) => {
+            sqlx::query_as(
+                "SELECT id, name, input_schema FROM tools WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        }
+        ToolKey::Name(name) => {
+            sqlx::query_as(
+                "SELECT id, name, input_schema FROM tools WHERE tenant_id = $1 AND name = $2",
+            )
+            .bind(tenant_id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    Ok(row.map(|(id, name, schema)| schema_cache::remember_tool(tenant_id, key, id, name, schema)))
 }
 
-const LOOKUP_BY_ID: &str = "
-SELECT c.id AS call_id, c.tenant_id, c.agent_version_id,
-       t.id AS tool_id, t.name AS tool_name, t.input_schema,
-       EXISTS (SELECT 1 FROM agent_version_tools avt
-               WHERE avt.tenant_id = c.tenant_id AND avt.agent_version_id = c.agent_version_id
-                 AND avt.tool_id = t.id) AS allowed,
-       (SELECT i.status FROM tool_endpoints e
-        JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
-        WHERE e.tenant_id = c.tenant_id AND e.tool_id = t.id) AS integration_status
-FROM call_sessions c
-LEFT JOIN tools t ON t.tenant_id = c.tenant_id AND t.id = $3
-WHERE c.id = $1 AND c.tenant_id = $2";
-
-const LOOKUP_BY_NAME: &str = "
-SELECT c.id AS call_id, c.tenant_id, c.agent_version_id,
-       t.id AS tool_id, t.name AS tool_name, t.input_schema,
-       EXISTS (SELECT 1 FROM agent_version_tools avt
-               WHERE avt.tenant_id = c.tenant_id AND avt.agent_version_id = c.agent_version_id
-                 AND avt.tool_id = t.id) AS allowed,
-       (SELECT i.status FROM tool_endpoints e
-        JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
-        WHERE e.tenant_id = c.tenant_id AND e.tool_id = t.id) AS integration_status
-FROM call_sessions c
-LEFT JOIN tools t ON t.tenant_id = c.tenant_id AND t.name = $3
-WHERE c.id = $1 AND c.tenant_id = $2";
-
-/// The rate check and the queued execution with its `tool.requested`
-/// event, atomically, in one round trip (`enqueue_tool_execution`,
-/// migration 0004: the call's row lock, then count and insert).
-async fn record_queued(
-    state: &AppState,
-    call: &super::CallRef,
-    tool: &ToolRow,
-    input: &Value,
-    trace_id: &str,
-    execution_id: Uuid,
-) -> AppResult<()> {
-    let settings = &state.settings.automation;
-    let deadline_ms = settings.execute_timeout.as_secs_f64() * 1000.0;
-    let retry_after: Option<f64> = sqlx::query_scalar(
-        "SELECT enqueue_tool_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(execution_id)
-    .bind(call.tenant_id)
-    .bind(call.id)
-    .bind(tool.id)
-    .bind(trace_id)
-    .bind(input)
-    .bind(deadline_ms)
-    .bind(i64::from(settings.max_executions_per_minute))
-    .bind(Uuid::now_v7())
-    .bind(json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name}))
-    .bind(if settings.synchronous_commit {
-        "on"
-    } else {
-        "off"
-    })
-    .fetch_one(&state.pool)
-    .await?;
-    if let Some(retry_after) = retry_after {
-        return Err(AppError::TooManyRequests {
-            message: format!(
-                "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
-                settings.max_executions_per_minute
-            ),
-            retry_after_secs: retry_after.ceil().max(1.0) as u64,
-        });
-    }
-    Ok(())
-}
-
-async fn insert_event(
-    conn: &mut sqlx::PgConnection,
-    call: &super::CallRef,
-    event_type: &str,
-    idempotency_key: &str,
-    payload: Value,
-    trace_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (call_id, idempotency_key) DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(call.tenant_id)
-    .bind(call.id)
-    .bind(event_type)
-    .bind(idempotency_key)
-    .bind(payload)
-    .bind(trace_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// The execution as recorded, for the failure path.
+struct Recorded {
+    tenant_id: Uuid,
+    call_id: Uuid,
+    tool_id: Uuid,
+    tool_name: String,
 }
 
 /// No worker took the request: the execution fails at once, recorded with
-/// its `tool.failed` event, so it never waits for the reaper.
+/// its `tool.failed` event in one statement (and a commit that waits for
+/// the WAL flush: the 503 names it), so it never waits for the reaper.
 async fn fail_unsent(
     pool: &PgPool,
-    call: &super::CallRef,
-    tool: &ToolRow,
+    exec: &Recorded,
     execution_id: Uuid,
     trace_id: &str,
     error: &ToolError,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE tool_executions
-         SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
-         WHERE id = $1 AND tenant_id = $4 AND status = 'queued'",
+    sqlx::query(
+        "WITH failed AS (
+             UPDATE tool_executions
+             SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
+             WHERE id = $1 AND tenant_id = $4 AND status = 'queued'
+             RETURNING id)
+         INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
+         SELECT $5, $4, $6, 'tool.failed', 'tool:' || $1 || ':failed', $7, $8 FROM failed
+         ON CONFLICT (call_id, idempotency_key) DO NOTHING",
     )
     .bind(execution_id)
     .bind(&error.code)
     .bind(&error.message)
-    .bind(call.tenant_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated > 0 {
-        insert_event(
-            &mut tx,
-            call,
-            "tool.failed",
-            &format!("tool:{execution_id}:failed"),
-            json!({"execution_id": execution_id, "tool_id": tool.id, "tool": tool.name,
-                   "status": "failed", "attempts": 0, "error": error}),
-            trace_id,
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    .bind(exec.tenant_id)
+    .bind(Uuid::now_v7())
+    .bind(exec.call_id)
+    .bind(
+        json!({"execution_id": execution_id, "tool_id": exec.tool_id, "tool": exec.tool_name,
+                 "status": "failed", "attempts": 0, "error": error}),
+    )
+    .bind(trace_id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

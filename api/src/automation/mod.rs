@@ -26,8 +26,6 @@ pub struct AutomationSettings {
     pub max_executions_per_minute: u32,
     pub execute_timeout: Duration,
     pub integration_test_timeout: Duration,
-    /// Wait for the WAL flush when recording a queued execution.
-    pub synchronous_commit: bool,
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -44,7 +42,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct CallRef {
     pub id: Uuid,
-    pub tenant_id: Uuid,
     pub agent_version_id: Option<Uuid>,
 }
 
@@ -54,10 +51,12 @@ pub(crate) async fn find_call(
     tenant_id: Uuid,
     call_id: Uuid,
 ) -> AppResult<CallRef> {
-    sqlx::query_as("SELECT id, tenant_id, agent_version_id FROM call_sessions WHERE id = $1 AND tenant_id = $2")
-        .bind(call_id)
-        .bind(tenant_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(AppError::NotFound("call"))
+    sqlx::query_as(
+        "SELECT id, agent_version_id FROM call_sessions WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(call_id)
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(AppError::NotFound("call"))
 }

@@ -1,7 +1,10 @@
-//! Compiled JSON Schema validators, cached per tool: compiling is far more
-//! expensive than validating, and a tool's schema rarely changes. An entry
-//! is reused only while the tool's stored schema is the one it was compiled
-//! from, so an edited schema takes effect at once.
+//! What the execute path keeps in memory: compiled JSON Schema validators
+//! (compiling is far more expensive than validating) and the tools they
+//! belong to, looked up by tenant and id or name. Neither can let a stale
+//! schema through: a validator is reused only for the schema it was compiled
+//! from, and the execute path's single SQL call refuses a cached tool whose
+//! stored name or schema differs (`stale`, migration 0006), after which the
+//! tool is read afresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -10,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Beyond this many tools the cache starts over (bounded memory).
+/// Beyond this many entries a cache starts over (bounded memory).
 const MAX_ENTRIES: usize = 10_000;
 /// At most this many violations are listed.
 const MAX_VIOLATIONS: usize = 100;
@@ -18,6 +21,62 @@ const MAX_VIOLATIONS: usize = 100;
 type Entry = (Value, Arc<jsonschema::Validator>);
 
 static CACHE: LazyLock<Mutex<HashMap<Uuid, Entry>>> = LazyLock::new(Default::default);
+
+/// How an execute request names its tool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ToolKey {
+    Id(Uuid),
+    Name(String),
+}
+
+/// A tool as the execute path needs it.
+#[derive(Debug)]
+pub struct CachedTool {
+    pub id: Uuid,
+    pub name: String,
+    pub input_schema: Value,
+    /// `Err` when the stored schema does not compile.
+    pub validator: Result<Arc<jsonschema::Validator>, String>,
+}
+
+type ToolEntries = HashMap<(Uuid, ToolKey), Arc<CachedTool>>;
+
+static TOOLS: LazyLock<Mutex<ToolEntries>> = LazyLock::new(Default::default);
+
+/// The cached tool of `tenant_id` named by `key`, if any.
+pub fn cached_tool(tenant_id: Uuid, key: &ToolKey) -> Option<Arc<CachedTool>> {
+    TOOLS.lock().ok()?.get(&(tenant_id, key.clone())).cloned()
+}
+
+/// Caches a tool just read from Postgres (its validator compiled once).
+pub fn remember_tool(
+    tenant_id: Uuid,
+    key: &ToolKey,
+    id: Uuid,
+    name: String,
+    input_schema: Value,
+) -> Arc<CachedTool> {
+    let tool = Arc::new(CachedTool {
+        id,
+        validator: validator(id, &input_schema),
+        name,
+        input_schema,
+    });
+    if let Ok(mut tools) = TOOLS.lock() {
+        if tools.len() >= MAX_ENTRIES {
+            tools.clear();
+        }
+        tools.insert((tenant_id, key.clone()), tool.clone());
+    }
+    tool
+}
+
+/// Drops a cached tool found stale or gone.
+pub fn forget_tool(tenant_id: Uuid, key: &ToolKey) {
+    if let Ok(mut tools) = TOOLS.lock() {
+        tools.remove(&(tenant_id, key.clone()));
+    }
+}
 
 /// One schema violation: where (JSON pointer into `input_json`) and what.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

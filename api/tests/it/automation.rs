@@ -984,3 +984,96 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
         self.clone()
     }
 }
+
+/// The api caches tools and their compiled schemas; an edited schema, a
+/// renamed or deleted tool must still take effect on the very next request.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let n8n = FakeN8n::start().await;
+    let worker = start_worker(&app).await;
+    let s = seed(&app.pool).await;
+    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
+    let tool_id = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("lookup", "ok"),
+    )
+    .await;
+    let token = ops(&app, &s);
+    let by_name = |name: &str| format!("/internal/automation/tools/by-name/{name}/execute");
+
+    // Cached by id and by name.
+    let (status, out) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
+    assert_eq!(status, 200, "{out}");
+    let (status, out) = status_json(
+        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+
+    // A stricter schema refuses the same input at once, by id and by name.
+    sqlx::query(
+        "UPDATE tools SET input_schema = input_schema || '{\"required\": [\"order_id\", \"quantity\", \"note\"]}', updated_at = now() WHERE id = $1",
+    )
+    .bind(tool_id)
+    .execute(&app.pool)
+    .await
+    .expect("edit schema");
+    let (status, out) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(
+        out["error"]["violations"][0]["message"]
+            .as_str()
+            .map(|m| m.contains("note")),
+        Some(true),
+        "{out}"
+    );
+    let (status, out) = status_json(
+        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{out}");
+
+    // Renamed: the old name is unknown, the new one runs.
+    sqlx::query("UPDATE tools SET name = 'lookup_v2', input_schema = input_schema - 'required' WHERE id = $1")
+        .bind(tool_id)
+        .execute(&app.pool)
+        .await
+        .expect("rename");
+    let (status, out) = status_json(
+        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{out}"
+    );
+    let (status, out) = status_json(
+        app.post(&by_name("lookup_v2"), Some(&token), &good_input(s.call_id))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+
+    // Deleted: 404 by id and by name.
+    sqlx::query("DELETE FROM tools WHERE id = $1")
+        .bind(tool_id)
+        .execute(&app.pool)
+        .await
+        .expect("delete");
+    let (status, _) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
+    assert_eq!(status, 404);
+    let (status, _) = status_json(
+        app.post(&by_name("lookup_v2"), Some(&token), &good_input(s.call_id))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    worker.shutdown().await;
+}
