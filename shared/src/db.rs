@@ -12,14 +12,37 @@ use crate::config::DbArgs;
 /// Every migration under `migrations/`, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// A connection idle for longer than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
 /// Opens the pool. Connections are made lazily so a binary can start (and
 /// report not-ready) while Postgres is still coming up.
 pub fn connect_lazy(args: &DbArgs) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = args.database_url.parse()?;
-    Ok(PgPoolOptions::new()
-        .max_connections(args.database_max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+    Ok(pool_options(args.database_max_connections)
         .connect_lazy_with(options.application_name(env!("CARGO_PKG_NAME"))))
+}
+
+/// The pool settings every binary (and the benchmarks) use.
+///
+/// sqlx pings every connection it hands out by default: one extra round
+/// trip per query, which doubled the latency of the hot paths (a webhook's
+/// commit, a tool execution's three statements). Only connections that sat
+/// idle long enough to have been dropped by a restart or a proxy are
+/// pinged; a connection broken while busy fails its query and is replaced.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Creates the database named in the URL when it does not exist yet, so a

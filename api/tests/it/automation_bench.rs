@@ -4,7 +4,9 @@
 //!
 //! Ignored by default (it takes ~30 s and wants a release build):
 //! `cargo test --release -p api --test it automation_bench -- --ignored --nocapture`
-//! (`BENCH_RATE`, `BENCH_SECONDS` change the load; default 200/s for 10 s).
+//! (`BENCH_RATE`, `BENCH_SECONDS` change the load; default 200/s for 10 s;
+//! `AUTOMATION_SYNCHRONOUS_COMMIT=false` measures the worker without the
+//! outcome's WAL flush).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
 
 use crate::automation_support::{
-    FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker,
+    FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker_with,
 };
 use crate::helpers::spawn_app_with;
 
@@ -46,8 +48,8 @@ async fn fresh_database() -> (PgPool, String, String) {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("DATABASE_URL has no database part"),
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(40)
+    // The binaries' pool settings (no ping per query).
+    let pool = shared::db::pool_options(40)
         .connect(&url)
         .await
         .expect("bench database");
@@ -111,7 +113,10 @@ async fn automation_bench_gateway_overhead() {
     })
     .await;
     let n8n = FakeN8n::start().await;
-    let worker = start_worker(&app).await;
+    // The worker's outcome commit waits for the WAL flush unless
+    // AUTOMATION_SYNCHRONOUS_COMMIT=false, as in production.
+    let durable = std::env::var("AUTOMATION_SYNCHRONOUS_COMMIT").map_or(true, |v| v != "false");
+    let worker = start_worker_with(&app, |c| c.automation.synchronous_commit = durable).await;
     // Several calls, as in production (one call's executions serialise on
     // its row lock for the rate check).
     let mut calls = Vec::new();
@@ -180,10 +185,23 @@ async fn automation_bench_gateway_overhead() {
     })
     .await;
 
+    // The machine's own floor at the same rate: one Postgres round trip
+    // (`SELECT 1`). At a modest rate most of it is waking idle cores, and
+    // the gateway's path has three of them plus four NATS hops.
+    let floor_pool = pool.clone();
+    let (floor, floor_failed) = open_loop(rate, total, move |_| {
+        let pool = floor_pool.clone();
+        async move { sqlx::query("SELECT 1").execute(&pool).await.is_ok() }
+    })
+    .await;
+
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (d50, d99) = (percentile(&direct, 50.0), percentile(&direct, 99.0));
     let (g50, g99) = (percentile(&gateway, 50.0), percentile(&gateway, 99.0));
-    println!("automation gateway benchmark: {rate}/s for {seconds} s ({total} calls each)");
+    println!(
+        "automation gateway benchmark: {rate}/s for {seconds} s ({total} calls each), \
+         AUTOMATION_SYNCHRONOUS_COMMIT={durable}"
+    );
     println!(
         "direct to fake n8n : p50 {:.2} ms  p99 {:.2} ms  failures {direct_failed}",
         ms(d50),
@@ -193,6 +211,11 @@ async fn automation_bench_gateway_overhead() {
         "api+NATS+worker    : p50 {:.2} ms  p99 {:.2} ms  failures {gateway_failed}",
         ms(g50),
         ms(g99)
+    );
+    println!(
+        "postgres SELECT 1  : p50 {:.2} ms  p99 {:.2} ms  failures {floor_failed}  (the machine: one round trip at this rate)",
+        ms(percentile(&floor, 50.0)),
+        ms(percentile(&floor, 99.0))
     );
     println!(
         "overhead           : p50 {:.2} ms  p99 {:.2} ms  (target < 2 ms / < 5 ms)",
