@@ -2,15 +2,20 @@
 //!
 //! Best effort by design: the webhook is already answered, and an event that
 //! is not published here (NATS down, slow ack, a full queue) is published by
-//! the dispatch-worker's relay. Acks are recorded in batches
-//! (`published_at`).
+//! the dispatch-worker's relay. Acks are not written back: the
+//! dispatch-worker marks an event published and processed in the one update
+//! it makes anyway, so an inbound call costs the ingress one commit and no
+//! second write racing the worker for the same row (that update waited on
+//! the worker's row locks for seconds under load). An event whose message is
+//! slow to be processed is published again by the relay after
+//! `RELAY_PUBLISH_AFTER`, with the same `Nats-Msg-Id`, which JetStream drops
+//! as a duplicate.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use shared::calls::OutboxRow;
 use shared::nats::Subjects;
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 
 const QUEUE: usize = 16_384;
@@ -23,9 +28,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn start(pool: PgPool, js: async_nats::jetstream::Context, subjects: Subjects) -> Self {
+    pub fn start(js: async_nats::jetstream::Context, subjects: Subjects) -> Self {
         let (queue, mut rows) = mpsc::channel::<OutboxRow>(QUEUE);
-        let (acked_tx, mut acked) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(row) = rows.recv().await {
@@ -34,7 +38,6 @@ impl Publisher {
                 };
                 let js = js.clone();
                 let subjects = subjects.clone();
-                let acked_tx = acked_tx.clone();
                 tokio::spawn(async move {
                     let id = row.id.to_string();
                     match shared::calls::publish_outbox_row(&js, &subjects, &row, &id, ACK_TIMEOUT)
@@ -42,7 +45,6 @@ impl Publisher {
                     {
                         Ok(()) => {
                             metrics::counter!("ingress_events_published_total").increment(1);
-                            let _ = acked_tx.send(row.id);
                         }
                         Err(err) => {
                             metrics::counter!("ingress_publish_failures_total").increment(1);
@@ -51,20 +53,6 @@ impl Publisher {
                     }
                     drop(permit);
                 });
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(first) = acked.recv().await {
-                let mut ids = vec![first];
-                while ids.len() < 1000 {
-                    match acked.try_recv() {
-                        Ok(id) => ids.push(id),
-                        Err(_) => break,
-                    }
-                }
-                if let Err(err) = shared::calls::mark_published(&pool, &ids).await {
-                    tracing::warn!(%err, count = ids.len(), "cannot mark events published; the relay will republish (deduplicated)");
-                }
             }
         });
         Self { queue }

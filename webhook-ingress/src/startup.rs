@@ -81,7 +81,7 @@ pub async fn run(
             usize::from(config.db_writers),
             usize::from(config.max_group_commit),
         ),
-        publisher: Publisher::start(pool.clone(), js, subjects),
+        publisher: Publisher::start(js, subjects),
         media_stream_url: config
             .twilio
             .twilio_media_stream_url

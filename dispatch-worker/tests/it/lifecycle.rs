@@ -286,9 +286,7 @@ async fn relay_republishes_a_published_event_that_was_never_processed(pool: PgPo
     );
     assert!(
         eventually(Duration::from_secs(10), || async {
-            w.scalar("SELECT count(*) FROM call_events WHERE published_at IS NOT NULL")
-                .await
-                == 1
+            w.stream_messages(&w.subjects.calls_stream()).await == 1
         })
         .await
     );

@@ -48,17 +48,20 @@ async fn signed_inbound_commits_once_answers_stream_and_publishes(pool: PgPool) 
     assert_eq!(agent, Some(seeded.agent_id));
     assert_eq!(number, Some(seeded.phone_number_id));
 
-    // Published once (deduplicated by event id) and marked published.
+    // Published once (deduplicated by event id); the dispatch-worker, not
+    // the ingress, records it published.
     let stream = app.subjects.calls_stream();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            app.count("SELECT count(*) FROM call_events WHERE published_at IS NOT NULL")
-                .await
-                == 1
+            stream_messages(&app.nats, &stream).await == 1
         })
         .await
     );
-    assert_eq!(stream_messages(&app.nats, &stream).await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM call_events WHERE published_at IS NULL")
+            .await,
+        1
+    );
     delete_streams(&app.nats, &app.subjects).await;
 }
 
