@@ -105,6 +105,22 @@ impl Lifecycle {
         &self,
         items: &[Item],
     ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), sqlx::Error> {
+        // Inbound calls only (the common case): one statement, atomic on its
+        // own, so no BEGIN and COMMIT round trips around it.
+        if items
+            .iter()
+            .all(|item| matches!(item, Ok((_, kind)) if kind == event_type::CALL_INBOUND))
+        {
+            let mut inbound: Vec<Uuid> = items
+                .iter()
+                .filter_map(|item| item.as_ref().ok().map(|(id, _)| *id))
+                .collect();
+            inbound.sort_unstable();
+            inbound.dedup();
+            let mut conn = self.pool.acquire().await?;
+            let handoffs = self.create_dispatches(&mut conn, &inbound).await?;
+            return Ok((items.iter().map(|_| Outcome::Done).collect(), handoffs));
+        }
         let mut tx = self.pool.begin().await?;
         let mut inbound: Vec<Uuid> = items
             .iter()

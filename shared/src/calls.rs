@@ -235,23 +235,21 @@ pub async fn mark_published(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<(), sql
     if ids.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
-    // Losing this update in a crash only means one more (deduplicated)
-    // publish by the relay, so it need not wait for the WAL flush.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    // One statement (no BEGIN/COMMIT round trips). Losing this update in a
+    // crash only means one more (deduplicated) publish by the relay, so it
+    // need not wait for the WAL flush.
     sqlx::query(
-        "UPDATE call_events
+        "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE call_events
          SET published_at = now(),
              publish_attempts = publish_attempts + 1,
              processed_at = CASE WHEN type = 'runtime.handoff_requested' THEN now() ELSE processed_at END
-         WHERE id = ANY($1) AND published_at IS NULL",
+         WHERE id = ANY($1) AND published_at IS NULL AND EXISTS (SELECT 1 FROM cfg)",
     )
     .bind(ids)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// The associated data that binds a sealed join token to its dispatch, so a

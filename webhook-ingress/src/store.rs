@@ -224,6 +224,13 @@ async fn commit_group(pool: &PgPool, group: Vec<Job>) {
 }
 
 async fn try_group(pool: &PgPool, group: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
+    // A group of new calls only (the common case) is one statement, atomic
+    // on its own: no BEGIN and COMMIT round trips around it.
+    if group.iter().all(|job| job.write.seed.is_some()) {
+        let writes: Vec<&CallWrite> = group.iter().map(|job| &job.write).collect();
+        let mut conn = pool.acquire().await?;
+        return upsert_many(&mut conn, &writes).await;
+    }
     let mut tx = pool.begin().await?;
     let seeded: Vec<&CallWrite> = group
         .iter()
