@@ -31,6 +31,18 @@ async fn execute(app: &TestApp, token: &str, tool_id: Uuid, body: &Value) -> (u1
     .await
 }
 
+async fn execute_by_name(app: &TestApp, token: &str, name: &str, body: &Value) -> (u16, Value) {
+    status_json(
+        app.post(
+            &format!("/internal/automation/tools/by-name/{name}/execute"),
+            Some(token),
+            body,
+        )
+        .await,
+    )
+    .await
+}
+
 fn good_input(call_id: Uuid) -> Value {
     json!({"call_id": call_id, "input_json": {"order_id": "A-123", "quantity": 2}})
 }
@@ -1002,16 +1014,11 @@ async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
     )
     .await;
     let token = ops(&app, &s);
-    let by_name = |name: &str| format!("/internal/automation/tools/by-name/{name}/execute");
 
     // Cached by id and by name.
     let (status, out) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
     assert_eq!(status, 200, "{out}");
-    let (status, out) = status_json(
-        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
-            .await,
-    )
-    .await;
+    let (status, out) = execute_by_name(&app, &token, "lookup", &good_input(s.call_id)).await;
     assert_eq!(status, 200, "{out}");
 
     // A stricter schema refuses the same input at once, by id and by name.
@@ -1031,11 +1038,7 @@ async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
         Some(true),
         "{out}"
     );
-    let (status, out) = status_json(
-        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
-            .await,
-    )
-    .await;
+    let (status, out) = execute_by_name(&app, &token, "lookup", &good_input(s.call_id)).await;
     assert_eq!(status, 400, "{out}");
 
     // Renamed: the old name is unknown, the new one runs.
@@ -1044,21 +1047,13 @@ async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
         .execute(&app.pool)
         .await
         .expect("rename");
-    let (status, out) = status_json(
-        app.post(&by_name("lookup"), Some(&token), &good_input(s.call_id))
-            .await,
-    )
-    .await;
+    let (status, out) = execute_by_name(&app, &token, "lookup", &good_input(s.call_id)).await;
     assert_eq!(
         (status, out["error"]["code"].as_str()),
         (404, Some("not_found")),
         "{out}"
     );
-    let (status, out) = status_json(
-        app.post(&by_name("lookup_v2"), Some(&token), &good_input(s.call_id))
-            .await,
-    )
-    .await;
+    let (status, out) = execute_by_name(&app, &token, "lookup_v2", &good_input(s.call_id)).await;
     assert_eq!(status, 200, "{out}");
 
     // Deleted: 404 by id and by name.
@@ -1069,11 +1064,7 @@ async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
         .expect("delete");
     let (status, _) = execute(&app, &token, tool_id, &good_input(s.call_id)).await;
     assert_eq!(status, 404);
-    let (status, _) = status_json(
-        app.post(&by_name("lookup_v2"), Some(&token), &good_input(s.call_id))
-            .await,
-    )
-    .await;
+    let (status, _) = execute_by_name(&app, &token, "lookup_v2", &good_input(s.call_id)).await;
     assert_eq!(status, 404);
     worker.shutdown().await;
 }
