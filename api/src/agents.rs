@@ -217,6 +217,9 @@ async fn create_agent(
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
+const AGENT_SELECT: &str =
+    "SELECT id, tenant_id, name, active_version_id, created_at, updated_at FROM agents";
+
 /// The tenant's agents, newest first.
 #[utoipa::path(get, path = "/internal/agents", tag = "agents",
     security(("bearer" = [])),
@@ -232,25 +235,13 @@ async fn list_agents(
     InternalPrincipal(claims): InternalPrincipal,
     Query(query): Query<TenantListQuery>,
 ) -> AppResult<Json<Page<Agent>>> {
-    let page = query.checked(&claims)?;
-    let rows: Vec<Agent> = sqlx::query_as(
-        "SELECT id, tenant_id, name, active_version_id, created_at, updated_at
-         FROM agents
-         WHERE tenant_id = $1
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $4",
-    )
-    .bind(query.tenant_id)
-    .bind(page.cursor_at())
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |a| Cursor {
-        at: a.created_at,
-        id: a.id,
-    })))
+    let page = query
+        .fetch_page(&claims, &state.pool, AGENT_SELECT, |a: &Agent| Cursor {
+            at: a.created_at,
+            id: a.id,
+        })
+        .await?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/internal/agents/{agent_id}", tag = "agents",
@@ -268,10 +259,9 @@ async fn get_agent(
     InternalPrincipal(claims): InternalPrincipal,
     Path(path): Path<AgentPath>,
 ) -> AppResult<Json<Agent>> {
-    let agent = sqlx::query_as(
-        "SELECT id, tenant_id, name, active_version_id, created_at, updated_at
-         FROM agents WHERE id = $1 AND tenant_id = $2",
-    )
+    let agent = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{AGENT_SELECT} WHERE id = $1 AND tenant_id = $2"
+    )))
     .bind(path.agent_id)
     .bind(claims.tenant_id)
     .fetch_optional(&state.pool)

@@ -71,25 +71,18 @@ async fn list_integrations(
     InternalPrincipal(claims): InternalPrincipal,
     Query(query): Query<TenantListQuery>,
 ) -> AppResult<Json<Page<Integration>>> {
-    let page = query.checked(&claims)?;
-    let sql = format!(
-        "{INTEGRATION_SELECT}
-         WHERE tenant_id = $1
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $4"
-    );
-    let rows: Vec<Integration> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(query.tenant_id)
-        .bind(page.cursor_at())
-        .bind(page.cursor_id())
-        .bind(page.fetch())
-        .fetch_all(&state.pool)
+    let page = query
+        .fetch_page(
+            &claims,
+            &state.pool,
+            INTEGRATION_SELECT,
+            |i: &Integration| Cursor {
+                at: i.created_at,
+                id: i.id,
+            },
+        )
         .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |i| Cursor {
-        at: i.created_at,
-        id: i.id,
-    })))
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/internal/integrations/{integration_id}", tag = "integrations",

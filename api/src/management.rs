@@ -6,12 +6,13 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use shared::audit::{self, AuditEntry};
 use shared::auth::Claims;
-use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgPool};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
-use crate::pagination::{self, Cursor};
+use crate::pagination::{self, Cursor, Page};
 
 /// `?tenant_id=&limit=&cursor=` of every tenant-scoped list.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -60,6 +61,38 @@ impl TenantListQuery {
     pub fn checked(&self, claims: &Claims) -> AppResult<PageRequest> {
         claims.require_tenant(self.tenant_id)?;
         PageRequest::parse(self.limit, self.cursor.as_deref())
+    }
+
+    /// One page of a tenant-scoped table, newest first: the tenant check,
+    /// the keyset query and the next cursor. `select_from` is a constant
+    /// `SELECT <columns> FROM <table>` whose rows have `tenant_id`,
+    /// `created_at` and `id`.
+    pub async fn fetch_page<T>(
+        &self,
+        claims: &Claims,
+        pool: &PgPool,
+        select_from: &'static str,
+        key: impl Fn(&T) -> Cursor,
+    ) -> AppResult<Page<T>>
+    where
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let page = self.checked(claims)?;
+        let sql = format!(
+            "{select_from}
+             WHERE tenant_id = $1
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $4"
+        );
+        let rows: Vec<T> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.tenant_id)
+            .bind(page.cursor_at())
+            .bind(page.cursor_id())
+            .bind(page.fetch())
+            .fetch_all(pool)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, key))
     }
 }
 

@@ -171,6 +171,10 @@ async fn create_phone_number(
     Ok((StatusCode::CREATED, Json(number)))
 }
 
+const PHONE_NUMBER_SELECT: &str =
+    "SELECT id, tenant_id, e164, twilio_sid, agent_id, status, created_at, updated_at
+     FROM phone_numbers";
+
 /// The tenant's numbers, newest first.
 #[utoipa::path(get, path = "/internal/phone-numbers", tag = "phone-numbers",
     security(("bearer" = [])),
@@ -186,25 +190,18 @@ async fn list_phone_numbers(
     InternalPrincipal(claims): InternalPrincipal,
     Query(query): Query<TenantListQuery>,
 ) -> AppResult<Json<Page<PhoneNumber>>> {
-    let page = query.checked(&claims)?;
-    let rows: Vec<PhoneNumber> = sqlx::query_as(
-        "SELECT id, tenant_id, e164, twilio_sid, agent_id, status, created_at, updated_at
-         FROM phone_numbers
-         WHERE tenant_id = $1
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $4",
-    )
-    .bind(query.tenant_id)
-    .bind(page.cursor_at())
-    .bind(page.cursor_id())
-    .bind(page.fetch())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |n| Cursor {
-        at: n.created_at,
-        id: n.id,
-    })))
+    let page = query
+        .fetch_page(
+            &claims,
+            &state.pool,
+            PHONE_NUMBER_SELECT,
+            |n: &PhoneNumber| Cursor {
+                at: n.created_at,
+                id: n.id,
+            },
+        )
+        .await?;
+    Ok(Json(page))
 }
 
 /// Routes the number to another agent of the tenant, or nowhere (`null`).

@@ -298,25 +298,14 @@ async fn list_tools(
     InternalPrincipal(claims): InternalPrincipal,
     Query(query): Query<TenantListQuery>,
 ) -> AppResult<Json<Page<Tool>>> {
-    let page = query.checked(&claims)?;
-    let sql = format!(
-        "{TOOL_COLUMNS_SELECT}
-         WHERE tenant_id = $1
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $4"
-    );
-    let rows: Vec<Tool> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(query.tenant_id)
-        .bind(page.cursor_at())
-        .bind(page.cursor_id())
-        .bind(page.fetch())
-        .fetch_all(&state.pool)
+    let mut page = query
+        .fetch_page(&claims, &state.pool, TOOL_COLUMNS_SELECT, |t: &Tool| {
+            Cursor {
+                at: t.created_at,
+                id: t.id,
+            }
+        })
         .await?;
-    let mut page = Page::from_rows(rows, page.limit, |t| Cursor {
-        at: t.created_at,
-        id: t.id,
-    });
     attach_endpoints(&state.pool, &mut page.items).await?;
     Ok(Json(page))
 }
