@@ -21,6 +21,7 @@ DB="vcp_$RUN"
 PORT="${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 
 bash scripts/services.sh >/dev/null
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 echo "building release binaries..."
 cargo build --release --quiet -p api -p bench --bin api --bin login-flood

@@ -19,6 +19,7 @@ RUN="bench$(date +%s)"
 DB="vcp_$RUN"
 
 bash scripts/services.sh >/dev/null
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 echo "building release binaries..."
 cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
@@ -76,6 +77,8 @@ for port in 4101 4103; do
     curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
     sleep 0.5
   done
+  # Never measure a service that is not up.
+  curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "service on :$port not ready; see .stack/bench-*.log" >&2; exit 1; }
 done
 
 LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100

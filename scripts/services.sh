@@ -58,9 +58,9 @@ ensure_nats() {
   fi
   local bin
   bin=$(command -v nats-server || echo /usr/sbin/nats-server)
-  mkdir -p /var/lib/nats-server /var/log 2>/dev/null || true
+  $SUDO mkdir -p /var/lib/nats-server /var/log
   echo "starting NATS with JetStream..."
-  start-stop-daemon --start --oknodo --background --exec "$bin" -- \
+  $SUDO start-stop-daemon --start --oknodo --background --exec "$bin" -- \
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
   wait_port 4222 NATS
 }

@@ -356,7 +356,21 @@ async fn list_versions(
     if !exists {
         return Err(AppError::NotFound("agent"));
     }
-    // Ordered by number; the cursor's id names the last version seen.
+    // Ordered by number; the cursor's id names the last version seen, and
+    // one naming no version of this agent would silently end the list.
+    if let Some(cursor_id) = page.cursor_id() {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agent_versions WHERE id = $1 AND agent_id = $2 AND tenant_id = $3)",
+        )
+        .bind(cursor_id)
+        .bind(path.agent_id)
+        .bind(claims.tenant_id)
+        .fetch_one(&state.pool)
+        .await?;
+        if !known {
+            return Err(AppError::bad_request("cursor is malformed"));
+        }
+    }
     let sql = format!(
         "{VERSION_SELECT}
          WHERE v.agent_id = $1 AND v.tenant_id = $2
@@ -591,8 +605,9 @@ async fn set_version_tools(
     if let Some(missing) = tool_ids.iter().find(|id| !known.contains(id)) {
         return Err(not_found(format_args!("tool {missing}")));
     }
-    sqlx::query("DELETE FROM agent_version_tools WHERE agent_version_id = $1")
+    sqlx::query("DELETE FROM agent_version_tools WHERE agent_version_id = $1 AND tenant_id = $2")
         .bind(path.version_id)
+        .bind(claims.tenant_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(

@@ -235,6 +235,12 @@ async fn login(
     Json(body): Json<Login>,
 ) -> AppResult<Json<LoginResponse>> {
     let ip = Some(peer.ip());
+    let failed = || AppError::Unauthorized("invalid email or password".into());
+    // Checked before the throttle, which keeps one entry per email: an
+    // over-long address must not cost it memory.
+    if body.password.len() > MAX_PASSWORD_BYTES || body.email.len() > 320 {
+        return Err(failed());
+    }
     // Counted as a failure before the slow password check (a success takes
     // it back), so a burst of concurrent guesses cannot all get past the
     // limit while earlier ones wait for a hashing permit.
@@ -246,10 +252,6 @@ async fn login(
             message: "too many failed logins; try again later".into(),
             retry_after_secs: wait.as_secs().saturating_add(1),
         });
-    }
-    let failed = || AppError::Unauthorized("invalid email or password".into());
-    if body.password.len() > MAX_PASSWORD_BYTES || body.email.len() > 320 {
-        return Err(failed());
     }
     let user: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")

@@ -172,10 +172,17 @@ async fn why_not_claimable(state: &AppState, dispatch_id: Uuid, tenant_id: Uuid)
             code: "already_claimed",
             message: "this dispatch was already claimed".into(),
         },
-        Ok(Some(_)) => AppError::Status {
+        Ok(Some((status, expired))) if status == "expired" || expired => AppError::Status {
             status: StatusCode::GONE,
             code: "expired",
             message: "this dispatch expired before it was claimed".into(),
+        },
+        // Pending and unexpired, yet not claimed: a concurrent claim is
+        // finishing, or its token could not be opened.
+        Ok(Some(_)) => AppError::Status {
+            status: StatusCode::CONFLICT,
+            code: "not_claimable",
+            message: "this dispatch cannot be claimed right now".into(),
         },
     }
 }

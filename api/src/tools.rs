@@ -213,11 +213,18 @@ const TOOL_COLUMNS_SELECT: &str =
     "SELECT id, tenant_id, name, description, input_schema, created_at, updated_at FROM tools";
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, tool_id, integration_id, webhook_path, method, headers_template, timeout_ms, max_retries, created_at, updated_at";
 
-async fn attach_endpoints(pool: &sqlx::PgPool, tools: &mut [Tool]) -> AppResult<()> {
+async fn attach_endpoints(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    tools: &mut [Tool],
+) -> AppResult<()> {
     let ids: Vec<Uuid> = tools.iter().map(|t| t.id).collect();
-    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM tool_endpoints WHERE tool_id = ANY($1)");
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM tool_endpoints WHERE tenant_id = $2 AND tool_id = ANY($1)"
+    );
     let endpoints: Vec<ToolEndpoint> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&ids)
+        .bind(tenant_id)
         .fetch_all(pool)
         .await?;
     for tool in tools {
@@ -306,7 +313,7 @@ async fn list_tools(
             }
         })
         .await?;
-    attach_endpoints(&state.pool, &mut page.items).await?;
+    attach_endpoints(&state.pool, query.tenant_id, &mut page.items).await?;
     Ok(Json(page))
 }
 
@@ -333,7 +340,7 @@ async fn get_tool(
         .await?
         .ok_or(AppError::NotFound("tool"))?;
     let mut tools = [tool];
-    attach_endpoints(&state.pool, &mut tools).await?;
+    attach_endpoints(&state.pool, claims.tenant_id, &mut tools).await?;
     let [tool] = tools;
     Ok(Json(tool))
 }

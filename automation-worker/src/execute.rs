@@ -522,6 +522,16 @@ fn interpret(
                 latency_ms,
             ));
         }
+        // Postgres' jsonb cannot hold U+0000: such an answer could never be
+        // recorded, so it fails here with a clear code instead.
+        if answer.body.contains(&0) || answer.body.windows(6).any(|w| w == b"\\u0000") {
+            return with_status(Finished::failed(
+                error_codes::INVALID_OUTPUT,
+                "n8n's answer contains a NUL character, which cannot be stored",
+                attempts,
+                latency_ms,
+            ));
+        }
         let output = if answer.body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {

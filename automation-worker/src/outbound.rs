@@ -312,8 +312,6 @@ pub fn classify(err: &reqwest::Error) -> ProbeFailure {
         }
         source = cause.source();
     }
-    // The URL is the integration's base URL: no secret in it (credentials
-    // in URLs are refused), so the message may carry it.
     let message = error_chain(err);
     if err.is_timeout() {
         failure(FailureKind::Timeout, message)
@@ -332,6 +330,9 @@ fn failure(kind: FailureKind, message: String) -> ProbeFailure {
     }
 }
 
+/// The error and its causes, with the request's URL cut to its origin: a
+/// webhook path can be the only secret of an n8n workflow, and this message
+/// is stored and shown to the tenant's staff.
 fn error_chain(err: &reqwest::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
@@ -339,6 +340,10 @@ fn error_chain(err: &reqwest::Error) -> String {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
+    }
+    if let Some(url) = err.url() {
+        let origin = url.origin().ascii_serialization();
+        message = message.replace(url.as_str(), &format!("{origin}/…"));
     }
     message
 }

@@ -490,15 +490,19 @@ fn report(line: String) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Dispatches a dispatch-worker instance created since it started.
-async fn dispatches_created(service: &Service) -> f64 {
+async fn metrics_text(service: &Service) -> String {
     let url = format!("http://127.0.0.1:{}/metrics", service.port);
-    let text = reqwest::get(&url)
+    reqwest::get(&url)
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// Dispatches a dispatch-worker instance created since it started.
+async fn dispatches_created(service: &Service) -> f64 {
+    let text = metrics_text(service).await;
     text.lines()
         .filter(|l| l.starts_with("dispatch_dispatches_created_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -549,6 +553,19 @@ async fn nothing_accepted_is_lost_under_faults(pool: PgPool) {
         first > 0.0 && second > 0.0,
         "one dispatch-worker did all the work: {first} / {second}"
     );
+    // The outbox and consumer-lag gauges ops alert on are exported.
+    let text = metrics_text(&h.dispatch).await;
+    for name in [
+        "outbox_oldest_unpublished_age_seconds",
+        "nats_consumer_pending_messages",
+        "nats_consumer_ack_pending_messages",
+        "nats_consumer_redelivered_messages",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
 
     run_fault("database connections terminated twice", &mut h, async |h| {
         pause().await;

@@ -95,6 +95,13 @@ struct SegmentData {
 impl RuntimeEvent {
     /// The typed data, or why the event is malformed.
     pub fn parse_data(&self) -> Result<RuntimeEventData, String> {
+        // What Postgres cannot store would be retried forever: refuse it.
+        if serde_json::to_string(&self.data).is_ok_and(|d| d.contains("\\u0000")) {
+            return Err("data contains a NUL character".into());
+        }
+        if !(1..=9999).contains(&chrono::Datelike::year(&self.occurred_at)) {
+            return Err("occurred_at is out of range".into());
+        }
         let text_field = |name: &str| -> Result<String, String> {
             Ok(self
                 .data
@@ -354,6 +361,15 @@ mod tests {
             .is_err()
         );
         assert!(ev("nope", json!({})).parse_data().is_err());
+        // Nothing Postgres would refuse (and the consumer retry forever).
+        assert!(
+            ev("call.ended", json!({"reason":"hang\u{0}up"}))
+                .parse_data()
+                .is_err()
+        );
+        let mut ancient = ev("call.ended", json!({"reason":"hangup"}));
+        ancient.occurred_at = DateTime::<Utc>::MIN_UTC;
+        assert!(ancient.parse_data().is_err());
         assert_eq!(
             ev("call.ended", json!({"reason":"hangup"})).parse_data(),
             Ok(RuntimeEventData::CallEnded {

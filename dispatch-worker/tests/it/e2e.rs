@@ -175,10 +175,13 @@ async fn worker_killed_mid_flight_and_restarted_loses_nothing(pool: PgPool) {
     }));
     let kill_soon = async {
         // Kill as soon as the worker is mid-way, with messages in flight.
-        eventually(Duration::from_secs(20), || async {
-            w.scalar("SELECT count(*) FROM runtime_dispatches").await >= 1
-        })
-        .await;
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                w.scalar("SELECT count(*) FROM runtime_dispatches").await >= 1
+            })
+            .await,
+            "the worker never started dispatching"
+        );
         worker.start_kill().expect("SIGKILL");
     };
     let (statuses, ()) = tokio::join!(posts, kill_soon);
