@@ -295,6 +295,16 @@ async fn retries_count_only_retryable_failures(pool: PgPool) {
     let (status, out) = execute(&app, &token, big, &good_input(s.call_id)).await;
     assert_eq!(status, 502, "{out}");
     assert_eq!(out["error"]["code"], "output_too_large");
+    // An answer Postgres cannot store (U+0000) fails clearly, recorded.
+    let nul = tool("nul", "nul", 0).await;
+    let (status, out) = execute(&app, &token, nul, &good_input(s.call_id)).await;
+    assert_eq!(status, 502, "{out}");
+    assert_eq!(out["error"]["code"], "invalid_output");
+    let (recorded, code, _, _) = row(&app.pool, &out["execution_id"]).await;
+    assert_eq!(
+        (recorded.as_str(), code.as_deref()),
+        ("failed", Some("invalid_output"))
+    );
     worker.shutdown().await;
 }
 

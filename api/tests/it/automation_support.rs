@@ -149,6 +149,7 @@ async fn fake_handler(
         "ratelimited" => (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
         "badrequest" => (StatusCode::BAD_REQUEST, "bad").into_response(),
         "big" => "x".repeat(200 * 1024).into_response(),
+        "nul" => axum::Json(json!({"text": "a\u{0}b"})).into_response(),
         _ => (
             StatusCode::NOT_FOUND,
             axum::Json(json!({
