@@ -70,7 +70,8 @@ fn validate_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterFirstAdmin {
     pub email: String,
@@ -91,7 +92,8 @@ pub struct TenantView {
     pub name: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Serialize, ToSchema)]
 pub struct FirstAdminCreated {
     pub token: String,
     pub user: UserView,
@@ -196,7 +198,8 @@ async fn register_first_admin(
     ))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub email: String,
@@ -211,7 +214,8 @@ pub struct MembershipView {
     pub role: Role,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     pub token: String,
     pub memberships: Vec<MembershipView>,
@@ -312,7 +316,8 @@ fn require_key(headers: &HeaderMap, header: &str, expected: Option<&str>) -> App
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapUser {
     pub email: String,
@@ -473,7 +478,8 @@ pub struct DevTokenRequest {
     pub expires_in: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+// No Debug: it holds a secret that must never reach a log line.
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     pub token: String,
 }

@@ -37,7 +37,7 @@ pub struct Config {
     #[arg(long, env = "AUTH_BOOTSTRAP_KEY", hide_env_values = true)]
     pub auth_bootstrap_key: Option<String>,
     /// Lifetime of tokens issued by login and first-admin registration.
-    #[arg(long, env = "JWT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "JWT_TTL", default_value = "1h", value_parser = shared::config::positive_duration)]
     pub jwt_ttl: Duration,
     /// Largest number of password hashes computed at once (each holds 19 MiB).
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 4)]
@@ -49,13 +49,13 @@ pub struct Config {
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
     pub login_max_failures_per_ip: usize,
     /// Window over which failed logins are counted.
-    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = shared::config::positive_duration)]
     pub login_failure_window: Duration,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub http_body_limit_bytes: usize,
     /// Time a request may take before it is answered 503.
-    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = shared::config::positive_duration)]
     pub http_request_timeout: Duration,
     /// Tool calls must use tools on the allowlist of the call's agent version
     /// (`agent_version_tools`); when false every tool of the tenant with an

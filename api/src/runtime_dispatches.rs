@@ -36,7 +36,8 @@ pub struct ClaimDispatch {
     pub tenant_id: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+// No Debug: it holds the join token, which must never reach a log line.
+#[derive(Serialize, ToSchema)]
 pub struct ClaimedDispatch {
     pub dispatch_id: Uuid,
     pub call_id: Uuid,

@@ -36,10 +36,10 @@ pub struct AutomationArgs {
     #[arg(long, env = "AUTOMATION_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_networks: bool,
     /// Per-attempt timeout of the integration probe (`GET <base>/healthz`).
-    #[arg(long, env = "AUTOMATION_PROBE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTOMATION_PROBE_TIMEOUT", default_value = "3s", value_parser = shared::config::positive_duration)]
     pub probe_timeout: Duration,
     /// Retries of the integration probe after the first attempt.
-    #[arg(long, env = "AUTOMATION_PROBE_RETRIES", default_value_t = 2)]
+    #[arg(long, env = "AUTOMATION_PROBE_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub probe_retries: u32,
     /// First retry backoff; doubled per attempt, jittered, capped at
     /// `AUTOMATION_BACKOFF_MAX`.
@@ -49,10 +49,10 @@ pub struct AutomationArgs {
     pub backoff_max: Duration,
     /// Largest n8n answer kept as a tool's output; larger answers fail with
     /// `output_too_large`.
-    #[arg(long, env = "AUTOMATION_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "AUTOMATION_MAX_OUTPUT_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16 * 1024 * 1024))]
     pub max_output_bytes: usize,
     /// Largest number of tool calls and probes run at once by this instance.
-    #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub max_in_flight: usize,
     /// Wait for Postgres to flush the WAL when recording an execution's
     /// outcome (that flush also covers the api's queued row and the claim,
@@ -63,7 +63,7 @@ pub struct AutomationArgs {
     #[arg(long, env = "AUTOMATION_SYNCHRONOUS_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub synchronous_commit: bool,
     /// How often executions past their deadline are marked `worker_lost`.
-    #[arg(long, env = "AUTOMATION_REAPER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTOMATION_REAPER_INTERVAL", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub reaper_interval: Duration,
     /// How long past its deadline an open execution is left alone before the
     /// reaper marks it `worker_lost` (lets a slow reply land first).

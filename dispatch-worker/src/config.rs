@@ -29,19 +29,19 @@ pub struct Config {
     pub dispatch_ttl_seconds: u32,
     /// Outbox events still unpublished this long after their commit are
     /// published by the relay.
-    #[arg(long, env = "RELAY_PUBLISH_AFTER", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_PUBLISH_AFTER", default_value = "2s", value_parser = shared::config::positive_duration)]
     pub relay_publish_after: Duration,
     /// Events published but not processed this long ago are published again.
-    #[arg(long, env = "RELAY_REPUBLISH_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_REPUBLISH_AFTER", default_value = "30s", value_parser = shared::config::positive_duration)]
     pub relay_republish_after: Duration,
     /// How often the relay looks for due events.
-    #[arg(long, env = "RELAY_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_INTERVAL", default_value = "500ms", value_parser = shared::config::positive_duration)]
     pub relay_interval: Duration,
     /// Events the relay takes per round.
-    #[arg(long, env = "RELAY_BATCH", default_value_t = 500)]
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub relay_batch: i64,
     /// How often pending dispatches past their expiry are expired.
-    #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub dispatch_expiry_interval: Duration,
     /// Runtime events handled concurrently.
     #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -53,4 +53,33 @@ pub struct Config {
     /// Call-event batches in flight at once.
     #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel_batches: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("dispatch-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.relay_interval, Duration::from_millis(500));
+        assert_eq!(config.relay_batch, 500);
+    }
+
+    #[test]
+    fn zero_intervals_and_negative_batches_are_refused() {
+        for args in [
+            ["--relay-interval", "0s"],
+            ["--dispatch-expiry-interval", "0ms"],
+            ["--relay-publish-after", "0s"],
+            ["--relay-batch", "-1"],
+            ["--relay-batch", "0"],
+        ] {
+            assert!(parse(&args).is_err(), "{args:?} was accepted");
+        }
+    }
 }

@@ -75,6 +75,17 @@ pub struct NatsArgs {
     pub nats_stream_replicas: u8,
 }
 
+/// A duration of at least one millisecond, for intervals, TTLs and timeouts:
+/// a zero would make `tokio::time::interval` panic inside a spawned task (which
+/// then dies silently) or make every request time out at once.
+pub fn positive_duration(value: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration < std::time::Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(duration)
+}
+
 fn parse_prefix(value: &str) -> Result<String, String> {
     if value
         .chars()
@@ -255,6 +266,18 @@ mod tests {
             encryption_key: Some(DEV_ENCRYPTION_KEY.into()),
         };
         assert!(good.key(&prod).is_ok());
+    }
+
+    #[test]
+    fn positive_duration_refuses_zero_and_garbage() {
+        assert_eq!(
+            positive_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("10us").is_err());
+        assert!(positive_duration("-1s").is_err());
+        assert!(positive_duration("soon").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct Config {
     #[command(flatten)]
     pub twilio: TwilioArgs,
     /// How long a phone-number route is trusted before it is read again.
-    #[arg(long, env = "PHONE_NUMBER_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PHONE_NUMBER_CACHE_TTL", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub phone_number_cache_ttl: Duration,
     /// Concurrent database writers; webhooks arriving while they commit are
     /// grouped into their next transaction.
