@@ -248,30 +248,24 @@ impl Lifecycle {
     /// Publishes right away and records the acks in one update; whatever
     /// fails here the relay publishes later.
     async fn publish_handoffs(&self, rows: Vec<OutboxRow>) {
-        if rows.is_empty() {
-            return;
-        }
-        let results = futures::future::join_all(rows.iter().map(|row| async move {
-            let id = row.id.to_string();
-            let result = shared::calls::publish_outbox_row(
-                &self.js,
-                &self.subjects,
-                row,
-                &id,
-                Duration::from_secs(5),
-            )
-            .await;
-            if let Err(err) = &result {
-                tracing::warn!(event_id = %row.id, %err, "handoff publish failed; the relay will retry");
-            }
-            (row.id, result.is_ok())
-        }))
-        .await;
-        let acked: Vec<Uuid> = results
+        // The handoff event's id is its message id: a relay republish of the
+        // same event collapses with this one.
+        let rows: Vec<(OutboxRow, String)> = rows
             .into_iter()
-            .filter_map(|(id, ok)| ok.then_some(id))
+            .map(|row| {
+                let id = row.id.to_string();
+                (row, id)
+            })
             .collect();
-        if let Err(err) = shared::calls::mark_published(&self.pool, &acked).await {
+        if let Err(err) = shared::calls::publish_and_record(
+            &self.js,
+            &self.subjects,
+            &self.pool,
+            &rows,
+            Duration::from_secs(5),
+        )
+        .await
+        {
             tracing::warn!(%err, "cannot mark handoffs published");
         }
     }

@@ -1,17 +1,15 @@
 //! The outbox relay: publishes events the ingress (or this worker) committed
 //! but did not get onto JetStream, and publishes again events that were
 //! published but never processed. Instances share the work: each round
-//! locks its rows with `FOR UPDATE SKIP LOCKED`.
+//! leases its rows (see `DUE_UNPUBLISHED`).
 
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::future::join_all;
 use shared::calls::OutboxRow;
 use shared::nats::Subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct Relay {
@@ -25,30 +23,60 @@ pub struct Relay {
 }
 
 #[derive(sqlx::FromRow)]
-struct DueRow {
+pub struct DueRow {
     #[sqlx(flatten)]
-    row: OutboxRow,
-    publish_attempts: i32,
+    pub row: OutboxRow,
+    pub publish_attempts: i32,
 }
 
+/// How long a relay instance keeps the rows it took: longer than a round's
+/// publishes can take (each waits at most [`ACK_TIMEOUT`]).
+const LEASE: Duration = Duration::from_secs(30);
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+// Each query takes its due rows in one short statement: it leases them
+// (`relay_lease_until`) rather than holding row locks while the publishes
+// wait for acks, so the dispatch-worker's own update of a row never queues
+// behind a relay round. `SKIP LOCKED` only skips rows being written at that
+// very moment.
 const DUE_UNPUBLISHED: &str = "
-SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id, publish_attempts
-FROM call_events
-WHERE needs_publish AND published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-ORDER BY created_at
-LIMIT $2
-FOR UPDATE SKIP LOCKED";
+UPDATE call_events e SET relay_lease_until = now() + make_interval(secs => $3)
+FROM (
+    SELECT id FROM call_events
+    WHERE needs_publish AND published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+      AND (relay_lease_until IS NULL OR relay_lease_until < now())
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE e.id = due.id
+RETURNING e.id, e.tenant_id, e.call_id, e.type, e.occurred_at, e.payload, e.trace_id, e.publish_attempts";
 
 // Only `call.*` events have a consumer here that reports back.
 const DUE_UNPROCESSED: &str = "
-SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id, publish_attempts
-FROM call_events
-WHERE needs_publish AND published_at IS NOT NULL AND processed_at IS NULL
-  AND published_at < now() - make_interval(secs => $1)
-  AND type LIKE 'call.%'
-ORDER BY published_at
-LIMIT $2
-FOR UPDATE SKIP LOCKED";
+UPDATE call_events e SET relay_lease_until = now() + make_interval(secs => $3)
+FROM (
+    SELECT id FROM call_events
+    WHERE needs_publish AND published_at IS NOT NULL AND processed_at IS NULL
+      AND published_at < now() - make_interval(secs => $1)
+      AND type LIKE 'call.%'
+      AND (relay_lease_until IS NULL OR relay_lease_until < now())
+    ORDER BY published_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE e.id = due.id
+RETURNING e.id, e.tenant_id, e.call_id, e.type, e.occurred_at, e.payload, e.trace_id, e.publish_attempts";
+
+/// Which due events a round takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Committed, never acked by JetStream.
+    Unpublished,
+    /// Acked, but no consumer processed them (JetStream lost them, or a
+    /// consumer gave up).
+    Unprocessed,
+}
 
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
@@ -59,14 +87,10 @@ impl Relay {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if let Err(err) = self.round(DUE_UNPUBLISHED, self.publish_after, false).await {
-                tracing::warn!(%err, "relay round failed");
-            }
-            if let Err(err) = self
-                .round(DUE_UNPROCESSED, self.republish_after, true)
-                .await
-            {
-                tracing::warn!(%err, "relay republish round failed");
+            for due in [Due::Unpublished, Due::Unprocessed] {
+                if let Err(err) = self.round(due).await {
+                    tracing::warn!(%err, ?due, "relay round failed");
+                }
             }
             match self.oldest_unpublished_age().await {
                 Ok(age) => metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(age),
@@ -75,75 +99,53 @@ impl Relay {
         }
     }
 
-    /// One round: lock due rows, publish them, record the acks, commit.
+    /// One round: lease the due rows, publish them, record the acks.
     /// Returns how many were published.
-    pub async fn round(
-        &self,
-        sql: &'static str,
-        after: Duration,
-        republish: bool,
-    ) -> Result<usize, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let due: Vec<DueRow> = sqlx::query_as(sql)
+    pub async fn round(&self, due: Due) -> Result<usize, sqlx::Error> {
+        let rows = self.take(due).await?;
+        let rows: Vec<(OutboxRow, String)> = rows
+            .into_iter()
+            .map(|d| {
+                // The first publish uses the event id, so it collapses with
+                // the ingress's own publish; a republish must get past
+                // JetStream's duplicate window, so it gets a fresh id
+                // (consumers are idempotent anyway).
+                let msg_id = match due {
+                    Due::Unpublished => d.row.id.to_string(),
+                    Due::Unprocessed => format!("{}.{}", d.row.id, d.publish_attempts + 1),
+                };
+                (d.row, msg_id)
+            })
+            .collect();
+        let acked = shared::calls::publish_and_record(
+            &self.js,
+            &self.subjects,
+            &self.pool,
+            &rows,
+            ACK_TIMEOUT,
+        )
+        .await?;
+        let label = match due {
+            Due::Unpublished => "publish",
+            Due::Unprocessed => "republish",
+        };
+        metrics::counter!("relay_published_total", "kind" => label).increment(acked as u64);
+        Ok(acked)
+    }
+
+    /// Leases and returns the rows due for `due`; other relay instances skip
+    /// them until the lease ends or the outcome is recorded.
+    pub async fn take(&self, due: Due) -> Result<Vec<DueRow>, sqlx::Error> {
+        let (sql, after) = match due {
+            Due::Unpublished => (DUE_UNPUBLISHED, self.publish_after),
+            Due::Unprocessed => (DUE_UNPROCESSED, self.republish_after),
+        };
+        sqlx::query_as(sql)
             .bind(after.as_secs_f64())
             .bind(self.batch)
-            .fetch_all(&mut *tx)
-            .await?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let results = join_all(due.iter().map(|d| async move {
-            // The first publish uses the event id, so it collapses with the
-            // ingress's own publish; a republish must get past JetStream's
-            // duplicate window, so it gets a fresh id (consumers are
-            // idempotent anyway).
-            let msg_id = if republish {
-                format!("{}.{}", d.row.id, d.publish_attempts + 1)
-            } else {
-                d.row.id.to_string()
-            };
-            let result = shared::calls::publish_outbox_row(
-                &self.js,
-                &self.subjects,
-                &d.row,
-                &msg_id,
-                Duration::from_secs(5),
-            )
-            .await;
-            (d.row.id, result)
-        }))
-        .await;
-        let mut acked: Vec<Uuid> = Vec::new();
-        let mut failed: Vec<Uuid> = Vec::new();
-        for (id, result) in results {
-            match result {
-                Ok(()) => acked.push(id),
-                Err(err) => {
-                    tracing::warn!(event_id = %id, %err, "relay publish failed");
-                    failed.push(id);
-                }
-            }
-        }
-        sqlx::query(
-            "UPDATE call_events
-             SET published_at = now(),
-                 publish_attempts = publish_attempts + 1,
-                 processed_at = CASE WHEN type = 'runtime.handoff_requested' THEN now() ELSE processed_at END
-             WHERE id = ANY($1)",
-        )
-        .bind(&acked)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE call_events SET publish_attempts = publish_attempts + 1 WHERE id = ANY($1)",
-        )
-        .bind(&failed)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let label = if republish { "republish" } else { "publish" };
-        metrics::counter!("relay_published_total", "kind" => label).increment(acked.len() as u64);
-        Ok(acked.len())
+            .bind(LEASE.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
     }
 
     pub async fn oldest_unpublished_age(&self) -> Result<f64, sqlx::Error> {
@@ -155,10 +157,4 @@ impl Relay {
         .await?;
         Ok(age.unwrap_or(0.0))
     }
-}
-
-/// The relay's SQL, for tests that drive rounds by hand.
-pub mod sql {
-    pub const DUE_UNPUBLISHED: &str = super::DUE_UNPUBLISHED;
-    pub const DUE_UNPROCESSED: &str = super::DUE_UNPROCESSED;
 }

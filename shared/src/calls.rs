@@ -236,27 +236,51 @@ pub async fn publish_outbox_row(
     }
 }
 
-/// Marks acked events published. Handoff events have no consumer in this
-/// system that reports back, so publishing them also completes them.
-pub async fn mark_published(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
+/// Publishes each row under its `Nats-Msg-Id` (at most `timeout` per ack),
+/// then records the outcome in one statement: acked events are marked
+/// published (handoff events have no consumer in this system that reports
+/// back, so publishing them also completes them), every attempt is counted,
+/// and any relay lease is released. Returns how many were acked. Used by the
+/// dispatch-worker for its fresh handoffs and by the relay.
+pub async fn publish_and_record(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    pool: &sqlx::PgPool,
+    rows: &[(OutboxRow, String)],
+    timeout: std::time::Duration,
+) -> Result<usize, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
     }
+    let results = futures::future::join_all(rows.iter().map(|(row, msg_id)| async move {
+        let result = publish_outbox_row(js, subjects, row, msg_id, timeout).await;
+        if let Err(err) = &result {
+            tracing::warn!(event_id = %row.id, %err, "publish failed; the relay will retry");
+        }
+        (row.id, result.is_ok())
+    }))
+    .await;
+    let (acked, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
+    let acked: Vec<Uuid> = acked.into_iter().map(|(id, _)| id).collect();
+    let failed: Vec<Uuid> = failed.into_iter().map(|(id, _)| id).collect();
     // One statement (no BEGIN/COMMIT round trips). Losing this update in a
     // crash only means one more (deduplicated) publish by the relay, so it
     // need not wait for the WAL flush.
     sqlx::query(
         "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
          UPDATE call_events
-         SET published_at = now(),
+         SET published_at = CASE WHEN id = ANY($1) THEN now() ELSE published_at END,
+             processed_at = CASE WHEN id = ANY($1) AND type = 'runtime.handoff_requested'
+                                 THEN now() ELSE processed_at END,
              publish_attempts = publish_attempts + 1,
-             processed_at = CASE WHEN type = 'runtime.handoff_requested' THEN now() ELSE processed_at END
-         WHERE id = ANY($1) AND published_at IS NULL AND EXISTS (SELECT 1 FROM cfg)",
+             relay_lease_until = NULL
+         WHERE (id = ANY($1) OR id = ANY($2)) AND EXISTS (SELECT 1 FROM cfg)",
     )
-    .bind(ids)
+    .bind(&acked)
+    .bind(&failed)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(acked.len())
 }
 
 /// The associated data that binds a sealed join token to its dispatch, so a

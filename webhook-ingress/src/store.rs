@@ -66,21 +66,6 @@ struct WriteRow {
     event_id: Option<Uuid>,
 }
 
-const UPSERT_SESSION_AND_EVENT: &str = "
-WITH s AS (
-    INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
-                               from_number, to_number, direction, started_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $14)
-    ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
-    RETURNING id, tenant_id
-), e AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
-    SELECT $10, s.tenant_id, s.id, $11, $12, $13, true, $14, $15 FROM s
-    ON CONFLICT (call_id, idempotency_key) DO NOTHING
-    RETURNING id
-)
-SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id FROM s";
-
 const EVENT_FOR_EXISTING_SESSION: &str = "
 WITH s AS (
     SELECT id, tenant_id FROM call_sessions WHERE call_sid = $1
@@ -94,56 +79,42 @@ SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id FROM s";
 
 /// Runs one webhook's statement on `conn` (inside the caller's transaction).
 pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored, sqlx::Error> {
-    let row: Option<WriteRow> = match &w.seed {
-        Some(seed) => {
-            sqlx::query_as(UPSERT_SESSION_AND_EVENT)
-                .bind(Uuid::now_v7())
-                .bind(seed.tenant_id)
-                .bind(&w.call_sid)
-                .bind(&seed.account_sid)
-                .bind(seed.phone_number_id)
-                .bind(seed.agent_id)
-                .bind(&seed.from)
-                .bind(&seed.to)
-                .bind(&seed.direction)
-                .bind(w.event_id)
-                .bind(w.kind)
-                .bind(&w.idempotency_key)
-                .bind(&w.payload)
-                .bind(w.occurred_at)
-                .bind(&w.traceparent)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
-        None => {
-            sqlx::query_as(EVENT_FOR_EXISTING_SESSION)
-                .bind(&w.call_sid)
-                .bind(w.event_id)
-                .bind(w.kind)
-                .bind(&w.idempotency_key)
-                .bind(&w.payload)
-                .bind(w.occurred_at)
-                .bind(&w.traceparent)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
-    };
-    Ok(match row {
-        None => Stored::UnknownCall,
-        Some(row) => Stored::Call {
-            call_id: row.call_id,
-            tenant_id: row.tenant_id,
-            new_event: row.event_id.map(|id| OutboxRow {
+    if w.seed.is_some() {
+        return upsert_many(conn, &[w])
+            .await?
+            .pop()
+            .ok_or_else(|| sqlx::Error::Protocol("upsert returned no row".into()));
+    }
+    let row: Option<WriteRow> = sqlx::query_as(EVENT_FOR_EXISTING_SESSION)
+        .bind(&w.call_sid)
+        .bind(w.event_id)
+        .bind(w.kind)
+        .bind(&w.idempotency_key)
+        .bind(&w.payload)
+        .bind(w.occurred_at)
+        .bind(&w.traceparent)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map_or(Stored::UnknownCall, |row| row.stored(w)))
+}
+
+impl WriteRow {
+    /// The webhook's outcome; the outbox row only when its event is new.
+    fn stored(self, w: &CallWrite) -> Stored {
+        Stored::Call {
+            call_id: self.call_id,
+            tenant_id: self.tenant_id,
+            new_event: self.event_id.map(|id| OutboxRow {
                 id,
-                tenant_id: row.tenant_id,
-                call_id: row.call_id,
+                tenant_id: self.tenant_id,
+                call_id: self.call_id,
                 kind: w.kind.to_owned(),
                 occurred_at: w.occurred_at,
                 payload: w.payload.clone(),
                 traceparent: Some(w.traceparent.clone()),
             }),
-        },
-    })
+        }
+    }
 }
 
 struct Job {
@@ -203,7 +174,8 @@ impl CallStore {
 async fn commit_group(pool: &PgPool, group: Vec<Job>) {
     metrics::histogram!("ingress_group_commit_size").record(group.len() as f64);
     if group.len() > 1 {
-        match try_group(pool, &group).await {
+        let writes: Vec<&CallWrite> = group.iter().map(|job| &job.write).collect();
+        match write_group(pool, &writes).await {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(result));
@@ -223,41 +195,43 @@ async fn commit_group(pool: &PgPool, group: Vec<Job>) {
     }
 }
 
-async fn try_group(pool: &PgPool, group: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
+/// Commits `writes` together: one transaction, results in order.
+pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Stored>, sqlx::Error> {
     // A group of new calls only (the common case) is one statement, atomic
     // on its own: no BEGIN and COMMIT round trips around it.
-    if group.iter().all(|job| job.write.seed.is_some()) {
-        let writes: Vec<&CallWrite> = group.iter().map(|job| &job.write).collect();
+    if writes.iter().all(|w| w.seed.is_some()) {
         let mut conn = pool.acquire().await?;
-        return upsert_many(&mut conn, &writes).await;
+        return upsert_many(&mut conn, writes).await;
     }
     let mut tx = pool.begin().await?;
-    let seeded: Vec<&CallWrite> = group
+    let seeded: Vec<&CallWrite> = writes
         .iter()
-        .map(|job| &job.write)
+        .copied()
         .filter(|w| w.seed.is_some())
         .collect();
     let mut seeded_results = upsert_many(&mut tx, &seeded).await?.into_iter();
-    let mut results = Vec::with_capacity(group.len());
-    for job in group {
-        if job.write.seed.is_some() {
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        if w.seed.is_some() {
             results.push(
                 seeded_results
                     .next()
                     .ok_or_else(|| sqlx::Error::Protocol("group upsert lost a row".into()))?,
             );
         } else {
-            results.push(write_one(&mut tx, &job.write).await?);
+            results.push(write_one(&mut tx, w).await?);
         }
     }
     tx.commit().await?;
     Ok(results)
 }
 
-/// [`UPSERT_SESSION_AND_EVENT`] for many webhooks in ONE statement (one
-/// round trip per group). A group that names one CallSid twice fails here
-/// (a row cannot be upserted twice in one statement) and is retried one by
-/// one by the caller.
+/// Upserts the sessions of many webhooks (by `CallSid`) and appends their
+/// events (unique per call and idempotency key, so Twilio's retries add
+/// nothing) in ONE statement: one round trip per group. A CallSid named
+/// twice in a group (an inbound webhook and its first status callback, or a
+/// retry) creates its session from the first webhook, since Postgres cannot
+/// upsert one row twice in a statement; each webhook still gets its event.
 const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
@@ -269,9 +243,9 @@ WITH input AS (
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                                from_number, to_number, direction, started_at)
-    SELECT session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
-           from_number, to_number, direction, occurred_at
-    FROM input ORDER BY call_sid
+    SELECT DISTINCT ON (call_sid) session_id, tenant_id, call_sid, account_sid, phone_number_id,
+           agent_id, from_number, to_number, direction, occurred_at
+    FROM input ORDER BY call_sid, ord
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
     RETURNING id, tenant_id, call_sid
 ), e AS (
@@ -361,19 +335,7 @@ async fn upsert_many(
     Ok(rows
         .into_iter()
         .zip(writes)
-        .map(|(row, w)| Stored::Call {
-            call_id: row.call_id,
-            tenant_id: row.tenant_id,
-            new_event: row.event_id.map(|id| OutboxRow {
-                id,
-                tenant_id: row.tenant_id,
-                call_id: row.call_id,
-                kind: w.kind.to_owned(),
-                occurred_at: w.occurred_at,
-                payload: w.payload.clone(),
-                traceparent: Some(w.traceparent.clone()),
-            }),
-        })
+        .map(|(row, w)| row.stored(w))
         .collect())
 }
 

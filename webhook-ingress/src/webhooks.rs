@@ -309,10 +309,11 @@ async fn status(
     };
     // A status callback may be the first we hear of a call (its inbound
     // webhook went to the fallback URL): then the session is created from
-    // the route of `To`.
+    // the route of `To`, if that route could have taken the call (the same
+    // rule as inbound: a number without an agent rejects its calls).
     let route = match form.get("To") {
         Some(to) => match ingress.routes.lookup(to).await {
-            Ok(route) => route,
+            Ok(route) => route.filter(|r| r.agent_id.is_some()),
             Err(err) => return unavailable(&err.to_string()).into_response(),
         },
         None => None,

@@ -245,6 +245,63 @@ async fn relay_publishes_what_the_ingress_could_not(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn relay_leases_its_rows_instead_of_locking_them(pool: PgPool) {
+    use dispatch_worker::relay::{Due, Relay};
+    let w = world_with_ingress_nats(pool, "nats://127.0.0.1:1").await;
+    let seeded = seed_number(&w.pool, "+14155550307").await;
+    let sid = "CA00000000000000000000000000000307";
+    assert_eq!(
+        w.post_signed(INBOUND, &inbound_params(sid, &seeded.e164))
+            .await
+            .0,
+        200
+    );
+    sqlx::query("UPDATE call_events SET created_at = now() - interval '1 hour'")
+        .execute(&w.pool)
+        .await
+        .expect("age");
+    let relay = Relay {
+        pool: w.pool.clone(),
+        js: async_nats::jetstream::new(w.nats.clone()),
+        subjects: w.subjects.clone(),
+        publish_after: Duration::from_secs(1),
+        republish_after: Duration::from_secs(30),
+        interval: Duration::from_secs(1),
+        batch: 10,
+    };
+    let taken = relay.take(Due::Unpublished).await.expect("take");
+    assert_eq!(taken.len(), 1);
+    let event_id = taken[0].row.id;
+    // Taken, yet not locked: the dispatch-worker can write the row at once.
+    let mut tx = w.pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM call_events WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(event_id)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("the relay holds no row lock");
+    tx.rollback().await.expect("rollback");
+    // A second relay instance skips the leased row.
+    assert!(relay.take(Due::Unpublished).await.expect("take").is_empty());
+    assert_eq!(relay.round(Due::Unpublished).await.expect("round"), 0);
+    // A relay that died mid-round: once its lease ends, the row is due again.
+    sqlx::query("UPDATE call_events SET relay_lease_until = now() - interval '1 second'")
+        .execute(&w.pool)
+        .await
+        .expect("expire lease");
+    assert_eq!(relay.round(Due::Unpublished).await.expect("round"), 1);
+    assert_eq!(
+        w.scalar(
+            "SELECT count(*) FROM call_events
+             WHERE published_at IS NOT NULL AND relay_lease_until IS NULL AND publish_attempts = 1",
+        )
+        .await,
+        1
+    );
+    assert_eq!(w.stream_messages(&w.subjects.calls_stream()).await, 1);
+    w.delete_streams().await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn unclaimed_dispatches_expire_and_drop_their_token(pool: PgPool) {
     let w = world(pool).await;
     w.spawn_worker(|c| {

@@ -349,3 +349,88 @@ async fn concurrent_webhooks_share_commits_and_stay_exact(pool: PgPool) {
     );
     delete_streams(&app.nats, &app.subjects).await;
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn status_callback_to_a_number_without_agent_creates_no_session(pool: PgPool) {
+    let seeded = seed_number(&pool, "+14155550117").await;
+    sqlx::query("UPDATE phone_numbers SET agent_id = NULL WHERE id = $1")
+        .bind(seeded.phone_number_id)
+        .execute(&pool)
+        .await
+        .expect("unassign the agent");
+    // Started after the change, so its route cache has never seen the agent.
+    let app = spawn_ingress(pool).await;
+    let mut params = inbound_params("CA00000000000000000000000000000017", &seeded.e164);
+    params.retain(|(k, _)| k != "CallStatus");
+    params.push(("CallStatus".into(), "busy".into()));
+    // No call is known and, as inbound would have, none is created.
+    let (status, body) = app.post_signed(STATUS, &params).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("unknown_call"), "{body}");
+    assert_eq!(app.count("SELECT count(*) FROM call_sessions").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM call_events").await, 0);
+    delete_streams(&app.nats, &app.subjects).await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
+    use webhook_ingress::store::{CallWrite, SessionSeed, Stored, write_group};
+    let seeded = seed_number(&pool, "+14155550118").await;
+    let write = |sid: &str, kind: &'static str, key: &str| CallWrite {
+        call_sid: sid.to_owned(),
+        seed: Some(SessionSeed {
+            tenant_id: seeded.tenant_id,
+            phone_number_id: seeded.phone_number_id,
+            agent_id: Some(seeded.agent_id),
+            account_sid: None,
+            from: "+14155550100".into(),
+            to: seeded.e164.clone(),
+            direction: "inbound".into(),
+        }),
+        event_id: uuid::Uuid::now_v7(),
+        kind,
+        idempotency_key: key.to_owned(),
+        payload: serde_json::json!({}),
+        occurred_at: chrono::Utc::now(),
+        traceparent: shared::trace::TraceContext::new_root().to_string(),
+    };
+    let a = "CA00000000000000000000000000000018";
+    let b = "CA00000000000000000000000000000019";
+    let group = [
+        write(a, "call.inbound", a),
+        write(b, "call.inbound", b),
+        // Its first status callback, and a Twilio retry of the inbound
+        // webhook, land in the same group.
+        write(a, "call.status", &format!("{a}:ringing")),
+        write(a, "call.inbound", a),
+    ];
+    let refs: Vec<&CallWrite> = group.iter().collect();
+    let stored = write_group(&pool, &refs)
+        .await
+        .expect("the group commits as one");
+    let calls: Vec<(uuid::Uuid, bool)> = stored
+        .iter()
+        .map(|s| match s {
+            Stored::Call {
+                call_id, new_event, ..
+            } => (*call_id, new_event.is_some()),
+            Stored::UnknownCall => panic!("every write has a seed"),
+        })
+        .collect();
+    assert_eq!(calls[0].0, calls[2].0);
+    assert_eq!(calls[0].0, calls[3].0);
+    assert_ne!(calls[0].0, calls[1].0);
+    assert_eq!(
+        calls.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [true, true, true, false]
+    );
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM call_sessions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM call_events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!((sessions, events), (2, 3));
+}
