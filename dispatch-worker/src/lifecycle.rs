@@ -69,9 +69,7 @@ impl Lifecycle {
                 if let Some(trace) = shared::trace::TraceContext::from_nats(m.headers.as_ref()) {
                     tracing::debug!(trace_id = %trace.trace_id_hex(), subject = %m.subject, "call event received");
                 }
-                serde_json::from_slice::<CallEventMessage>(&m.payload)
-                    .map(|e| (e.event_id, e.kind))
-                    .map_err(|e| format!("malformed call event: {e}"))
+                EventRef::parse(&m.subject, &m.payload)
             })
             .collect();
         let (outcomes, handoffs) = match self.process_group(&items).await {
@@ -105,41 +103,35 @@ impl Lifecycle {
         &self,
         items: &[Item],
     ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), sqlx::Error> {
-        // Inbound calls only (the common case): one statement, atomic on its
-        // own, so no BEGIN and COMMIT round trips around it.
-        if items
-            .iter()
-            .all(|item| matches!(item, Ok((_, kind)) if kind == event_type::CALL_INBOUND))
-        {
-            let mut inbound: Vec<Uuid> = items
-                .iter()
-                .filter_map(|item| item.as_ref().ok().map(|(id, _)| *id))
-                .collect();
-            inbound.sort_unstable();
-            inbound.dedup();
-            let mut conn = self.pool.acquire().await?;
-            let handoffs = self.create_dispatches(&mut conn, &inbound).await?;
-            return Ok((items.iter().map(|_| Outcome::Done).collect(), handoffs));
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut inbound: Vec<Uuid> = items
+        let mut inbound: Vec<(Uuid, Uuid)> = items
             .iter()
             .filter_map(|item| match item {
-                Ok((id, kind)) if kind == event_type::CALL_INBOUND => Some(*id),
+                Ok(e) if e.kind == event_type::CALL_INBOUND => Some((e.event_id, e.tenant_id)),
                 _ => None,
             })
             .collect();
         // A redelivery can sit in the same batch as the original.
         inbound.sort_unstable();
         inbound.dedup();
+        // Inbound calls only (the common case): one statement, atomic on its
+        // own, so no BEGIN and COMMIT round trips around it.
+        if items
+            .iter()
+            .all(|item| matches!(item, Ok(e) if e.kind == event_type::CALL_INBOUND))
+        {
+            let mut conn = self.pool.acquire().await?;
+            let handoffs = self.create_dispatches(&mut conn, &inbound).await?;
+            return Ok((items.iter().map(|_| Outcome::Done).collect(), handoffs));
+        }
+        let mut tx = self.pool.begin().await?;
         let mut handoffs = self.create_dispatches(&mut tx, &inbound).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             outcomes.push(match item {
                 Err(reason) => Outcome::Reject(reason.clone()),
-                Ok((_, kind)) if kind == event_type::CALL_INBOUND => Outcome::Done,
-                Ok((id, _)) => {
-                    let (outcome, rows) = self.process_in(&mut tx, *id).await?;
+                Ok(e) if e.kind == event_type::CALL_INBOUND => Outcome::Done,
+                Ok(e) => {
+                    let (outcome, rows) = self.process_in(&mut tx, e).await?;
                     handoffs.extend(rows);
                     outcome
                 }
@@ -154,17 +146,25 @@ impl Lifecycle {
     async fn process_in(
         &self,
         tx: &mut PgConnection,
-        event_id: Uuid,
+        message: &EventRef,
     ) -> Result<(Outcome, Vec<OutboxRow>), sqlx::Error> {
+        let event_id = message.event_id;
         let event: Option<EventRow> = sqlx::query_as(
             "SELECT tenant_id, call_id, type, payload, occurred_at, processed_at
-             FROM call_events WHERE id = $1 FOR UPDATE",
+             FROM call_events WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
         )
         .bind(event_id)
+        .bind(message.tenant_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(event) = event else {
-            return Ok((Outcome::Reject(format!("no event {event_id}")), Vec::new()));
+            return Ok((
+                Outcome::Reject(format!(
+                    "no event {event_id} in tenant {}",
+                    message.tenant_id
+                )),
+                Vec::new(),
+            ));
         };
         if event.processed_at.is_some() {
             metrics::counter!("dispatch_duplicates_total").increment(1);
@@ -172,7 +172,9 @@ impl Lifecycle {
         }
         match event.kind.as_str() {
             event_type::CALL_INBOUND => {
-                let rows = self.create_dispatches(&mut *tx, &[event_id]).await?;
+                let rows = self
+                    .create_dispatches(&mut *tx, &[(event_id, message.tenant_id)])
+                    .await?;
                 return Ok((Outcome::Done, rows));
             }
             event_type::CALL_STATUS => apply_status(&mut *tx, &event).await?,
@@ -208,15 +210,16 @@ impl Lifecycle {
     async fn create_dispatches(
         &self,
         conn: &mut PgConnection,
-        event_ids: &[Uuid],
+        events: &[(Uuid, Uuid)],
     ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        if event_ids.is_empty() {
+        if events.is_empty() {
             return Ok(Vec::new());
         }
+        let (event_ids, tenant_ids): (Vec<Uuid>, Vec<Uuid>) = events.iter().copied().unzip();
         let mut dispatch_ids = Vec::with_capacity(event_ids.len());
         let mut ciphertexts = Vec::with_capacity(event_ids.len());
         let mut nonces = Vec::with_capacity(event_ids.len());
-        for _ in event_ids {
+        for _ in &event_ids {
             let dispatch_id = Uuid::now_v7();
             let token = shared::crypto::random_bytes::<32>();
             let sealed = self
@@ -231,12 +234,13 @@ impl Lifecycle {
             chrono::Duration::from_std(self.dispatch_ttl).unwrap_or(chrono::Duration::seconds(60));
         let expires_at = Utc::now() + ttl;
         let rows: Vec<OutboxRow> = sqlx::query_as(CREATE_DISPATCHES)
-            .bind(event_ids)
+            .bind(&event_ids)
             .bind(&dispatch_ids)
             .bind(&ciphertexts)
             .bind(&nonces)
             .bind(self.secrets.key_id())
             .bind(expires_at)
+            .bind(&tenant_ids)
             .fetch_all(&mut *conn)
             .await?;
         metrics::counter!("dispatch_dispatches_created_total").increment(rows.len() as u64);
@@ -271,8 +275,41 @@ impl Lifecycle {
     }
 }
 
-/// A message's event id and type, or why it is malformed.
-type Item = Result<(Uuid, String), String>;
+/// What a `calls.*` message names: an event of a tenant. The event itself is
+/// read from Postgres, and only within that tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    pub event_id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: String,
+}
+
+impl EventRef {
+    /// Parses a message, refusing one whose body names another tenant than
+    /// its subject (`...calls.<kind>.<tenant_id>`).
+    pub fn parse(subject: &str, payload: &[u8]) -> Result<Self, String> {
+        let message: CallEventMessage =
+            serde_json::from_slice(payload).map_err(|e| format!("malformed call event: {e}"))?;
+        let subject_tenant = subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| Uuid::parse_str(t).ok());
+        if subject_tenant != Some(message.tenant_id) {
+            return Err(format!(
+                "call event {} names tenant {} but came on {subject}",
+                message.event_id, message.tenant_id
+            ));
+        }
+        Ok(Self {
+            event_id: message.event_id,
+            tenant_id: message.tenant_id,
+            kind: message.kind,
+        })
+    }
+}
+
+/// A message's event, or why it is malformed.
+type Item = Result<EventRef, String>;
 
 /// See [`Lifecycle::create_dispatches`]. The handoff payload is the
 /// [`shared::calls::HandoffRequested`] shape, built here so the whole batch is one round
@@ -289,12 +326,13 @@ type Item = Result<(Uuid, String), String>;
 /// a 25-second benchmark.
 const CREATE_DISPATCHES: &str = "
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[])
-        AS t(event_id, dispatch_id, ciphertext, nonce)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $7::uuid[])
+        AS t(event_id, dispatch_id, ciphertext, nonce, tenant_id)
 ), ev AS (
     UPDATE call_events e SET processed_at = now(), published_at = COALESCE(e.published_at, now())
     FROM input i
-    WHERE e.id = i.event_id AND e.type = 'call.inbound' AND e.processed_at IS NULL
+    WHERE e.id = i.event_id AND e.tenant_id = i.tenant_id
+      AND e.type = 'call.inbound' AND e.processed_at IS NULL
     RETURNING e.tenant_id, e.call_id, i.dispatch_id, i.ciphertext, i.nonce
 ), d AS (
     INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
@@ -397,4 +435,41 @@ async fn upsert_recording(conn: &mut PgConnection, event: &EventRow) -> Result<(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tenant_id: Uuid) -> Vec<u8> {
+        serde_json::to_vec(&CallEventMessage {
+            event_id: Uuid::now_v7(),
+            kind: event_type::CALL_STATUS.into(),
+            tenant_id,
+            call_id: Uuid::now_v7(),
+            occurred_at: Utc::now(),
+            payload: serde_json::json!({}),
+        })
+        .expect("serialize")
+    }
+
+    #[test]
+    fn event_ref_takes_its_tenant_from_a_matching_subject() {
+        let tenant = Uuid::now_v7();
+        let parsed = EventRef::parse(&format!("p.calls.status.{tenant}"), &message(tenant))
+            .expect("matching tenant");
+        assert_eq!(parsed.tenant_id, tenant);
+        assert_eq!(parsed.kind, event_type::CALL_STATUS);
+    }
+
+    #[test]
+    fn event_ref_refuses_a_body_of_another_tenant_or_garbage() {
+        let tenant = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        let err = EventRef::parse(&format!("p.calls.status.{other}"), &message(tenant))
+            .expect_err("tenant mismatch");
+        assert!(err.contains("names tenant"), "{err}");
+        assert!(EventRef::parse("p.calls.status.x", &message(tenant)).is_err());
+        assert!(EventRef::parse(&format!("p.calls.status.{tenant}"), b"{").is_err());
+    }
 }

@@ -302,6 +302,74 @@ async fn relay_leases_its_rows_instead_of_locking_them(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_message_naming_another_tenants_event_changes_nothing(pool: PgPool) {
+    // The ingress stores but cannot publish; the worker's relay waits long,
+    // so only the messages this test publishes reach the worker.
+    let w = world_with_ingress_nats(pool, "nats://127.0.0.1:1").await;
+    let victim = seed_number(&w.pool, "+14155550308").await;
+    let forger = seed_number(&w.pool, "+14155550309").await;
+    for (sid, number) in [
+        ("CA00000000000000000000000000000308", &victim.e164),
+        ("CA00000000000000000000000000000309", &forger.e164),
+    ] {
+        assert_eq!(
+            w.post_signed(INBOUND, &inbound_params(sid, number)).await.0,
+            200
+        );
+    }
+    let event_of = |tenant_id: uuid::Uuid| {
+        let pool = w.pool.clone();
+        async move {
+            sqlx::query_as::<_, shared::calls::OutboxRow>(
+                "SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id
+                 FROM call_events WHERE tenant_id = $1",
+            )
+            .bind(tenant_id)
+            .fetch_one(&pool)
+            .await
+            .expect("event")
+        }
+    };
+    let victim_event = event_of(victim.tenant_id).await;
+    let forger_event = event_of(forger.tenant_id).await;
+    w.spawn_worker(|c| {
+        c.relay_publish_after = Duration::from_secs(3600);
+        c.parallel_batches = 1;
+    })
+    .await;
+    let js = async_nats::jetstream::new(w.nats.clone());
+    // On the forger's subject, in the forger's name, the victim's event id;
+    // then the forger's genuine event.
+    let forged = shared::calls::OutboxRow {
+        id: victim_event.id,
+        ..forger_event.clone()
+    };
+    for (row, msg_id) in [(&forged, "forged"), (&forger_event, "genuine")] {
+        shared::calls::publish_outbox_row(&js, &w.subjects, row, msg_id, Duration::from_secs(5))
+            .await
+            .expect("publish");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            w.scalar("SELECT count(*) FROM runtime_dispatches").await >= 1
+        })
+        .await
+    );
+    let dispatched: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT tenant_id FROM runtime_dispatches")
+            .fetch_all(&w.pool)
+            .await
+            .expect("dispatches");
+    assert_eq!(dispatched, [forger.tenant_id]);
+    assert_eq!(
+        w.scalar("SELECT count(*) FROM call_events WHERE processed_at IS NOT NULL AND type = 'call.inbound'")
+            .await,
+        1
+    );
+    w.delete_streams().await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn unclaimed_dispatches_expire_and_drop_their_token(pool: PgPool) {
     let w = world(pool).await;
     w.spawn_worker(|c| {
