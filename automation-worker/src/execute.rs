@@ -10,13 +10,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use shared::automation::{
-    AuthType, ExecutionStatus, FailureKind, ProbeFailure, ToolError, ToolExecuteReply,
-    ToolExecuteRequest, error_codes, integration_secret_aad,
+    AuthType, ExecutionContext, ExecutionStatus, FailureKind, ProbeFailure, ToolError,
+    ToolExecuteReply, ToolExecuteRequest, error_codes, integration_secret_aad,
 };
 use shared::crypto::{Sealed, SecretBox};
 use sqlx::PgPool;
@@ -29,42 +29,11 @@ use crate::outbound::{Answer, Auth, Outbound};
 /// record the outcome and reply before the api gives up.
 const REPLY_MARGIN: Duration = Duration::from_millis(250);
 
-/// Everything needed to run an execution, read in one query.
-#[derive(Debug, sqlx::FromRow)]
-struct ExecutionContext {
-    id: Uuid,
-    tenant_id: Uuid,
-    call_id: Uuid,
-    tool_id: Uuid,
-    trace_id: String,
-    input: Value,
-    deadline_at: DateTime<Utc>,
-    tool_name: String,
-    webhook_path: Option<String>,
-    method: Option<String>,
-    headers_template: Option<Value>,
-    timeout_ms: Option<i32>,
-    max_retries: Option<i32>,
-    integration_id: Option<Uuid>,
-    base_url: Option<String>,
-    auth_type: Option<String>,
-    header_name: Option<String>,
-    secret_ciphertext: Option<Vec<u8>>,
-    secret_nonce: Option<Vec<u8>>,
-    secret_key_id: Option<String>,
-    integration_status: Option<String>,
-    call_sid: String,
-    from_number: String,
-    to_number: String,
-    agent_id: Option<Uuid>,
-    agent_version: Option<i32>,
-}
-
-/// Claims the execution (queued -> running) and reads everything needed to
-/// run it, in one statement: a second delivery, or the reaper, cannot run
-/// or close it twice, and the hot path costs one round trip.
+/// For a request without its context (sent by an older api): claims the
+/// execution (queued -> running) and reads everything needed to run it, in
+/// one statement.
 ///
-/// The claim never waits for the WAL flush: the outcome's commit (which
+/// Claims never wait for the WAL flush: the outcome's commit (which
 /// does, with `AUTOMATION_SYNCHRONOUS_COMMIT=true`) flushes it too, and a
 /// claim lost to a Postgres crash only puts the row back to `queued`, which
 /// the outcome's update and the reaper both accept.
@@ -87,6 +56,17 @@ JOIN call_sessions c ON c.tenant_id = te.tenant_id AND c.id = te.call_id
 LEFT JOIN tool_endpoints e ON e.tenant_id = te.tenant_id AND e.tool_id = te.tool_id
 LEFT JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
 LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id";
+
+/// Marks an execution whose context came with the request running, while
+/// its n8n call is already under way. That claim is not what keeps a tool
+/// from running twice: the api sends each execution once, as a core NATS
+/// request that one member of the queue group receives at most once. What
+/// it changes is what readers see (`running`, `started_at`) and which
+/// outcome a late record may still write (see `RECORD_SQL`).
+const MARK_RUNNING_SQL: &str = "
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc)
+UPDATE tool_executions SET status = 'running', started_at = now()
+WHERE id = $1 AND tenant_id = $2 AND status = 'queued' AND EXISTS (SELECT 1 FROM cfg)";
 
 /// Records the outcome and its timeline event in one statement (atomic).
 const RECORD_SQL: &str = "
@@ -150,17 +130,43 @@ impl Executor {
     /// Runs the execution and answers what was recorded. `Err` only when
     /// the execution cannot be found or Postgres fails.
     pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
-        let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
-            .bind(req.execution_id)
-            .bind(req.tenant_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(ctx) = ctx else {
-            // Not queued (already run, or closed by the reaper) or unknown.
-            tracing::warn!(execution_id = %req.execution_id, "execution not queued; answering its record");
-            return self.recorded(req.execution_id, req.tenant_id).await;
+        let (ctx, finished) = match req.context {
+            // The hot path: no Postgres round trip before the n8n call.
+            Some(ctx) if ctx.id == req.execution_id && ctx.tenant_id == req.tenant_id => {
+                let mark_running = sqlx::query(MARK_RUNNING_SQL)
+                    .bind(ctx.id)
+                    .bind(ctx.tenant_id)
+                    .execute(&self.pool);
+                let (marked, finished) = tokio::join!(mark_running, self.run(&ctx));
+                match marked {
+                    // Closed by the reaper meanwhile (then `run` refused
+                    // it: its deadline had passed) or already recorded.
+                    Ok(done) if done.rows_affected() == 0 => {
+                        tracing::warn!(execution_id = %ctx.id, "execution was no longer queued");
+                    }
+                    Ok(_) => {}
+                    // The outcome is recorded all the same (from `queued`).
+                    Err(err) => {
+                        tracing::warn!(execution_id = %ctx.id, %err, "cannot mark the execution running");
+                    }
+                }
+                (ctx, finished)
+            }
+            _ => {
+                let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
+                    .bind(req.execution_id)
+                    .bind(req.tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(ctx) = ctx else {
+                    // Not queued (already run, or closed by the reaper) or unknown.
+                    tracing::warn!(execution_id = %req.execution_id, "execution not queued; answering its record");
+                    return self.recorded(req.execution_id, req.tenant_id).await;
+                };
+                let finished = self.run(&ctx).await;
+                (ctx, finished)
+            }
         };
-        let finished = self.run(&ctx).await;
         metrics::counter!("automation_tool_executions_total", "status" => finished.status.as_str())
             .increment(1);
         metrics::histogram!("automation_tool_execution_seconds")

@@ -140,12 +140,72 @@ pub struct IntegrationTestReply {
 }
 
 /// `automation.tool.execute`: run the queued execution `execution_id`.
-/// Everything else (tool, endpoint, integration, call, input, deadline) is
-/// read from Postgres, which the api has just written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolExecuteRequest {
     pub execution_id: Uuid,
     pub tenant_id: Uuid,
+    /// What the api read when it queued the execution. Without it (an
+    /// older api) the worker reads the same from Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ExecutionContext>,
+}
+
+/// Everything needed to run an execution: the execution, its tool's
+/// endpoint and integration (the secret still sealed: only the worker opens
+/// it), and the call the tool works for. The api gets it from
+/// `execute_tool_checked` (migration 0008), the worker's fallback from its
+/// claim query; both name the columns as the fields here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ExecutionContext {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub call_id: Uuid,
+    pub tool_id: Uuid,
+    pub trace_id: String,
+    pub input: serde_json::Value,
+    pub deadline_at: chrono::DateTime<chrono::Utc>,
+    pub tool_name: String,
+    pub webhook_path: Option<String>,
+    pub method: Option<String>,
+    pub headers_template: Option<serde_json::Value>,
+    pub timeout_ms: Option<i32>,
+    pub max_retries: Option<i32>,
+    pub integration_id: Option<Uuid>,
+    pub base_url: Option<String>,
+    pub auth_type: Option<String>,
+    pub header_name: Option<String>,
+    #[serde(default, with = "base64_bytes")]
+    pub secret_ciphertext: Option<Vec<u8>>,
+    #[serde(default, with = "base64_bytes")]
+    pub secret_nonce: Option<Vec<u8>>,
+    pub secret_key_id: Option<String>,
+    pub integration_status: Option<String>,
+    pub call_sid: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub agent_id: Option<Uuid>,
+    pub agent_version: Option<i32>,
+}
+
+/// Optional bytes as standard base64 (Postgres' `encode(..., 'base64')`
+/// without its line breaks).
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| STANDARD.decode(text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -211,6 +271,32 @@ pub struct ToolExecuteReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn execution_context_round_trips_with_sealed_bytes_as_base64() {
+        let ctx: ExecutionContext = serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "tenant_id": Uuid::nil(), "call_id": Uuid::nil(),
+            "tool_id": Uuid::nil(), "trace_id": "t", "input": {"a": 1},
+            "deadline_at": "2026-11-25T15:40:00.123456+00:00", "tool_name": "lookup",
+            "webhook_path": "p", "method": "POST", "headers_template": {},
+            "timeout_ms": 100, "max_retries": 0, "integration_id": null,
+            "base_url": "https://n8n.example.com", "auth_type": "bearer", "header_name": null,
+            "secret_ciphertext": "AAEC/w==", "secret_nonce": null, "secret_key_id": "k",
+            "integration_status": "active", "call_sid": "CA1", "from_number": "+1",
+            "to_number": "+2", "agent_id": null, "agent_version": 3
+        }))
+        .expect("the shape execute_tool_checked builds");
+        assert_eq!(
+            ctx.secret_ciphertext.as_deref(),
+            Some(&[0u8, 1, 2, 255][..])
+        );
+        assert_eq!(ctx.secret_nonce, None);
+        let again: ExecutionContext =
+            serde_json::from_slice(&serde_json::to_vec(&ctx).expect("encode")).expect("decode");
+        assert_eq!(again, ctx);
+        let bad = serde_json::json!({"secret_ciphertext": "not base64!"});
+        assert!(serde_json::from_value::<ExecutionContext>(bad).is_err());
+    }
 
     #[test]
     fn wire_names_are_stable() {

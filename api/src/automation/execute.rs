@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::auth::{Claims, InternalPrincipal};
 use shared::automation::{
-    ExecutionStatus, ToolError, ToolExecuteReply, ToolExecuteRequest, error_codes,
+    ExecutionContext, ExecutionStatus, ToolError, ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
 use shared::trace::TraceContext;
 use sqlx::PgPool;
@@ -152,6 +152,8 @@ struct Checked {
     outcome: String,
     retry_after: Option<f64>,
     tool_name: Option<String>,
+    /// For a queued execution: what the worker needs to run it.
+    context: Option<sqlx::types::Json<ExecutionContext>>,
 }
 
 /// A stale cached tool is read again; past this many tries in one request
@@ -195,7 +197,7 @@ async fn execute(
         let input_valid =
             matches!(tool.as_deref().map(|t| &t.validator), Some(Ok(_))) && violations.is_empty();
         let checked: Checked = sqlx::query_as(
-            "SELECT outcome, retry_after, tool_name
+            "SELECT outcome, retry_after, tool_name, context
              FROM execute_tool_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(execution_id)
@@ -315,9 +317,12 @@ async fn execute(
     // later, long after Postgres' WAL writer flushed it (within 3 x
     // wal_writer_delay). A crash before any of that loses a queued row
     // nobody was told about.
+    // The context the check read goes along, so the worker starts the n8n
+    // call without reading Postgres first.
     let request = ToolExecuteRequest {
         execution_id,
         tenant_id,
+        context: checked.context.map(|c| c.0),
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
     let sent = state

@@ -788,6 +788,10 @@ async fn integration_is_stored_only_when_reachable_and_never_shows_its_secret(po
     let app = spawn_app(pool).await;
     let n8n = FakeN8n::start().await;
     let worker = start_worker(&app).await;
+    // Tests on other threads (no subscriber there) may have cached a log
+    // callsite as uninteresting while this subscriber was being added;
+    // recompute, so every line of the api and the worker reaches it.
+    tracing::callsite::rebuild_interest_cache();
     let s = seed(&app.pool).await;
     let token = app.token(s.tenant_id, Role::InternalAdmin);
 

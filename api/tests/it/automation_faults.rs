@@ -386,7 +386,11 @@ async fn executions_end_recorded_when_the_worker_is_killed(pool: PgPool) {
                     "{id}"
                 );
             }
-            502 | 504 => assert_eq!(row.status, "failed", "{id}"),
+            502 => assert_eq!(row.status, "failed", "{id}"),
+            // No reply in time: the row ends as the worker or the reaper
+            // recorded it (asserted terminal above). On a loaded machine a
+            // live worker can record a success after the api gave up.
+            504 => {}
             other => panic!("unexpected HTTP {other} for {id}"),
         }
     }
