@@ -6,6 +6,14 @@
 -- without a Postgres round trip first; it marks the execution running
 -- while the call is under way. The JSON keys are the fields of
 -- shared::automation::ExecutionContext (bytea as base64).
+--
+-- Two changes on the way. The rate check's window start is computed first,
+-- so the count reads only the last minute through the (call_id, created_at)
+-- index (compared with the volatile clock_timestamp() directly, it read
+-- every execution of the call). And the rate check serialises a call's executions with
+-- a transaction-scoped advisory lock keyed by the call id instead of
+-- `SELECT ... FOR UPDATE` on the call's row. Both make the count and the
+-- insert atomic per call; the row lock also wrote the row.
 DROP FUNCTION execute_tool_checked(uuid, uuid, uuid, uuid, text, jsonb, boolean, boolean, text, jsonb,
                                    double precision, bigint, uuid);
 
@@ -36,6 +44,7 @@ DECLARE
     v_count         bigint;
     v_oldest        timestamptz;
     v_deadline      timestamptz;
+    v_since         timestamptz;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     SELECT agent_version_id, agent_id, call_sid, from_number, to_number INTO v_call
@@ -87,10 +96,16 @@ BEGIN
         RETURN;
     END IF;
 
-    PERFORM 1 FROM call_sessions WHERE id = p_call_id AND tenant_id = p_tenant_id FOR UPDATE;
+    -- One call's rate checks take turns on an advisory lock rather than the
+    -- call's row lock, which would dirty the row (and write WAL) each time.
+    PERFORM pg_advisory_xact_lock(hashtextextended('tool_rate:' || p_call_id::text, 0));
+    -- The window's start as a value: compared with clock_timestamp() itself
+    -- (volatile) it could not bound the index scan, and every execution the
+    -- call ever made was read.
+    v_since := clock_timestamp() - interval '60 seconds';
     SELECT count(*), min(created_at) INTO v_count, v_oldest
     FROM tool_executions
-    WHERE call_id = p_call_id AND created_at > clock_timestamp() - interval '60 seconds';
+    WHERE call_id = p_call_id AND created_at > v_since;
     IF v_count >= p_max_per_minute THEN
         outcome := 'rate_limited';
         retry_after := GREATEST(EXTRACT(EPOCH FROM (v_oldest + interval '60 seconds' - clock_timestamp()))::double precision, 1);

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
@@ -57,16 +57,19 @@ LEFT JOIN tool_endpoints e ON e.tenant_id = te.tenant_id AND e.tool_id = te.tool
 LEFT JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
 LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id";
 
-/// Marks an execution whose context came with the request running, while
-/// its n8n call is already under way. That claim is not what keeps a tool
-/// from running twice: the api sends each execution once, as a core NATS
-/// request that one member of the queue group receives at most once. What
-/// it changes is what readers see (`running`, `started_at`) and which
-/// outcome a late record may still write (see `RECORD_SQL`).
+/// Marks an execution whose context came with the request running, once its
+/// n8n call has taken [`MARK_RUNNING_AFTER`]: a slow tool shows `running`
+/// while it runs, and a fast one goes from `queued` straight to its outcome
+/// (with `started_at` all the same) without a write on its path. The mark is
+/// not what keeps a tool from running twice: the api sends each execution
+/// once, as a core NATS request that one member of the queue group receives
+/// at most once.
 const MARK_RUNNING_SQL: &str = "
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc)
 UPDATE tool_executions SET status = 'running', started_at = now()
 WHERE id = $1 AND tenant_id = $2 AND status = 'queued' AND EXISTS (SELECT 1 FROM cfg)";
+
+const MARK_RUNNING_AFTER: Duration = Duration::from_millis(25);
 
 /// Records the outcome and its timeline event in one statement (atomic).
 const RECORD_SQL: &str = "
@@ -74,7 +77,8 @@ WITH cfg AS (SELECT set_config('synchronous_commit', $13, true) AS sc),
 done AS (
     UPDATE tool_executions
     SET status = $2, output = $3, error_code = $4, error_message = $5,
-        http_status = $6, attempts = $7, latency_ms = $8, finished_at = now()
+        http_status = $6, attempts = $7, latency_ms = $8, finished_at = now(),
+        started_at = COALESCE(started_at, $14)
     WHERE id = $1 AND status IN ('queued', 'running')
     RETURNING id, tenant_id, call_id, trace_id),
 event AS (
@@ -130,26 +134,29 @@ impl Executor {
     /// Runs the execution and answers what was recorded. `Err` only when
     /// the execution cannot be found or Postgres fails.
     pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
+        let started_at = Utc::now();
         let (ctx, finished) = match req.context {
             // The hot path: no Postgres round trip before the n8n call.
             Some(ctx) if ctx.id == req.execution_id && ctx.tenant_id == req.tenant_id => {
-                let mark_running = sqlx::query(MARK_RUNNING_SQL)
-                    .bind(ctx.id)
-                    .bind(ctx.tenant_id)
-                    .execute(&self.pool);
-                let (marked, finished) = tokio::join!(mark_running, self.run(&ctx));
-                match marked {
-                    // Closed by the reaper meanwhile (then `run` refused
-                    // it: its deadline had passed) or already recorded.
-                    Ok(done) if done.rows_affected() == 0 => {
-                        tracing::warn!(execution_id = %ctx.id, "execution was no longer queued");
+                let finished = {
+                    let run = self.run(&ctx);
+                    tokio::pin!(run);
+                    tokio::select! {
+                    finished = &mut run => finished,
+                    () = tokio::time::sleep(MARK_RUNNING_AFTER) => {
+                        let mark = sqlx::query(MARK_RUNNING_SQL)
+                            .bind(ctx.id)
+                            .bind(ctx.tenant_id)
+                            .execute(&self.pool);
+                        let (marked, finished) = tokio::join!(mark, &mut run);
+                        if let Err(err) = marked {
+                            // The outcome is recorded all the same (from `queued`).
+                            tracing::warn!(execution_id = %ctx.id, %err, "cannot mark the execution running");
+                        }
+                        finished
                     }
-                    Ok(_) => {}
-                    // The outcome is recorded all the same (from `queued`).
-                    Err(err) => {
-                        tracing::warn!(execution_id = %ctx.id, %err, "cannot mark the execution running");
                     }
-                }
+                };
                 (ctx, finished)
             }
             _ => {
@@ -171,7 +178,7 @@ impl Executor {
             .increment(1);
         metrics::histogram!("automation_tool_execution_seconds")
             .record(Duration::from_millis(finished.latency_ms).as_secs_f64());
-        if !self.record(&ctx, &finished).await? {
+        if !self.record(&ctx, &finished, started_at).await? {
             // The reaper got there first (the worker was too slow): answer
             // what is recorded, so nobody is told two different stories.
             return self.recorded(ctx.id, ctx.tenant_id).await;
@@ -361,7 +368,12 @@ impl Executor {
 
     /// Records the outcome and its timeline event in one transaction.
     /// False when the execution was no longer open (the reaper closed it).
-    async fn record(&self, ctx: &ExecutionContext, f: &Finished) -> Result<bool, sqlx::Error> {
+    async fn record(
+        &self,
+        ctx: &ExecutionContext,
+        f: &Finished,
+        started_at: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
         let (event, suffix) = match f.status {
             ExecutionStatus::Succeeded => ("tool.succeeded", "succeeded"),
             _ => ("tool.failed", "failed"),
@@ -390,6 +402,7 @@ impl Executor {
                 "worker_id": self.worker_id,
             }))
             .bind(self.synchronous_commit())
+            .bind(started_at)
             .fetch_one(&self.pool)
             .await?;
         Ok(updated > 0)

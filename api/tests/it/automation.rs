@@ -355,6 +355,65 @@ async fn timeouts_and_the_whole_call_deadline(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_slow_tool_shows_running_and_every_execution_records_its_start(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let n8n = FakeN8n::start().await;
+    let worker = start_worker(&app).await;
+    let s = seed(&app.pool).await;
+    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
+    let token = ops(&app, &s);
+    let slow = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("slow_answer", "slow"),
+    )
+    .await;
+    let fast = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("fast_answer", "ok"),
+    )
+    .await;
+    // While n8n works on it (1.5 s), the execution reads `running`.
+    let saw_running = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tool_executions
+                 WHERE tool_id = $1 AND status = 'running' AND started_at IS NOT NULL",
+            )
+            .bind(slow)
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+            if running == 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    let input = good_input(s.call_id);
+    let ((status, out), saw_running) =
+        tokio::join!(execute(&app, &token, slow, &input), saw_running);
+    assert_eq!(status, 200, "{out}");
+    assert!(saw_running, "the slow execution never showed running");
+    let (status, out) = execute(&app, &token, fast, &good_input(s.call_id)).await;
+    assert_eq!(status, 200, "{out}");
+    let unstamped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tool_executions
+         WHERE status <> 'succeeded' OR started_at IS NULL OR started_at > finished_at",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!(unstamped, 0);
+    worker.shutdown().await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn auth_modes_reach_n8n_and_wrong_secrets_fail(pool: PgPool) {
     let app = spawn_app(pool).await;
     let n8n = FakeN8n::start().await;
