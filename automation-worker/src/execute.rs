@@ -2,8 +2,9 @@
 //! webhook and record the outcome.
 //!
 //! The api has recorded the execution (queued) and its `tool.requested`
-//! timeline event; this claims it (running), calls
-//! `<base_url>/webhook/<webhook_path>` with the call's context, retries
+//! timeline event and sent what is needed to run it; this calls
+//! `<base_url>/webhook/<webhook_path>` with the call's context (marking the
+//! execution running if that takes more than a moment), retries
 //! within the execution's deadline, and records status, HTTP status,
 //! attempts, latency, output or error with a `tool.succeeded` /
 //! `tool.failed` event in one transaction, then replies.
@@ -138,25 +139,7 @@ impl Executor {
         let (ctx, finished) = match req.context {
             // The hot path: no Postgres round trip before the n8n call.
             Some(ctx) if ctx.id == req.execution_id && ctx.tenant_id == req.tenant_id => {
-                let finished = {
-                    let run = self.run(&ctx);
-                    tokio::pin!(run);
-                    tokio::select! {
-                    finished = &mut run => finished,
-                    () = tokio::time::sleep(MARK_RUNNING_AFTER) => {
-                        let mark = sqlx::query(MARK_RUNNING_SQL)
-                            .bind(ctx.id)
-                            .bind(ctx.tenant_id)
-                            .execute(&self.pool);
-                        let (marked, finished) = tokio::join!(mark, &mut run);
-                        if let Err(err) = marked {
-                            // The outcome is recorded all the same (from `queued`).
-                            tracing::warn!(execution_id = %ctx.id, %err, "cannot mark the execution running");
-                        }
-                        finished
-                    }
-                    }
-                };
+                let finished = self.run_marking_slow(&ctx).await;
                 (ctx, finished)
             }
             _ => {
@@ -203,6 +186,27 @@ impl Executor {
             attempts: finished.attempts,
             latency_ms: Some(finished.latency_ms),
         })
+    }
+
+    /// [`Self::run`], marking the execution running if its n8n call takes
+    /// longer than [`MARK_RUNNING_AFTER`].
+    async fn run_marking_slow(&self, ctx: &ExecutionContext) -> Finished {
+        let run = self.run(ctx);
+        tokio::pin!(run);
+        tokio::select! {
+            finished = &mut run => return finished,
+            () = tokio::time::sleep(MARK_RUNNING_AFTER) => {}
+        }
+        let mark = sqlx::query(MARK_RUNNING_SQL)
+            .bind(ctx.id)
+            .bind(ctx.tenant_id)
+            .execute(&self.pool);
+        let (marked, finished) = tokio::join!(mark, run);
+        if let Err(err) = marked {
+            // The outcome is recorded all the same (from `queued`).
+            tracing::warn!(execution_id = %ctx.id, %err, "cannot mark the execution running");
+        }
+        finished
     }
 
     async fn run(&self, ctx: &ExecutionContext) -> Finished {
