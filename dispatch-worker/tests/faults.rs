@@ -21,7 +21,6 @@
 //! Run alone with `cargo test -p dispatch-worker --test faults -- --nocapture`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -38,12 +37,7 @@ const AUTH_TOKEN: &str = "fault-test-twilio-token";
 const RATE_PER_SECOND: u64 = 200;
 const LOAD_SECONDS: u64 = 20;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use shared::testing::free_port;
 
 fn bin(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dispatch-worker")).with_file_name(name)
@@ -383,16 +377,7 @@ struct Harness {
 }
 
 async fn harness(pool: PgPool) -> Harness {
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("test database")
-        .to_owned();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let db_url = match base.rfind('/') {
-        Some(i) => format!("{}/{db}", &base[..i]),
-        None => panic!("DATABASE_URL without a database"),
-    };
+    let db_url = shared::testing::database_url(&pool);
     // One routed number with an agent whose published version is active.
     let to = "+15005550006".to_owned();
     shared::testing::seed_routed_number(&pool, &to, 1)

@@ -64,3 +64,77 @@ pub async fn seed_routed_number(
     tx.commit().await?;
     Ok(seeded)
 }
+
+/// A unique NATS subject prefix, so tests sharing one NATS server stay apart.
+pub fn unique_prefix() -> String {
+    format!("t{}", Uuid::new_v4().simple())
+}
+
+/// Polls `check` until it is true (then true) or `timeout` passes (then
+/// false): waiting for a result with a deadline, never a fixed sleep.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Messages currently in `stream`, or 0 if it does not exist yet.
+pub async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Deletes the test's call and runtime streams (its prefix's), so a run
+/// leaves nothing behind on the shared NATS server.
+pub async fn delete_streams(nats: &async_nats::Client, subjects: &crate::nats::Subjects) {
+    let js = async_nats::jetstream::new(nats.clone());
+    for name in [
+        subjects.calls_stream(),
+        subjects.runtime_handoffs_stream(),
+        subjects.runtime_events_stream(),
+    ] {
+        let _ = js.delete_stream(&name).await;
+    }
+}
+
+/// The URL of the test's own database (a `#[sqlx::test]` pool's), for child
+/// processes: `DATABASE_URL` names the server, the pool the database.
+///
+/// # Panics
+/// When `DATABASE_URL` is unset or not a URL: a test set-up error.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+/// A TCP port free on 127.0.0.1 right now, for a child process to listen on.
+///
+/// # Panics
+/// When no port can be bound: a test set-up error.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}

@@ -23,7 +23,6 @@
 //! (`cargo build --workspace --all-targets`, as `scripts/test.sh` does).
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -59,26 +58,7 @@ pub(crate) fn worker_binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The test database's URL (`DATABASE_URL` names the server).
-pub(crate) fn database_url(pool: &PgPool) -> String {
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("test database")
-        .to_owned();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    match base.rfind('/') {
-        Some(i) => format!("{}/{db}", &base[..i]),
-        None => panic!("DATABASE_URL without a database"),
-    }
-}
+pub(crate) use shared::testing::{database_url, free_port};
 
 /// automation-worker as a child process, its log (JSON lines, stdout and
 /// stderr) in a temporary file.

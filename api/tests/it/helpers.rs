@@ -27,10 +27,7 @@ pub struct TestApp {
     pub config: Config,
 }
 
-/// A unique NATS subject prefix, so tests sharing the server stay apart.
-pub fn unique_prefix() -> String {
-    format!("t{}", Uuid::new_v4().simple())
-}
+pub use shared::testing::unique_prefix;
 
 pub fn test_config() -> Config {
     let mut config = Config::try_parse_from(["api"]).expect("default config parses");

@@ -1,14 +1,13 @@
 #![allow(dead_code)] // Helpers serve every test module; not each uses all.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use reqwest::Client;
 use shared::nats::Subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -28,23 +27,6 @@ impl Drop for World {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-pub fn unique_prefix() -> String {
-    format!("t{}", Uuid::new_v4().simple())
-}
-
-/// The URL of the test's own database, for child processes.
-pub fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("test database name")
-        .to_owned();
-    url.set_path(&format!("/{db}"));
-    url.to_string()
 }
 
 pub async fn world(pool: PgPool) -> World {
@@ -184,26 +166,16 @@ impl World {
     }
 
     pub async fn stream_messages(&self, stream: &str) -> u64 {
-        let js = async_nats::jetstream::new(self.nats.clone());
-        match js.get_stream(stream).await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
+        shared::testing::stream_messages(&self.nats, stream).await
     }
 
     pub async fn delete_streams(&self) {
-        let js = async_nats::jetstream::new(self.nats.clone());
-        for name in [
-            self.subjects.calls_stream(),
-            self.subjects.runtime_handoffs_stream(),
-            self.subjects.runtime_events_stream(),
-        ] {
-            let _ = js.delete_stream(&name).await;
-        }
+        shared::testing::delete_streams(&self.nats, &self.subjects).await;
     }
 }
 
 pub use shared::testing::RoutedNumber as Seeded;
+pub use shared::testing::{database_url, eventually, unique_prefix};
 
 /// A tenant, an agent whose active version is 3, and an active number.
 pub async fn seed_number(pool: &PgPool, e164: &str) -> Seeded {
@@ -228,22 +200,4 @@ pub fn inbound_params(call_sid: &str, to: &str) -> Vec<(String, String)> {
         ("From", "+14155550100"),
         ("To", to),
     ])
-}
-
-/// Polls `check` until true or `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }

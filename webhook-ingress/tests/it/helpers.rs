@@ -1,13 +1,12 @@
 #![allow(dead_code)] // Helpers serve every test module; not each uses all.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use reqwest::Client;
 use shared::nats::Subjects;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 use webhook_ingress::config::Config;
 
 pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
@@ -25,10 +24,6 @@ impl Drop for TestIngress {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-pub fn unique_prefix() -> String {
-    format!("t{}", Uuid::new_v4().simple())
 }
 
 pub fn config_for(prefix: &str, base: &str) -> Config {
@@ -86,6 +81,7 @@ pub async fn spawn_ingress_with(
 }
 
 pub use shared::testing::RoutedNumber as Seeded;
+pub use shared::testing::{delete_streams, eventually, stream_messages, unique_prefix};
 
 /// A tenant, an agent whose active version is 1, and an active number.
 pub async fn seed_number(pool: &PgPool, e164: &str) -> Seeded {
@@ -144,43 +140,5 @@ impl TestIngress {
             .fetch_one(&self.pool)
             .await
             .expect("count")
-    }
-}
-
-/// Polls `check` until it is true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Messages currently in `stream`, or 0 if it does not exist yet.
-pub async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
-    let js = async_nats::jetstream::new(nats.clone());
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
-pub async fn delete_streams(nats: &async_nats::Client, subjects: &Subjects) {
-    let js = async_nats::jetstream::new(nats.clone());
-    for name in [
-        subjects.calls_stream(),
-        subjects.runtime_handoffs_stream(),
-        subjects.runtime_events_stream(),
-    ] {
-        let _ = js.delete_stream(&name).await;
     }
 }
