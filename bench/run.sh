@@ -83,12 +83,15 @@ done
 
 LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100
   --nats-url "$NATS_URL" --nats-subject-prefix "$RUN" --duration "$DURATION")
-echo
-echo "== saturation (closed loop) =="
-"${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS"
+# Latency first, on a settled system: measured after the saturation run it
+# would also measure that run's aftermath (the dispatch backlog, autovacuum
+# of the rows just written, dirty buffers).
 echo
 echo "== fixed arrival rate (open loop) =="
-"${LOADGEN[@]}" --mode open --rate "$RATE" --delete-streams
+"${LOADGEN[@]}" --mode open --rate "$RATE"
+echo
+echo "== saturation (closed loop) =="
+"${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS" --delete-streams
 
 echo
 echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="
