@@ -89,6 +89,9 @@ LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100
 echo
 echo "== fixed arrival rate (open loop) =="
 "${LOADGEN[@]}" --mode open --rate "$RATE"
+# The same requests as the ingress timed them (handler only, no client or
+# network), to tell server time from the load generator's own.
+curl -fsS http://127.0.0.1:4101/metrics | grep -E '^http_request_duration_seconds.*inbound' | sed 's/^/  ingress-side: /' || true
 echo
 echo "== saturation (closed loop) =="
 "${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS" --delete-streams
