@@ -91,7 +91,11 @@ echo "== fixed arrival rate (open loop) =="
 "${LOADGEN[@]}" --mode open --rate "$RATE"
 # The same requests as the ingress timed them (handler only, no client or
 # network), to tell server time from the load generator's own.
-curl -fsS http://127.0.0.1:4101/metrics | grep -E '^http_request_duration_seconds.*inbound' | sed 's/^/  ingress-side: /' || true
+# ingress_store_seconds: waiting for a writer plus the commit;
+# ingress_group_commit_seconds: the commit statement alone.
+curl -fsS http://127.0.0.1:4101/metrics \
+  | grep -E '^(http_request_duration_seconds_bucket.*inbound|ingress_store_seconds_bucket|ingress_group_commit_seconds_bucket)' \
+  | sed 's/^/  ingress-side: /' || true
 echo
 echo "== saturation (closed loop) =="
 "${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS" --delete-streams

@@ -160,19 +160,30 @@ impl CallStore {
 
     /// Persists `write`; returns once it is committed (or failed).
     pub async fn write(&self, write: CallWrite) -> StoreResult {
+        let submitted = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { write, reply })
             .await
             .map_err(|_| "store is shut down".to_owned())?;
-        answer
+        let stored = answer
             .await
-            .map_err(|_| "writer stopped before answering".to_owned())?
+            .map_err(|_| "writer stopped before answering".to_owned())?;
+        // Waiting for a writer plus the group's commit: what a webhook's
+        // durability costs it.
+        metrics::histogram!("ingress_store_seconds").record(submitted.elapsed().as_secs_f64());
+        stored
     }
 }
 
 async fn commit_group(pool: &PgPool, group: Vec<Job>) {
     metrics::histogram!("ingress_group_commit_size").record(group.len() as f64);
+    let started = std::time::Instant::now();
+    commit_group_timed(pool, group).await;
+    metrics::histogram!("ingress_group_commit_seconds").record(started.elapsed().as_secs_f64());
+}
+
+async fn commit_group_timed(pool: &PgPool, group: Vec<Job>) {
     if group.len() > 1 {
         let writes: Vec<&CallWrite> = group.iter().map(|job| &job.write).collect();
         match write_group(pool, &writes).await {
