@@ -51,7 +51,7 @@ pub struct Config {
     #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_size: u16,
     /// Call-event batches in flight at once.
-    #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel_batches: u16,
 }
 
