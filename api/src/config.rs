@@ -40,19 +40,19 @@ pub struct Config {
     #[arg(long, env = "JWT_TTL", default_value = "1h", value_parser = shared::config::positive_duration)]
     pub jwt_ttl: Duration,
     /// Largest number of password hashes computed at once (each holds 19 MiB).
-    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub password_hash_concurrency: usize,
     /// Failed logins for one email within `LOGIN_FAILURE_WINDOW` before 429.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub login_max_failures_per_email: usize,
     /// Failed logins from one client address within the window before 429.
-    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20)]
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub login_max_failures_per_ip: usize,
     /// Window over which failed logins are counted.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = shared::config::positive_duration)]
     pub login_failure_window: Duration,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=64 * 1024 * 1024))]
     pub http_body_limit_bytes: usize,
     /// Time a request may take before it is answered 503.
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = shared::config::positive_duration)]
@@ -67,10 +67,10 @@ pub struct Config {
     pub automation_max_executions_per_minute: u32,
     /// Deadline of one tool execution (all its attempts), and how long the
     /// api waits for automation-worker before answering 504.
-    #[arg(long, env = "AUTOMATION_EXECUTE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTOMATION_EXECUTE_TIMEOUT", default_value = "15s", value_parser = shared::config::positive_duration)]
     pub automation_execute_timeout: Duration,
     /// How long the api waits for automation-worker's n8n integration test.
-    #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = shared::config::positive_duration)]
     pub automation_integration_test_timeout: Duration,
     /// Return recording media URLs from `GET /client/calls/{id}/recording`;
     /// when false the answer only says that a recording (and a URL) exists.
@@ -84,4 +84,28 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("api").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn zero_timeouts_and_counts_are_refused() {
+        assert!(parse(&[]).is_ok(), "the defaults are valid");
+        for args in [
+            ["--automation-execute-timeout", "0s"],
+            ["--automation-integration-test-timeout", "0s"],
+            ["--password-hash-concurrency", "0"],
+            ["--login-max-failures-per-ip", "0"],
+            ["--http-body-limit-bytes", "10"],
+            ["--database-max-connections", "0"],
+        ] {
+            assert!(parse(&args).is_err(), "{args:?} was accepted");
+        }
+    }
 }

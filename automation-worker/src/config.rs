@@ -55,8 +55,8 @@ pub struct AutomationArgs {
     #[arg(long, env = "AUTOMATION_MAX_IN_FLIGHT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub max_in_flight: usize,
     /// Wait for Postgres to flush the WAL when recording an execution's
-    /// outcome (that flush also covers the api's queued row and the claim,
-    /// both committed without waiting). On by default: Postgres is the
+    /// outcome (that flush also covers the api's queued row and the running
+    /// mark, both committed without waiting). On by default: Postgres is the
     /// record, and the caller is answered only after it. Off saves that one
     /// flush, but a Postgres crash can then lose the last fraction of a
     /// second of execution records.

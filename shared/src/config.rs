@@ -48,7 +48,7 @@ pub struct DbArgs {
     )]
     pub database_url: String,
     /// Largest number of pooled Postgres connections.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
 

@@ -151,7 +151,10 @@ impl CallStore {
                         }
                         group
                     };
+                    let started = std::time::Instant::now();
                     commit_group(&pool, group).await;
+                    metrics::histogram!("ingress_group_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
                 }
             });
         }
@@ -178,12 +181,6 @@ impl CallStore {
 
 async fn commit_group(pool: &PgPool, group: Vec<Job>) {
     metrics::histogram!("ingress_group_commit_size").record(group.len() as f64);
-    let started = std::time::Instant::now();
-    commit_group_timed(pool, group).await;
-    metrics::histogram!("ingress_group_commit_seconds").record(started.elapsed().as_secs_f64());
-}
-
-async fn commit_group_timed(pool: &PgPool, group: Vec<Job>) {
     if group.len() > 1 {
         let writes: Vec<&CallWrite> = group.iter().map(|job| &job.write).collect();
         match write_group(pool, &writes).await {

@@ -5,11 +5,11 @@
 //! when required (403), the input against the tool's JSON Schema (400 with
 //! every violation), the tool's endpoint (422), the per-call rate (429).
 //! All of them, and the queued execution, are one SQL call
-//! (`execute_tool_checked`, migration 0006) with the tool's schema cached
-//! here; the rate check and the insert hold the call's row lock, so
-//! concurrent requests for one call are counted one after the other: never
-//! more than the limit. Then automation-worker runs it over NATS
-//! request/reply.
+//! (`execute_tool_checked`, migrations 0006 and 0008) with the tool's
+//! schema cached here; the rate check and the insert hold a per-call
+//! advisory lock, so concurrent requests for one call are counted one after
+//! the other: never more than the limit. Then automation-worker runs it over
+//! NATS request/reply, from the execution context that call returned.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +146,7 @@ fn trace_id(given: Option<String>, trace: &TraceContext) -> AppResult<String> {
     }
 }
 
-/// What `execute_tool_checked` (migration 0006) answered.
+/// What `execute_tool_checked` (migration 0008) answered.
 #[derive(Debug, sqlx::FromRow)]
 struct Checked {
     outcome: String,
@@ -316,9 +316,8 @@ async fn execute(
     // row is on disk before any answer names it. The 504 comes seconds
     // later, long after Postgres' WAL writer flushed it (within 3 x
     // wal_writer_delay). A crash before any of that loses a queued row
-    // nobody was told about.
-    // The context the check read goes along, so the worker starts the n8n
-    // call without reading Postgres first.
+    // nobody was told about. The context the check read goes along, so the
+    // worker starts the n8n call without reading Postgres first.
     let request = ToolExecuteRequest {
         execution_id,
         tenant_id,
