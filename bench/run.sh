@@ -58,7 +58,10 @@ psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
 
 export TWILIO_AUTH_TOKEN="bench-auth-token"
 export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
-export NATS_URL NATS_SUBJECT_PREFIX="$RUN" DATABASE_URL="$PG/$DB" RUST_LOG=warn LOG_FORMAT=json
+# Postgres is on this machine: TLS on loopback would only cost CPU (a fifth
+# to a quarter of the throughput here). Against a remote Postgres use
+# sslmode=verify-full.
+export NATS_URL NATS_SUBJECT_PREFIX="$RUN" DATABASE_URL="$PG/$DB?sslmode=disable" RUST_LOG=warn LOG_FORMAT=json
 mkdir -p .stack
 pids=()
 cleanup() {
@@ -81,6 +84,17 @@ for port in 4101 4103; do
   curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "service on :$port not ready; see .stack/bench-*.log" >&2; exit 1; }
 done
 
+# CPU ticks (all cores) since boot, then of the ingress, the worker, every
+# Postgres process and nats-server: sampled around the saturation run.
+proc_ticks() { awk '{ t += $14 + $15 } END { print t + 0 }' "$@" 2>/dev/null || echo 0; }
+cpu_ticks() {
+  local total
+  total=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  echo "$total $(proc_ticks "/proc/${pids[0]}/stat") $(proc_ticks "/proc/${pids[1]}/stat")" \
+    "$(proc_ticks $(pgrep -x postgres | sed 's|.*|/proc/&/stat|'))" \
+    "$(proc_ticks $(pgrep -x nats-server | sed 's|.*|/proc/&/stat|'))"
+}
+
 LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100
   --nats-url "$NATS_URL" --nats-subject-prefix "$RUN" --duration "$DURATION")
 # Latency first, on a settled system: measured after the saturation run it
@@ -98,7 +112,20 @@ curl -fsS http://127.0.0.1:4101/metrics \
   | sed 's/^/  ingress-side: /' || true
 echo
 echo "== saturation (closed loop) =="
+cpu_before=$(cpu_ticks)
 "${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS" --delete-streams
+cpu_after=$(cpu_ticks)
+# Where the 2 cores went during that run (warm-up and stream clean-up
+# included): what the throughput is bounded by.
+paste <(echo "$cpu_before" | tr ' ' '\n') <(echo "$cpu_after" | tr ' ' '\n') | awk '
+  NR == 1 { total = $2 - $1; next }
+  { used[NR] = $2 - $1; rest -= used[NR] }
+  END {
+    split("idle ingress dispatch-worker postgres nats-server", name, " ")
+    printf "  CPU split (share of both cores):"
+    for (i = 2; i <= 6; i++) printf " %s %.0f%%", name[i-1], 100 * used[i] / total
+    printf ", loadgen and the rest %.0f%%\n", 100 * (total + rest) / total
+  }'
 
 echo
 echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="

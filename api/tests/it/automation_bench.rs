@@ -44,8 +44,11 @@ async fn fresh_database() -> (PgPool, String, String) {
         .execute(&admin)
         .await
         .expect("create database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
+    // The same server and options (`?sslmode=...`), another database.
+    let (server, options) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+    let url = match server.rsplit_once('/') {
+        Some((base, _)) if options.is_empty() => format!("{base}/{name}"),
+        Some((base, _)) => format!("{base}/{name}?{options}"),
         None => panic!("DATABASE_URL has no database part"),
     };
     // The binaries' pool settings (no ping per query).

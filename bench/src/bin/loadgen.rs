@@ -16,6 +16,11 @@ use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
+/// The same allocator as the services: the generator shares the machine
+/// with what it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
     Closed,
