@@ -6,7 +6,8 @@
 //! `cargo test --release -p api --test it automation_bench -- --ignored --nocapture`
 //! (`BENCH_RATE`, `BENCH_SECONDS` change the load; default 200/s for 10 s;
 //! `AUTOMATION_SYNCHRONOUS_COMMIT=false` measures the worker without the
-//! outcome's WAL flush).
+//! outcome's WAL flush; `DATABASE_URL` names the server, by default the
+//! local one without TLS).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// A fresh database for the run (sqlx::test's runtime is single-threaded;
 /// a benchmark wants the multi-threaded one the binaries use).
 async fn fresh_database() -> (PgPool, String, String) {
+    // Postgres on this machine: no TLS on loopback (it only costs CPU).
     let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into());
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let admin = PgPoolOptions::new()
         .max_connections(1)
