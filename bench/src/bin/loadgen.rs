@@ -207,16 +207,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Open => {
             let interval = Duration::from_secs_f64(1.0 / state.args.rate.max(1) as f64);
-            let mut scheduled = start;
+            // Paced by an OS thread: tokio's timer rounds every deadline up
+            // to its next millisecond tick, which at 1,000/s would add a
+            // constant 0-1 ms (fixed per run) to every latency measured from
+            // the scheduled time.
+            let (ticks, mut due) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            std::thread::spawn(move || {
+                let mut scheduled = start;
+                while scheduled < end {
+                    std::thread::sleep(scheduled.saturating_duration_since(Instant::now()));
+                    if ticks.send(scheduled).is_err() {
+                        break;
+                    }
+                    scheduled += interval;
+                }
+            });
             let mut in_flight = Vec::new();
-            while scheduled < end {
-                tokio::time::sleep_until(scheduled.into()).await;
+            while let Some(at) = due.recv().await {
                 let state = state.clone();
-                let at = scheduled;
                 in_flight.push(tokio::spawn(async move {
                     state.send(at, at >= warm_until).await
                 }));
-                scheduled += interval;
             }
             futures::future::join_all(in_flight).await;
         }
