@@ -84,8 +84,9 @@ for port in 4101 4103; do
   curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "service on :$port not ready; see .stack/bench-*.log" >&2; exit 1; }
 done
 
-# CPU ticks (all cores) since boot, then of the ingress, the worker, every
-# Postgres process and nats-server: sampled around the saturation run.
+# CPU ticks since boot: all cores busy or idle, the idle ones, then those of
+# the ingress, the worker, every Postgres process and nats-server. Sampled
+# around the saturation run.
 proc_ticks() { awk '{ t += $14 + $15 } END { print t + 0 }' "$@" 2>/dev/null || echo 0; }
 cpu_ticks() {
   local total
