@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,6 +16,7 @@ use shared::automation::{
 use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
+use shared::service::Connections;
 use shared::trace::TraceContext;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -36,17 +36,18 @@ pub const WORKER_ID_HEADER: &str = "worker-id";
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
-    let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
-    let nats = shared::nats::connect(&config.nats, "automation-worker").await?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "automation-worker listening");
+    let io = Connections::open(
+        "automation-worker",
+        &config.db,
+        &config.nats,
+        config.listen_addr,
+    )
+    .await?;
     run(
         config,
-        pool,
-        nats,
-        listener,
+        io.pool,
+        io.nats,
+        io.listener,
         shared::shutdown::token_on_signal(),
     )
     .await

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
+use shared::service::Connections;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,17 +22,18 @@ pub const RUNTIME_EVENTS_CONSUMER: &str = "dispatch-worker-runtime-events";
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
-    let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
-    let nats = shared::nats::connect(&config.nats, "dispatch-worker").await?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "dispatch-worker listening");
+    let io = Connections::open(
+        "dispatch-worker",
+        &config.db,
+        &config.nats,
+        config.listen_addr,
+    )
+    .await?;
     run(
         config,
-        pool,
-        nats,
-        listener,
+        io.pool,
+        io.nats,
+        io.listener,
         shared::shutdown::token_on_signal(),
     )
     .await

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod nats;
 pub mod password;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
+use shared::service::Connections;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -24,17 +24,18 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     let _key = config.encryption.key(&config.common)?;
     // Checked before anything listens: validation on needs its secrets.
     config.twilio.signature_check()?;
-    let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
-    let nats = shared::nats::connect(&config.nats, "webhook-ingress").await?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "webhook-ingress listening");
+    let io = Connections::open(
+        "webhook-ingress",
+        &config.db,
+        &config.nats,
+        config.listen_addr,
+    )
+    .await?;
     run(
         config,
-        pool,
-        nats,
-        listener,
+        io.pool,
+        io.nats,
+        io.listener,
         shared::shutdown::token_on_signal(),
     )
     .await
