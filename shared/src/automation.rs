@@ -256,16 +256,21 @@ pub mod error_codes {
     pub const INVALID_OUTPUT: &str = "invalid_output";
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The outcome of an execution: automation-worker's reply, and the api's
+/// answer as it is (200, and with `error` on 502/503/504).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ExecutionResult)]
 pub struct ToolExecuteReply {
     pub execution_id: Uuid,
     pub trace_id: String,
     pub status: ExecutionStatus,
     pub output: Option<serde_json::Value>,
-    pub error: Option<ToolError>,
-    pub http_status: Option<u16>,
     pub attempts: u32,
     pub latency_ms: Option<u64>,
+    /// n8n's last HTTP status, when it answered.
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ToolError>,
 }
 
 #[cfg(test)]

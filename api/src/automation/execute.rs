@@ -48,20 +48,8 @@ pub struct ExecuteTool {
     pub trace_id: Option<String>,
 }
 
-/// The outcome of an execution (200, and with `error` on 502/503/504).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExecutionResult {
-    pub execution_id: Uuid,
-    pub trace_id: String,
-    pub status: ExecutionStatus,
-    pub output: Option<Value>,
-    pub attempts: u32,
-    pub latency_ms: Option<u64>,
-    /// n8n's last HTTP status, when it answered.
-    pub http_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ToolError>,
-}
+/// The api answers with the worker's reply shape itself.
+pub use shared::automation::ToolExecuteReply as ExecutionResult;
 
 /// 400 body for schema violations.
 #[derive(Debug, Serialize, ToSchema)]
@@ -350,12 +338,7 @@ async fn execute(
             let result = ExecutionResult {
                 execution_id,
                 trace_id,
-                status: reply.status,
-                output: reply.output,
-                attempts: reply.attempts,
-                latency_ms: reply.latency_ms,
-                http_status: reply.http_status,
-                error: reply.error,
+                ..reply
             };
             Ok((status, Json(result)).into_response())
         }

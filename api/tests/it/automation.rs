@@ -1141,3 +1141,35 @@ async fn edited_renamed_and_deleted_tools_take_effect_at_once(pool: PgPool) {
     assert_eq!(status, 404);
     worker.shutdown().await;
 }
+
+/// The api answers with the worker's reply type; the document still names
+/// it `ExecutionResult`, with the fields the README lists.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn openapi_documents_the_execution_result(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, doc) = status_json(app.get("/openapi.json", None).await).await;
+    assert_eq!(status, 200);
+    let execute = &doc["paths"]["/internal/automation/tools/{tool_id}/execute"]["post"];
+    for code in ["200", "502", "503", "504"] {
+        let reference = execute["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            reference, "#/components/schemas/ExecutionResult",
+            "{code}: {execute}"
+        );
+    }
+    let schema = &doc["components"]["schemas"]["ExecutionResult"]["properties"];
+    for field in [
+        "execution_id",
+        "trace_id",
+        "status",
+        "output",
+        "attempts",
+        "latency_ms",
+        "http_status",
+        "error",
+    ] {
+        assert!(schema[field].is_object(), "{field} missing: {schema}");
+    }
+}
