@@ -17,14 +17,14 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use shared::automation::{
     AuthType, ExecutionContext, ExecutionStatus, FailureKind, ProbeFailure, ToolError,
-    ToolExecuteReply, ToolExecuteRequest, error_codes, integration_secret_aad,
+    ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
 use shared::crypto::{Sealed, SecretBox};
 use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::outbound::{Answer, Auth, Outbound};
+use crate::outbound::{Answer, Auth, Outbound, open_integration_secret};
 
 /// Time kept between the worker's own deadline and the execution's, to
 /// record the outcome and reply before the api gives up.
@@ -349,25 +349,12 @@ impl Executor {
         ) else {
             return Ok(None);
         };
-        let secret_failure = |message: String| ProbeFailure {
-            kind: FailureKind::Secret,
-            message,
-            http_status: None,
+        let sealed = Sealed {
+            ciphertext: ciphertext.clone(),
+            nonce: nonce.clone(),
+            key_id: key_id.clone(),
         };
-        let plain = self
-            .secrets
-            .open(
-                &Sealed {
-                    ciphertext: ciphertext.clone(),
-                    nonce: nonce.clone(),
-                    key_id: key_id.clone(),
-                },
-                &integration_secret_aad(integration_id),
-            )
-            .map_err(|e| secret_failure(e.to_string()))?;
-        String::from_utf8(plain)
-            .map(Some)
-            .map_err(|_| secret_failure("the secret is not UTF-8".into()))
+        open_integration_secret(&self.secrets, &sealed, integration_id).map(Some)
     }
 
     /// Records the outcome and its timeline event in one transaction.

@@ -10,9 +10,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, StatusCode};
-use shared::automation::{AuthType, FailureKind, ProbeFailure};
+use shared::automation::{AuthType, FailureKind, ProbeFailure, integration_secret_aad};
+use shared::crypto::{Sealed, SecretBox};
 use tokio::time::Instant;
 use url::Url;
+use uuid::Uuid;
 
 use crate::ssrf::{self, GuardedResolver, Policy, Refusal};
 
@@ -39,6 +41,24 @@ impl std::fmt::Debug for Auth {
             Auth::Bearer(_) => "Auth::Bearer(<redacted>)",
         })
     }
+}
+
+/// Opens an integration's sealed secret (bound to its integration id) as
+/// text, for [`Auth::new`]: the one place a worker decrypts one.
+pub fn open_integration_secret(
+    secrets: &SecretBox,
+    sealed: &Sealed,
+    integration_id: Uuid,
+) -> Result<String, ProbeFailure> {
+    let failure = |message: String| ProbeFailure {
+        kind: FailureKind::Secret,
+        message,
+        http_status: None,
+    };
+    let plain = secrets
+        .open(sealed, &integration_secret_aad(integration_id))
+        .map_err(|e| failure(e.to_string()))?;
+    String::from_utf8(plain).map_err(|_| failure("the secret is not UTF-8".into()))
 }
 
 impl Auth {

@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use shared::automation::{
-    FailureKind, IntegrationTestReply, IntegrationTestRequest, ProbeFailure, integration_secret_aad,
-};
+use shared::automation::{FailureKind, IntegrationTestReply, IntegrationTestRequest, ProbeFailure};
 use shared::crypto::SecretBox;
 use tokio::time::Instant;
 
-use crate::outbound::{Auth, Outbound};
+use crate::outbound::{Auth, Outbound, open_integration_secret};
 
 /// What the probe may read of an answer (the body is not needed).
 const PROBE_BODY_BYTES: usize = 4096;
@@ -56,36 +54,12 @@ async fn run(
     let url = outbound
         .checked_url(&format!("{base}/healthz"))
         .map_err(|f| (0, f))?;
-    let secret = match &req.secret {
-        None => None,
-        Some(sealed) => {
-            let plain = secrets
-                .open(
-                    &sealed.clone().into(),
-                    &integration_secret_aad(req.integration_id),
-                )
-                .map_err(|e| {
-                    (
-                        0,
-                        ProbeFailure {
-                            kind: FailureKind::Secret,
-                            message: e.to_string(),
-                            http_status: None,
-                        },
-                    )
-                })?;
-            Some(String::from_utf8(plain).map_err(|_| {
-                (
-                    0,
-                    ProbeFailure {
-                        kind: FailureKind::Secret,
-                        message: "the secret is not UTF-8".into(),
-                        http_status: None,
-                    },
-                )
-            })?)
-        }
-    };
+    let secret = req
+        .secret
+        .as_ref()
+        .map(|sealed| open_integration_secret(secrets, &sealed.clone().into(), req.integration_id))
+        .transpose()
+        .map_err(|f| (0, f))?;
     let auth = Auth::new(req.auth_type, req.header_name.as_deref(), secret).map_err(|f| (0, f))?;
     // Every attempt plus the backoffs between them, with room to spare.
     let deadline = started
