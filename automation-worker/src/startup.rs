@@ -18,7 +18,6 @@ use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
 use shared::service::Connections;
 use shared::trace::TraceContext;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,14 +42,7 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         config.listen_addr,
     )
     .await?;
-    run(
-        config,
-        io.pool,
-        io.nats,
-        io.listener,
-        shared::shutdown::token_on_signal(),
-    )
-    .await
+    run(config, io, shared::shutdown::token_on_signal()).await
 }
 
 struct Worker {
@@ -63,11 +55,14 @@ struct Worker {
 /// Runs until `shutdown` is cancelled, then drains.
 pub async fn run(
     config: Config,
-    pool: PgPool,
-    nats: async_nats::Client,
-    listener: tokio::net::TcpListener,
+    io: Connections,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Connections {
+        pool,
+        nats,
+        listener,
+    } = io;
     let key = config.encryption.key(&config.common)?;
     let a = &config.automation;
     let worker_id = a.resolved_worker_id();

@@ -269,7 +269,7 @@ pub struct ToolExecuteReply {
     pub latency_ms: Option<u64>,
     /// n8n's last HTTP status, when it answered.
     pub http_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ToolError>,
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 use shared::http::{HttpLimits, Readiness};
 use shared::nats::Subjects;
 use shared::service::Connections;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -31,24 +30,20 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         config.listen_addr,
     )
     .await?;
-    run(
-        config,
-        io.pool,
-        io.nats,
-        io.listener,
-        shared::shutdown::token_on_signal(),
-    )
-    .await
+    run(config, io, shared::shutdown::token_on_signal()).await
 }
 
 /// Runs until `shutdown` is cancelled, then drains.
 pub async fn run(
     config: Config,
-    pool: PgPool,
-    nats: async_nats::Client,
-    listener: tokio::net::TcpListener,
+    io: Connections,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Connections {
+        pool,
+        nats,
+        listener,
+    } = io;
     let signature = config.twilio.signature_check()?;
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let js = async_nats::jetstream::new(nats.clone());

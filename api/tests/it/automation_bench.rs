@@ -47,12 +47,9 @@ async fn fresh_database() -> (PgPool, String, String) {
         .await
         .expect("create database");
     // The same server and options (`?sslmode=...`), another database.
-    let (server, options) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
-    let url = match server.rsplit_once('/') {
-        Some((base, _)) if options.is_empty() => format!("{base}/{name}"),
-        Some((base, _)) => format!("{base}/{name}?{options}"),
-        None => panic!("DATABASE_URL has no database part"),
-    };
+    let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    let url = url.to_string();
     // The binaries' pool settings (no ping per query).
     let pool = shared::db::pool_options(40)
         .connect(&url)

@@ -13,6 +13,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use shared::automation::integration_secret_aad;
 use shared::crypto::SecretBox;
+use shared::service::Connections;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -209,9 +210,11 @@ pub async fn start_worker_with(
     let stop = CancellationToken::new();
     let handle = tokio::spawn(automation_worker::startup::run(
         config,
-        app.pool.clone(),
-        nats,
-        listener,
+        Connections {
+            pool: app.pool.clone(),
+            nats,
+            listener,
+        },
         stop.clone(),
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use reqwest::Client;
 use shared::nats::Subjects;
+use shared::service::Connections;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -56,9 +57,11 @@ pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World 
     let shutdown = CancellationToken::new();
     tokio::spawn(webhook_ingress::startup::run(
         config,
-        pool.clone(),
-        ingress_client,
-        listener,
+        Connections {
+            pool: pool.clone(),
+            nats: ingress_client,
+            listener,
+        },
         shutdown.clone(),
     ));
     let nats = async_nats::connect(NATS_URL).await.expect("NATS");
@@ -103,9 +106,11 @@ impl World {
             .expect("bind");
         tokio::spawn(dispatch_worker::startup::run(
             config,
-            self.pool.clone(),
-            self.nats.clone(),
-            listener,
+            Connections {
+                pool: self.pool.clone(),
+                nats: self.nats.clone(),
+                listener,
+            },
             self.shutdown.clone(),
         ));
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use reqwest::Client;
 use shared::nats::Subjects;
+use shared::service::Connections;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use webhook_ingress::config::Config;
@@ -62,9 +63,11 @@ pub async fn spawn_ingress_with(
     let shutdown = CancellationToken::new();
     tokio::spawn(webhook_ingress::startup::run(
         config,
-        pool.clone(),
-        nats.clone(),
-        listener,
+        Connections {
+            pool: pool.clone(),
+            nats: nats.clone(),
+            listener,
+        },
         shutdown.clone(),
     ));
     TestIngress {
