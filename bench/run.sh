@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# The inbound-pipeline benchmark, one command: release builds, a fresh
-# database, webhook-ingress + dispatch-worker with a unique NATS prefix, the
-# load generator in closed loop (throughput) and open loop at a fixed rate
-# (latency), then pgbench running the minimum SQL of one inbound call on the
-# same machine for comparison. Everything it starts is stopped at the end.
+# The inbound-pipeline benchmark, one command. Release builds, then for each
+# database state (MODES):
+#   empty    a freshly migrated database: no history, no statistics, what
+#            every new deployment starts from;
+#   history  the same with HISTORY past calls (default 1,000,000, with their
+#            events and dispatches), left to autovacuum as a running
+#            deployment would be (no manual ANALYZE).
+# Each measurement gets its own copy of that database and a fresh NATS
+# prefix, and measures from the first webhook (no warm-up): the fixed
+# arrival rate (latency), the saturation run (throughput per 5-second
+# window, so a decline as the tables grow shows), and pgbench running the
+# minimum SQL of one inbound call (the machine's limit, same run). A table
+# of both states side by side ends the run. Everything it starts is stopped.
 #
-#   bash bench/run.sh                    # defaults below
-#   DURATION=20s RATE=1000 CONNECTIONS=64 bash bench/run.sh
+#   bash bench/run.sh                              # both states
+#   MODES=empty bash bench/run.sh                  # the empty database only
+#   HISTORY=50000 RATE=1000 SATURATION=30s bash bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION="${DURATION:-10s}"
+MODES="${MODES:-empty history}"
+HISTORY="${HISTORY:-1000000}"
 RATE="${RATE:-1000}"
+FIXED="${FIXED:-20s}"
+SATURATION="${SATURATION:-30s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 PG="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
 NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 RUN="bench$(date +%s)"
-DB="vcp_$RUN"
 
 bash scripts/services.sh >/dev/null
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
@@ -24,10 +35,35 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 echo "building release binaries..."
 cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
 BIN="$CARGO_TARGET_DIR/release"
+mkdir -p .stack
 
-psql "$PG/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
-for f in migrations/*.sql; do psql "$PG/$DB" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
-TENANT=$(psql "$PG/$DB" -qAt <<'SQL'
+export TWILIO_AUTH_TOKEN="bench-auth-token"
+export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
+export RUST_LOG=warn LOG_FORMAT=json
+
+pids=()
+databases=()
+stop_services() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_services
+  for db in "${databases[@]}"; do
+    psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT INT TERM
+
+# A database in the state a mode names, used as the template of each
+# measurement's copy. Prints the bench tenant's id.
+make_template() {
+  local db=$1 history=$2 tenant
+  databases+=("$db")
+  psql "$PG/postgres" -qAtc "CREATE DATABASE $db" >/dev/null
+  for f in migrations/*.sql; do psql "$PG/$db" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+  tenant=$(psql "$PG/$db" -qAt <<'SQL'
 WITH t AS (INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 'bench') RETURNING id),
      a AS (INSERT INTO agents (id, tenant_id, name) SELECT gen_random_uuid(), id, 'bench' FROM t RETURNING id, tenant_id),
      v AS (INSERT INTO agent_versions (id, tenant_id, agent_id, version, config, status, published_at)
@@ -38,55 +74,77 @@ WITH t AS (INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 'bench') RE
 SELECT tenant_id FROM n;
 SQL
 )
-# A platform in use has history: 50,000 past calls with their events and
-# dispatches, then ANALYZE, as autovacuum would have done. On empty tables
-# the planner caches plans (foreign-key checks included) that pick the
-# tenant-wide KPI index for single-row lookups and read the whole tenant per
-# row once the table has grown; production tables are never empty.
-psql "$PG/$DB" -q -v ON_ERROR_STOP=1 <<SQL >/dev/null
-INSERT INTO call_sessions (id, tenant_id, call_sid, from_number, to_number, status, started_at)
-SELECT gen_random_uuid(), '$TENANT', 'CAhistory' || g, '+14155550100', '+15005550100', 'completed',
-       now() - g * interval '1 minute'
-FROM generate_series(1, 50000) g;
+  if [ "$history" -gt 0 ]; then
+    # Past calls as the pipeline leaves them: the session (completed), its
+    # processed inbound event, its claimed dispatch.
+    psql "$PG/$db" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+INSERT INTO call_sessions (id, tenant_id, call_sid, from_number, to_number, status, started_at, ended_at, duration_seconds)
+SELECT gen_random_uuid(), '$tenant', 'CAhistory' || g, '+14155550100', '+15005550100', 'completed',
+       now() - g * interval '20 seconds', now() - g * interval '20 seconds' + interval '90 seconds', 90
+FROM generate_series(1, $history) g;
 INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, needs_publish, published_at, processed_at)
 SELECT gen_random_uuid(), tenant_id, id, 'call.inbound', call_sid, true, started_at, started_at FROM call_sessions;
-ANALYZE;
+INSERT INTO runtime_dispatches (id, tenant_id, call_id, status, expires_at, claimed_by, claimed_at)
+SELECT gen_random_uuid(), tenant_id, id, 'claimed', started_at + interval '1 minute', 'runtime', started_at
+FROM call_sessions;
 SQL
-# The seeding's dirty pages are written out now, not by a checkpoint during
-# the measurement.
-psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
-
-export TWILIO_AUTH_TOKEN="bench-auth-token"
-export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
-# Postgres is on this machine: TLS on loopback would only cost CPU (a fifth
-# to a quarter of the throughput here). Against a remote Postgres use
-# sslmode=verify-full.
-export NATS_URL NATS_SUBJECT_PREFIX="$RUN" DATABASE_URL="$PG/$DB?sslmode=disable" RUST_LOG=warn LOG_FORMAT=json
-mkdir -p .stack
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    # Autovacuum, not this script, decides when the tables get statistics,
+    # as in a running deployment: wait (bounded) until it has been by. A
+    # server with autovacuum off (CI machines often are) leaves them without
+    # any, as right after a restore.
+    local analyzed="" autovacuum
+    autovacuum=$(psql "$PG/$db" -qAtc "SHOW autovacuum")
+    [ "$autovacuum" = on ] || echo "  autovacuum is off on this server: the history has no statistics" >&2
+    for _ in $(seq 1 90); do
+      [ "$autovacuum" = on ] || break
+      analyzed=$(psql "$PG/$db" -qAtc "SELECT count(*) FROM pg_stat_user_tables
+        WHERE relname IN ('call_sessions', 'call_events', 'runtime_dispatches') AND last_autoanalyze IS NOT NULL")
+      [ "$analyzed" = 3 ] && break
+      sleep 2
+    done
+    echo "  history: $history calls; autovacuum had analyzed $analyzed of its 3 tables" >&2
+  fi
+  # A template takes no connections (autovacuum's included), so copies of it
+  # can be made; the copies themselves are ordinary databases.
+  psql "$PG/postgres" -qAtc "ALTER DATABASE $db WITH ALLOW_CONNECTIONS false" >/dev/null
+  psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
+  echo "$tenant"
 }
-trap cleanup EXIT INT TERM
-LISTEN_ADDR=127.0.0.1:4101 TWILIO_WEBHOOK_BASE_URL=http://127.0.0.1:4101 DATABASE_MAX_CONNECTIONS=16 \
-  "$BIN/webhook-ingress" >.stack/bench-ingress.log 2>&1 &
-pids+=($!)
-LISTEN_ADDR=127.0.0.1:4103 DATABASE_MAX_CONNECTIONS=32 "$BIN/dispatch-worker" >.stack/bench-worker.log 2>&1 &
-pids+=($!)
-for port in 4101 4103; do
-  for _ in $(seq 1 60); do
-    curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
-    sleep 0.5
+
+# A copy of template $1 named $2.
+copy_database() {
+  databases+=("$2")
+  psql "$PG/postgres" -qAtc "CREATE DATABASE $2 TEMPLATE $1" >/dev/null
+  psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
+}
+
+# Starts the ingress and the dispatch-worker on database $1 and NATS prefix
+# $2, and waits until both are ready.
+start_services() {
+  # Postgres is on this machine: TLS on loopback would only cost CPU.
+  # Against a remote Postgres use sslmode=verify-full.
+  local url="$PG/$1?sslmode=disable"
+  DATABASE_URL="$url" NATS_URL="$NATS_URL" NATS_SUBJECT_PREFIX="$2" \
+    LISTEN_ADDR=127.0.0.1:4101 TWILIO_WEBHOOK_BASE_URL=http://127.0.0.1:4101 DATABASE_MAX_CONNECTIONS=16 \
+    "$BIN/webhook-ingress" >".stack/bench-ingress.log" 2>&1 &
+  pids+=($!)
+  DATABASE_URL="$url" NATS_URL="$NATS_URL" NATS_SUBJECT_PREFIX="$2" \
+    LISTEN_ADDR=127.0.0.1:4103 DATABASE_MAX_CONNECTIONS=32 \
+    "$BIN/dispatch-worker" >".stack/bench-worker.log" 2>&1 &
+  pids+=($!)
+  for port in 4101 4103; do
+    for _ in $(seq 1 60); do
+      curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    # Never measure a service that is not up.
+    curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null \
+      || { echo "service on :$port not ready; see .stack/bench-*.log" >&2; exit 1; }
   done
-  # Never measure a service that is not up.
-  curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "service on :$port not ready; see .stack/bench-*.log" >&2; exit 1; }
-done
+}
 
 # CPU ticks since boot: all cores busy or idle, the idle ones, then those of
-# the ingress, the worker, every Postgres process and nats-server. Sampled
-# around the saturation run.
+# the ingress, the worker, every Postgres process and nats-server.
 proc_ticks() { awk '{ t += $14 + $15 } END { print t + 0 }' "$@" 2>/dev/null || echo 0; }
 cpu_ticks() {
   local total
@@ -95,46 +153,67 @@ cpu_ticks() {
     "$(proc_ticks $(pgrep -x postgres | sed 's|.*|/proc/&/stat|'))" \
     "$(proc_ticks $(pgrep -x nats-server | sed 's|.*|/proc/&/stat|'))"
 }
+cpu_split() {
+  paste <(echo "$1" | tr ' ' '\n') <(echo "$2" | tr ' ' '\n') | awk '
+    NR == 1 { total = $2 - $1; next }
+    { used[NR] = $2 - $1; rest -= used[NR] }
+    END {
+      split("idle ingress dispatch-worker postgres nats-server", name, " ")
+      printf "  CPU split (share of both cores):"
+      for (i = 2; i <= 6; i++) printf " %s %.0f%%", name[i-1], 100 * used[i] / total
+      printf ", loadgen and the rest %.0f%%\n", 100 * (total + rest) / total
+    }'
+}
 
-LOADGEN=("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100
-  --nats-url "$NATS_URL" --nats-subject-prefix "$RUN" --duration "$DURATION")
-# Latency first, on a settled system: measured after the saturation run it
-# would also measure that run's aftermath (the dispatch backlog, autovacuum
-# of the rows just written, dirty buffers).
-echo
-echo "== fixed arrival rate (open loop) =="
-"${LOADGEN[@]}" --mode open --rate "$RATE"
-# The same requests as the ingress timed them (handler only, no client or
-# network), to tell server time from the load generator's own.
-# ingress_store_seconds: waiting for a writer plus the commit;
-# ingress_group_commit_seconds: the commit statement alone.
-curl -fsS http://127.0.0.1:4101/metrics \
-  | grep -E '^(http_request_duration_seconds_bucket.*inbound|ingress_store_seconds_bucket|ingress_group_commit_seconds_bucket)' \
-  | sed 's/^/  ingress-side: /' || true
-echo
-echo "== saturation (closed loop) =="
-cpu_before=$(cpu_ticks)
-"${LOADGEN[@]}" --mode closed --connections "$CONNECTIONS" --delete-streams
-cpu_after=$(cpu_ticks)
-# Where the 2 cores went during that run (warm-up and stream clean-up
-# included): what the throughput is bounded by.
-paste <(echo "$cpu_before" | tr ' ' '\n') <(echo "$cpu_after" | tr ' ' '\n') | awk '
-  NR == 1 { total = $2 - $1; next }
-  { used[NR] = $2 - $1; rest -= used[NR] }
-  END {
-    split("idle ingress dispatch-worker postgres nats-server", name, " ")
-    printf "  CPU split (share of both cores):"
-    for (i = 2; i <= 6; i++) printf " %s %.0f%%", name[i-1], 100 * used[i] / total
-    printf ", loadgen and the rest %.0f%%\n", 100 * (total + rest) / total
-  }'
+# The value of key $2 in loadgen's summary line $1.
+field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
-echo
-echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="
-cat >".stack/bench-inbound.sql" <<SQL
+declare -A result
+for mode in $MODES; do
+  history=0
+  [ "$mode" = history ] && history="$HISTORY"
+  echo
+  echo "######## database: $mode$([ "$history" -gt 0 ] && echo " ($history past calls)") ########"
+  template="vcp_${RUN}_${mode}"
+  tenant=$(make_template "$template" "$history")
+
+  echo
+  echo "== fixed arrival rate $RATE/s for $FIXED (open loop), from the first webhook =="
+  copy_database "$template" "${template}_fixed"
+  start_services "${template}_fixed" "${RUN}${mode}f"
+  out=$("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100 --nats-url "$NATS_URL" \
+    --nats-subject-prefix "${RUN}${mode}f" --mode open --rate "$RATE" --duration "$FIXED" \
+    --warmup 0s --delete-streams)
+  echo "$out" | grep -v '^summary:'
+  fixed=$(echo "$out" | grep '^summary:')
+  # The same requests as the ingress timed them (handler only).
+  curl -fsS http://127.0.0.1:4101/metrics \
+    | grep -E '^(http_request_duration_seconds_bucket.*inbound|ingress_store_seconds_bucket|ingress_group_commit_seconds_bucket)' \
+    | sed 's/^/  ingress-side: /' || true
+  stop_services
+
+  echo
+  echo "== saturation, $CONNECTIONS connections for $SATURATION (closed loop), from the first webhook =="
+  copy_database "$template" "${template}_sat"
+  start_services "${template}_sat" "${RUN}${mode}s"
+  cpu_before=$(cpu_ticks)
+  out=$("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100 --nats-url "$NATS_URL" \
+    --nats-subject-prefix "${RUN}${mode}s" --mode closed --connections "$CONNECTIONS" \
+    --duration "$SATURATION" --warmup 0s --delete-streams)
+  cpu_after=$(cpu_ticks)
+  echo "$out" | grep -v '^summary:'
+  saturated=$(echo "$out" | grep '^summary:')
+  cpu_split "$cpu_before" "$cpu_after"
+  stop_services
+
+  echo
+  echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="
+  copy_database "$template" "${template}_pgbench"
+  cat >".stack/bench-inbound.sql" <<SQL
 \set n random(1, 2000000000)
 WITH s AS (
   INSERT INTO call_sessions (id, tenant_id, call_sid, from_number, to_number)
-  VALUES (gen_random_uuid(), '$TENANT', 'PB' || :client_id || '_' || :n, '+14155550100', '+15005550100')
+  VALUES (gen_random_uuid(), '$tenant', 'PB' || :client_id || '_' || :n, '+14155550100', '+15005550100')
   ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
   RETURNING id, tenant_id
 )
@@ -142,8 +221,38 @@ INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload,
 SELECT gen_random_uuid(), s.tenant_id, s.id, 'call.inbound', 'PB' || :client_id || '_' || :n, '{}', true FROM s
 ON CONFLICT (call_id, idempotency_key) DO NOTHING;
 SQL
-for clients in 1 "$CONNECTIONS"; do
-  tps=$(pgbench -n -M prepared -c "$clients" -j 2 -T "${DURATION%s}" -f .stack/bench-inbound.sql "$PG/$DB" 2>/dev/null \
-    | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-  echo "  pgbench clients=$clients: $tps inbound calls/s (one commit each)"
+  pgbench_tps=$(pgbench -n -M prepared -c "$CONNECTIONS" -j 2 -T "${SATURATION%s}" -f .stack/bench-inbound.sql \
+    "$PG/${template}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  echo "  pgbench clients=$CONNECTIONS: $pgbench_tps inbound calls/s (one commit each)"
+
+  result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs)"
 done
+
+echo
+echo "######## side by side (targets: saturation >= 0.8 x pgbench; worst 5-s window >= 0.85 x best;"
+echo "######## at $RATE/s TwiML p99 < 10 ms, handoff p99 < 25 ms; accepted = handed off) ########"
+printf '%-34s' ""
+for mode in $MODES; do printf '%22s' "$mode"; done
+echo
+row() {
+  local label=$1 index=$2
+  printf '%-34s' "$label"
+  for mode in $MODES; do
+    read -r -a r <<<"${result[$mode]}"
+    printf '%22s' "${r[$index]}"
+  done
+  echo
+}
+row "saturation webhooks/s" 0
+row "pgbench, same SQL minimum, /s" 1
+printf '%-34s' "saturation / pgbench"
+for mode in $MODES; do
+  read -r -a r <<<"${result[$mode]}"
+  printf '%22s' "$(awk -v a="${r[0]}" -v b="${r[1]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+done
+echo
+row "worst 5-s window / best" 2
+row "fixed rate: TwiML p99 ms" 3
+row "fixed rate: handoff p99 ms" 4
+row "fixed rate: accepted/handed off" 5
+row "saturation: accepted/handed off" 6

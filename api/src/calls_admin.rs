@@ -65,7 +65,7 @@ async fn delete_call(
                 (SELECT count(*) FROM recordings r WHERE r.call_id = c.id) AS recordings,
                 (SELECT count(*) FROM call_events e WHERE e.call_id = c.id) AS call_events,
                 (SELECT count(*) FROM tool_executions x WHERE x.call_id = c.id) AS tool_executions
-         FROM call_sessions c WHERE c.id = $1 AND c.tenant_id = $2 FOR UPDATE OF c",
+         FROM call_sessions c WHERE c.id = $1 AND c.tenant_id IS NOT DISTINCT FROM $2 FOR UPDATE OF c",
     )
     .bind(path.call_id)
     .bind(claims.tenant_id)
@@ -91,7 +91,7 @@ async fn delete_call(
             ),
         });
     }
-    sqlx::query("DELETE FROM call_sessions WHERE id = $1 AND tenant_id = $2")
+    sqlx::query("DELETE FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2")
         .bind(path.call_id)
         .bind(claims.tenant_id)
         .execute(&mut *tx)

@@ -133,7 +133,7 @@ async fn create_legal_hold(
     lock_tenant_holds(&mut tx, body.tenant_id, true).await?;
     if let Some(call_id) = body.call_id {
         let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id = $2)",
+            "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2)",
         )
         .bind(call_id)
         .bind(body.tenant_id)

@@ -42,7 +42,7 @@ const CLAIM_SQL: &str = "
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc),
 te AS (
     UPDATE tool_executions SET status = 'running', started_at = now()
-    WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
+    WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND status = 'queued'
     RETURNING id, tenant_id, call_id, tool_id, trace_id, input, deadline_at)
 SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.deadline_at,
        t.name AS tool_name,
@@ -52,11 +52,11 @@ SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.de
        c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
 FROM te
 CROSS JOIN cfg
-JOIN tools t ON t.tenant_id = te.tenant_id AND t.id = te.tool_id
-JOIN call_sessions c ON c.tenant_id = te.tenant_id AND c.id = te.call_id
-LEFT JOIN tool_endpoints e ON e.tenant_id = te.tenant_id AND e.tool_id = te.tool_id
-LEFT JOIN integrations i ON i.tenant_id = e.tenant_id AND i.id = e.integration_id
-LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_version_id";
+JOIN tools t ON t.id = te.tool_id AND t.tenant_id IS NOT DISTINCT FROM te.tenant_id
+JOIN call_sessions c ON c.id = te.call_id AND c.tenant_id IS NOT DISTINCT FROM te.tenant_id
+LEFT JOIN tool_endpoints e ON e.tool_id = te.tool_id AND e.tenant_id IS NOT DISTINCT FROM te.tenant_id
+LEFT JOIN integrations i ON i.id = e.integration_id AND i.tenant_id IS NOT DISTINCT FROM e.tenant_id
+LEFT JOIN agent_versions av ON av.id = c.agent_version_id AND av.tenant_id IS NOT DISTINCT FROM c.tenant_id";
 
 /// Marks an execution whose context came with the request running, once its
 /// n8n call has taken [`MARK_RUNNING_AFTER`]: a slow tool shows `running`
@@ -68,7 +68,7 @@ LEFT JOIN agent_versions av ON av.tenant_id = c.tenant_id AND av.id = c.agent_ve
 const MARK_RUNNING_SQL: &str = "
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc)
 UPDATE tool_executions SET status = 'running', started_at = now()
-WHERE id = $1 AND tenant_id = $2 AND status = 'queued' AND EXISTS (SELECT 1 FROM cfg)";
+WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND status = 'queued' AND EXISTS (SELECT 1 FROM cfg)";
 
 const MARK_RUNNING_AFTER: Duration = Duration::from_millis(25);
 
@@ -402,7 +402,7 @@ impl Executor {
     async fn recorded(&self, id: Uuid, tenant_id: Uuid) -> anyhow::Result<ToolExecuteReply> {
         let row: RecordedRow = sqlx::query_as(
             "SELECT id, trace_id, status, output, error_code, error_message, http_status, attempts, latency_ms
-             FROM tool_executions WHERE id = $1 AND tenant_id = $2",
+             FROM tool_executions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
         )
         .bind(id)
         .bind(tenant_id)

@@ -235,12 +235,12 @@ impl Lifecycle {
         let expires_at = Utc::now() + ttl;
         let rows: Vec<OutboxRow> = sqlx::query_as(CREATE_DISPATCHES)
             .bind(&event_ids)
+            .bind(&tenant_ids)
             .bind(&dispatch_ids)
             .bind(&ciphertexts)
             .bind(&nonces)
             .bind(self.secrets.key_id())
             .bind(expires_at)
-            .bind(&tenant_ids)
             .fetch_all(&mut *conn)
             .await?;
         metrics::counter!("dispatch_dispatches_created_total").increment(rows.len() as u64);
@@ -311,61 +311,17 @@ impl EventRef {
 /// A message's event, or why it is malformed.
 type Item = Result<EventRef, String>;
 
-/// See [`Lifecycle::create_dispatches`]. The handoff payload is the
-/// [`shared::calls::HandoffRequested`] shape, built here so the whole batch is one round
-/// trip; the handoff event's id is its dispatch's id.
-///
-/// Every step is driven by the rows of the step before and joins tables by
-/// their indexes, never one CTE with another: the planner estimates a CTE at
-/// a few rows and joined them in nested loops, quadratic in the batch size
-/// (90,000 comparisons per join at 300 messages). Sessions are joined by
-/// primary key alone: the event's `(tenant_id, call_id)` foreign key already
-/// ties each to its tenant, and with a tenant predicate too, a plan cached
-/// while the table was small scanned the whole tenant through the KPI index
-/// (`call_sessions_tenant_kpi_idx`) for every row: 126 million tuples read in
-/// a 25-second benchmark.
+/// See [`Lifecycle::create_dispatches`]: the batch is one call of
+/// `create_dispatches` (migration 0012), which handles it a row at a time
+/// with primary-key statements (a set-wise statement over the batch's arrays
+/// is planned as a whole-table scan while the tables are small, and keeps
+/// that plan as they grow: docs/decisions/0037-plan-stable-keys.md), in one
+/// round trip and one commit. The handoff payload is the
+/// [`shared::calls::HandoffRequested`] shape; the handoff event's id is its
+/// dispatch's id.
 const CREATE_DISPATCHES: &str = "
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $7::uuid[])
-        AS t(event_id, dispatch_id, ciphertext, nonce, tenant_id)
-), ev AS (
-    UPDATE call_events e SET processed_at = now(), published_at = COALESCE(e.published_at, now())
-    FROM input i
-    WHERE e.id = i.event_id AND e.tenant_id = i.tenant_id
-      AND e.type = 'call.inbound' AND e.processed_at IS NULL
-    RETURNING e.tenant_id, e.call_id, i.dispatch_id, i.ciphertext, i.nonce
-), d AS (
-    INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
-        join_token_ciphertext, join_token_nonce, join_token_key_id, expires_at)
-    SELECT ev.dispatch_id, ev.tenant_id, ev.call_id, s.agent_id,
-           COALESCE(s.agent_version_id, a.active_version_id), 'pending',
-           ev.ciphertext, ev.nonce, $5, $6
-    FROM ev
-    JOIN call_sessions s ON s.id = ev.call_id
-    LEFT JOIN agents a ON a.id = s.agent_id AND a.tenant_id = s.tenant_id
-    ON CONFLICT (call_id) DO NOTHING
-    RETURNING id, tenant_id, call_id, agent_id, agent_version_id
-), fixed AS (
-    UPDATE call_sessions s SET agent_version_id = d.agent_version_id, updated_at = now()
-    FROM d
-    WHERE s.id = d.call_id
-      AND s.agent_version_id IS NULL AND d.agent_version_id IS NOT NULL
-    RETURNING s.id
-)
-INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
-SELECT d.id, d.tenant_id, d.call_id, 'runtime.handoff_requested', 'runtime.handoff_requested',
-       jsonb_build_object(
-           'dispatch_id', d.id, 'call_id', d.call_id, 'call_sid', s.call_sid,
-           'tenant_id', d.tenant_id, 'agent_id', d.agent_id,
-           'agent_version_id', d.agent_version_id, 'agent_version', v.version,
-           'from', s.from_number, 'to', s.to_number, 'expires_at', $6::timestamptz),
-       true, now(), ie.trace_id
-FROM d
-JOIN call_sessions s ON s.id = d.call_id
-LEFT JOIN agent_versions v ON v.id = d.agent_version_id
-LEFT JOIN call_events ie ON ie.call_id = d.call_id AND ie.idempotency_key = s.call_sid
-ON CONFLICT (call_id, idempotency_key) DO NOTHING
-RETURNING id, tenant_id, call_id, type, occurred_at, payload, trace_id";
+SELECT id, tenant_id, call_id, type, occurred_at, payload, trace_id
+FROM create_dispatches($1, $2, $3, $4, $5, $6, $7)";
 
 /// Moves the session forward to the callback's status; a late or repeated
 /// callback never moves it back (a completed call stays completed).

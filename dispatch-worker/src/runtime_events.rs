@@ -45,7 +45,7 @@ async fn store(
     let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, occurred_at, processed_at)
          SELECT $1, s.tenant_id, s.id, $4, $1::text, $5, $6, now()
-         FROM call_sessions s WHERE s.id = $2 AND s.tenant_id = $3
+         FROM call_sessions s WHERE s.id = $2 AND s.tenant_id IS NOT DISTINCT FROM $3
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
@@ -59,7 +59,7 @@ async fn store(
     .await?;
     if inserted.is_none() {
         let known: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id = $2)",
+            "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2)",
         )
         .bind(event.call_id)
         .bind(event.tenant_id)

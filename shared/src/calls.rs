@@ -263,23 +263,14 @@ pub async fn publish_and_record(
     let (acked, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
     let acked: Vec<Uuid> = acked.into_iter().map(|(id, _)| id).collect();
     let failed: Vec<Uuid> = failed.into_iter().map(|(id, _)| id).collect();
-    // One statement (no BEGIN/COMMIT round trips). Losing this update in a
-    // crash only means one more (deduplicated) publish by the relay, so it
-    // need not wait for the WAL flush.
-    sqlx::query(
-        "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true))
-         UPDATE call_events
-         SET published_at = CASE WHEN id = ANY($1) THEN now() ELSE published_at END,
-             processed_at = CASE WHEN id = ANY($1) AND type = 'runtime.handoff_requested'
-                                 THEN now() ELSE processed_at END,
-             publish_attempts = publish_attempts + 1,
-             relay_lease_until = NULL
-         WHERE (id = ANY($1) OR id = ANY($2)) AND EXISTS (SELECT 1 FROM cfg)",
-    )
-    .bind(&acked)
-    .bind(&failed)
-    .execute(pool)
-    .await?;
+    // One round trip, no BEGIN/COMMIT; `record_publishes` (migration 0012)
+    // updates each event by its primary key and does not wait for the WAL
+    // flush (a lost record only means one more deduplicated publish).
+    sqlx::query("SELECT record_publishes($1, $2)")
+        .bind(&acked)
+        .bind(&failed)
+        .execute(pool)
+        .await?;
     Ok(acked.len())
 }
 

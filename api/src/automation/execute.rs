@@ -365,7 +365,7 @@ async fn execute(
             // it and will record its outcome, or the reaper will close it.
             tracing::warn!(%execution_id, %trace_id, w3c_trace_id = %trace.trace_id_hex(), error = %err, "tool execution: no reply in time");
             let status: Option<String> = sqlx::query_scalar(
-                "SELECT status FROM tool_executions WHERE id = $1 AND tenant_id = $2",
+                "SELECT status FROM tool_executions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
             )
             .bind(execution_id)
             .bind(tenant_id)
@@ -445,7 +445,7 @@ async fn fail_unsent(
         "WITH failed AS (
              UPDATE tool_executions
              SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
-             WHERE id = $1 AND tenant_id = $4 AND status = 'queued'
+             WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $4 AND status = 'queued'
              RETURNING id)
          INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
          SELECT $5, $4, $6, 'tool.failed', 'tool:' || $1 || ':failed', $7, $8 FROM failed

@@ -52,7 +52,8 @@ pub(crate) async fn find_call(
     call_id: Uuid,
 ) -> AppResult<CallRef> {
     sqlx::query_as(
-        "SELECT id, agent_version_id FROM call_sessions WHERE id = $1 AND tenant_id = $2",
+        "SELECT id, agent_version_id FROM call_sessions
+         WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
     )
     .bind(call_id)
     .bind(tenant_id)

@@ -368,7 +368,7 @@ pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<
          FROM call_sessions c
          LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id
          LEFT JOIN agent_versions v ON v.tenant_id = c.tenant_id AND v.id = c.agent_version_id
-         WHERE c.tenant_id = $1 AND c.id = $2",
+         WHERE c.id = $2 AND c.tenant_id IS NOT DISTINCT FROM $1",
     )
     .bind(tenant_id)
     .bind(call_id)
@@ -392,7 +392,7 @@ pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<
                 te.http_status, te.attempts, te.latency_ms, te.started_at, te.finished_at
          FROM tool_executions te
          LEFT JOIN tools t ON t.tenant_id = te.tenant_id AND t.id = te.tool_id
-         WHERE te.tenant_id = $1 AND te.call_id = $2
+         WHERE te.call_id = $2 AND te.tenant_id IS NOT DISTINCT FROM $1
          ORDER BY te.created_at, te.id LIMIT $3",
     )
     .bind(tenant_id)

@@ -86,7 +86,7 @@ pub(crate) fn parse_limit(value: Option<&str>) -> AppResult<i64> {
 /// 404 unless the call exists in the tenant; the same answer either way.
 pub(crate) async fn ensure_call(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<()> {
     let found: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE tenant_id = $1 AND id = $2)",
+        "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $2 AND tenant_id IS NOT DISTINCT FROM $1)",
     )
     .bind(tenant_id)
     .bind(call_id)

@@ -13,4 +13,5 @@ mod client;
 mod client_kpis;
 mod helpers;
 mod mgmt;
+mod plans;
 mod runtime_dispatches;

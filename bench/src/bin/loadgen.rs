@@ -55,9 +55,14 @@ struct Args {
     rate: u64,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Skipped at the start (not measured) to warm caches and pools.
+    /// Skipped at the start (not measured) to warm caches and pools; 0s
+    /// measures from the first webhook.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Accepted webhooks are also counted per window of this length, so a
+    /// decline during the run shows.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    window: Duration,
     /// Delete this prefix's streams when done (bench runs use a fresh prefix).
     #[arg(long)]
     delete_streams: bool,
@@ -76,6 +81,9 @@ struct Shared {
     accepted: AtomicU64,
     failed: AtomicU64,
     handoffs: AtomicU64,
+    /// When measuring began, and accepted webhooks per window since then.
+    measure_from: Instant,
+    windows: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -120,6 +128,13 @@ impl Shared {
             if measured {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 self.twiml_us.lock().await.push(elapsed);
+                let window = (scheduled
+                    .saturating_duration_since(self.measure_from)
+                    .as_secs_f64()
+                    / self.args.window.as_secs_f64()) as usize;
+                if let Some(count) = self.windows.get(window) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
             }
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +166,11 @@ async fn main() -> anyhow::Result<()> {
     let subjects = shared::nats::Subjects::new(&args.nats_subject_prefix);
     let mut handoffs = nats.subscribe(subjects.runtime_handoff_all()).await?;
     nats.flush().await?;
+    let start = Instant::now();
+    let warm_until = start + args.warmup;
+    let end = warm_until + args.duration;
+    let window_count =
+        (args.duration.as_secs_f64() / args.window.as_secs_f64().max(0.001)).ceil() as usize;
     let state = Arc::new(Shared {
         client,
         url,
@@ -162,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
         accepted: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         handoffs: AtomicU64::new(0),
+        measure_from: warm_until,
+        windows: (0..window_count).map(|_| AtomicU64::new(0)).collect(),
         args,
     });
 
@@ -184,9 +206,6 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let start = Instant::now();
-    let warm_until = start + state.args.warmup;
-    let end = warm_until + state.args.duration;
     match state.args.mode {
         Mode::Closed => {
             let workers: Vec<_> = (0..state.args.connections)
@@ -268,15 +287,48 @@ async fn main() -> anyhow::Result<()> {
         percentile(&handoff, 0.99),
         percentile(&handoff, 1.0)
     );
+    let handoffs_seen = state.handoffs.load(Ordering::Relaxed);
     println!(
-        "  accepted {accepted}, handoffs {}, failed {}  -> {}",
-        state.handoffs.load(Ordering::Relaxed),
+        "  accepted {accepted}, handoffs {handoffs_seen}, failed {}  -> {}",
         state.failed.load(Ordering::Relaxed),
-        if state.handoffs.load(Ordering::Relaxed) == accepted {
+        if handoffs_seen == accepted {
             "EQUAL"
         } else {
             "MISMATCH"
         }
+    );
+    // Per window: a decline as the tables grow shows here. The last window
+    // may be partial when the duration is not a multiple of it.
+    let window_secs = state.args.window.as_secs_f64();
+    let full_windows = (measured_secs / window_secs).floor() as usize;
+    let rates: Vec<f64> = state
+        .windows
+        .iter()
+        .take(full_windows.max(1))
+        .map(|c| c.load(Ordering::Relaxed) as f64 / window_secs.min(measured_secs))
+        .collect();
+    let best = rates.iter().copied().fold(0.0, f64::max);
+    let worst = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "  webhooks/s per {:.0}s window:   {}",
+        window_secs,
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // One line for scripts: bench/run.sh builds its side-by-side table
+    // from it.
+    println!(
+        "summary: rate={:.0} twiml_p50={:.2} twiml_p99={:.2} handoff_p50={:.2} handoff_p99={:.2} worst_window_ratio={:.2} accepted={accepted} handoffs={handoffs_seen} failed={}",
+        accepted as f64 / measured_secs,
+        percentile(&twiml, 0.50),
+        percentile(&twiml, 0.99),
+        percentile(&handoff, 0.50),
+        percentile(&handoff, 0.99),
+        if best > 0.0 { worst / best } else { 0.0 },
+        state.failed.load(Ordering::Relaxed),
     );
     if state.args.delete_streams && !state.args.nats_subject_prefix.is_empty() {
         let js = async_nats::jetstream::new(nats.clone());

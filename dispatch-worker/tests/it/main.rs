@@ -6,3 +6,4 @@
 mod e2e;
 mod helpers;
 mod lifecycle;
+mod plans;

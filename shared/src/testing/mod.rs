@@ -1,6 +1,8 @@
 //! Fixtures the binaries' integration tests share (feature `test-support`,
 //! enabled only in their dev-dependencies).
 
+pub mod plans;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
