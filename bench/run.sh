@@ -102,7 +102,9 @@ SQL
       [ "$analyzed" = 3 ] && break
       sleep 2
     done
-    echo "  history: $history calls; autovacuum had analyzed $analyzed of its 3 tables" >&2
+    if [ "$autovacuum" = on ]; then
+      echo "  history: autovacuum had analyzed ${analyzed:-0} of its 3 tables" >&2
+    fi
   fi
   # A template takes no connections (autovacuum's included), so copies of it
   # can be made; the copies themselves are ordinary databases.

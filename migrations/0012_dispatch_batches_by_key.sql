@@ -29,14 +29,20 @@ CREATE FUNCTION create_dispatches(
 ) RETURNS SETOF call_events
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    v_in      record;
     v_call_id uuid;
     v_trace   text;
     v_call    record;
     v_handoff call_events;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_event_ids, 1), 0) LOOP
+    -- One pass over the arrays (subscripting an array of bytea walks it
+    -- from the start each time).
+    FOR v_in IN
+        SELECT * FROM unnest(p_event_ids, p_tenant_ids, p_dispatch_ids, p_ciphertexts, p_nonces)
+            AS t(event_id, tenant_id, dispatch_id, ciphertext, nonce)
+    LOOP
         UPDATE call_events SET processed_at = now(), published_at = COALESCE(published_at, now())
-        WHERE id = p_event_ids[i] AND tenant_id IS NOT DISTINCT FROM p_tenant_ids[i]
+        WHERE id = v_in.event_id AND tenant_id IS NOT DISTINCT FROM v_in.tenant_id
           AND type = 'call.inbound' AND processed_at IS NULL
         RETURNING call_id, trace_id INTO v_call_id, v_trace;
         CONTINUE WHEN NOT FOUND;
@@ -52,8 +58,8 @@ BEGIN
 
         INSERT INTO runtime_dispatches (id, tenant_id, call_id, agent_id, agent_version_id, status,
             join_token_ciphertext, join_token_nonce, join_token_key_id, expires_at)
-        VALUES (p_dispatch_ids[i], v_call.tenant_id, v_call_id, v_call.agent_id, v_call.version_id,
-                'pending', p_ciphertexts[i], p_nonces[i], p_key_id, p_expires_at)
+        VALUES (v_in.dispatch_id, v_call.tenant_id, v_call_id, v_call.agent_id, v_call.version_id,
+                'pending', v_in.ciphertext, v_in.nonce, p_key_id, p_expires_at)
         ON CONFLICT (call_id) DO NOTHING;
         CONTINUE WHEN NOT FOUND;
 
@@ -64,10 +70,10 @@ BEGIN
 
         INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload,
                                  needs_publish, occurred_at, trace_id)
-        VALUES (p_dispatch_ids[i], v_call.tenant_id, v_call_id, 'runtime.handoff_requested',
+        VALUES (v_in.dispatch_id, v_call.tenant_id, v_call_id, 'runtime.handoff_requested',
                 'runtime.handoff_requested',
                 jsonb_build_object(
-                    'dispatch_id', p_dispatch_ids[i], 'call_id', v_call_id,
+                    'dispatch_id', v_in.dispatch_id, 'call_id', v_call_id,
                     'call_sid', v_call.call_sid, 'tenant_id', v_call.tenant_id,
                     'agent_id', v_call.agent_id, 'agent_version_id', v_call.version_id,
                     'agent_version', v_call.version, 'from', v_call.from_number,

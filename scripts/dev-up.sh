@@ -18,7 +18,6 @@ BIN="$CARGO_TARGET_DIR/debug"
 export APP_ENV="${APP_ENV:-development}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/voice_control_plane}"
-export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export JWT_SECRET="${JWT_SECRET:-dev-jwt-secret-dev-jwt-secret-dev-jwt-secret}"
 export JWT_ISSUER="${JWT_ISSUER:-voice-control-plane}"
 export JWT_AUDIENCE="${JWT_AUDIENCE:-voice-control-plane-api}"
@@ -30,8 +29,6 @@ export TWILIO_WEBHOOK_BASE_URL="${TWILIO_WEBHOOK_BASE_URL:-http://127.0.0.1:4001
 export AUTOMATION_ALLOW_PRIVATE_NETWORKS="${AUTOMATION_ALLOW_PRIVATE_NETWORKS:-true}"
 
 mkdir -p .stack
-"$BIN/api" migrate >.stack/migrate.log 2>&1 || { cat .stack/migrate.log; exit 1; }
-
 pids=()
 cleanup() {
   echo "stopping..."
@@ -40,9 +37,47 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# NATS with the deployment's configuration (deploy/nats/nats.conf): each
+# service connects as its own user and may use only its own subjects. A
+# NATS_URL given from outside is used as it is instead.
+export NATS_API_PASSWORD="${NATS_API_PASSWORD:-dev-nats-api}"
+export NATS_INGRESS_PASSWORD="${NATS_INGRESS_PASSWORD:-dev-nats-ingress}"
+export NATS_DISPATCH_PASSWORD="${NATS_DISPATCH_PASSWORD:-dev-nats-dispatch}"
+export NATS_AUTOMATION_PASSWORD="${NATS_AUTOMATION_PASSWORD:-dev-nats-automation}"
+export NATS_RUNTIME_PASSWORD="${NATS_RUNTIME_PASSWORD:-dev-nats-runtime}"
+nats_password_of() {
+  case $1 in
+    api) echo "$NATS_API_PASSWORD" ;;
+    webhook-ingress) echo "$NATS_INGRESS_PASSWORD" ;;
+    dispatch-worker) echo "$NATS_DISPATCH_PASSWORD" ;;
+    automation-worker) echo "$NATS_AUTOMATION_PASSWORD" ;;
+  esac
+}
+if [ -z "${NATS_URL:-}" ]; then
+  DEV_NATS_PORT="${DEV_NATS_PORT:-4322}"
+  export NATS_URL="nats://127.0.0.1:$DEV_NATS_PORT"
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  mkdir -p .stack/nats
+  "$nats_bin" -c deploy/nats/nats.conf -a 127.0.0.1 -p "$DEV_NATS_PORT" -m "$((DEV_NATS_PORT + 1))" \
+    -sd .stack/nats >.stack/nats.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 40); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$DEV_NATS_PORT") 2>/dev/null && break
+    sleep 0.25
+  done
+  DEV_NATS_USERS=1
+fi
+
+"$BIN/api" migrate >.stack/migrate.log 2>&1 || { cat .stack/migrate.log; exit 1; }
+
 start() {
   local name=$1 addr=$2
-  LISTEN_ADDR="$addr" "$BIN/$name" >".stack/$name.log" 2>&1 &
+  if [ -n "${DEV_NATS_USERS:-}" ]; then
+    NATS_USER="$name" NATS_PASSWORD="$(nats_password_of "$name")" LISTEN_ADDR="$addr" \
+      "$BIN/$name" >".stack/$name.log" 2>&1 &
+  else
+    LISTEN_ADDR="$addr" "$BIN/$name" >".stack/$name.log" 2>&1 &
+  fi
   pids+=($!)
 }
 start api 127.0.0.1:4000
@@ -89,6 +124,8 @@ The stack is up (logs in .stack/, Ctrl-C stops it):
   webhook-ingress   http://127.0.0.1:4001
   automation-worker http://127.0.0.1:4002   (health and metrics)
   dispatch-worker   http://127.0.0.1:4003   (health and metrics)
+  NATS              $NATS_URL   (deploy/nats/nats.conf; the runtime connects as
+                    user "runtime" with password \$NATS_RUNTIME_PASSWORD)
 
 Development admin: $ADMIN_EMAIL / $ADMIN_PASSWORD, tenant $TENANT_ID
 Token (also in .stack/token):

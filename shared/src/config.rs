@@ -61,7 +61,10 @@ impl fmt::Debug for DbArgs {
     }
 }
 
-#[derive(Debug, Clone, Args)]
+/// How a binary reaches NATS and who it is there. Each service has its own
+/// NATS user with only the subjects its flow needs (deploy/nats/nats.conf,
+/// docs/decisions/0039-least-privilege-on-the-bus.md).
+#[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL (JetStream enabled).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -73,6 +76,51 @@ pub struct NatsArgs {
     /// JetStream replicas for the streams this deployment creates (3 on a cluster).
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_stream_replicas: u8,
+    /// This service's NATS user (with `NATS_PASSWORD`).
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// The password of `NATS_USER`.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// A token, for a server that authenticates by token instead of users.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_creds"])]
+    pub nats_token: Option<String>,
+    /// A credentials file (user JWT and NKey seed), for decentralized auth.
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) the server's certificate must chain to; makes TLS
+    /// required.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a server that verifies clients.
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("NatsArgs")
+            .field("nats_url", &self.nats_url)
+            .field("nats_subject_prefix", &self.nats_subject_prefix)
+            .field("nats_stream_replicas", &self.nats_stream_replicas)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &redacted(self.nats_password.is_some()))
+            .field("nats_token", &redacted(self.nats_token.is_some()))
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
+            .finish()
+    }
 }
 
 /// A duration of at least one millisecond, for intervals, TTLs and timeouts:

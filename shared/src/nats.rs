@@ -98,20 +98,70 @@ impl Subjects {
     }
 }
 
-/// Connects to NATS (`NATS_URL` may list several servers, comma-separated,
-/// for a cluster). The client reconnects on its own; the first connection is
-/// retried too, so a binary can start before NATS is up.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    #[error("cannot read NATS_CREDS {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// The subject prefix of `service`'s reply inboxes. Each service has its
+/// own, so the bus can let it (and only it) subscribe to its replies:
+/// with the shared `_INBOX.>`, any client allowed to receive replies
+/// could read everyone's.
+pub fn inbox_prefix(service: &str) -> String {
+    format!("_INBOX_{service}")
+}
+
+/// Connects to NATS as `service` (`NATS_URL` may list several servers,
+/// comma-separated, for a cluster), with the credentials and TLS settings
+/// given. The client reconnects on its own; the first connection is retried
+/// too, so a binary can start before NATS is up.
 pub async fn connect(
     args: &NatsArgs,
-    name: &str,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
+    service: &str,
+) -> Result<async_nats::Client, NatsConnectError> {
+    Ok(connect_options(args, service)
+        .await?
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(3))
-        .request_timeout(Some(Duration::from_secs(10)))
         .connect(server_list(&args.nats_url))
-        .await
+        .await?)
+}
+
+/// The options [`connect`] uses: name, inbox prefix, timeouts, credentials
+/// and TLS.
+pub async fn connect_options(
+    args: &NatsArgs,
+    service: &str,
+) -> Result<async_nats::ConnectOptions, NatsConnectError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(service)
+        .custom_inbox_prefix(inbox_prefix(service))
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let Some(path) = &args.nats_creds {
+        options = options.credentials_file(path).await.map_err(|source| {
+            NatsConnectError::Credentials {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    } else if let Some(token) = &args.nats_token {
+        options = options.token(token.clone());
+    } else if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &args.nats_tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
 }
 
 /// `nats://a:4222,nats://b:4222` as a list of server URLs.

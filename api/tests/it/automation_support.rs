@@ -200,7 +200,10 @@ pub async fn start_worker_with(
 ) -> Worker {
     let mut config = worker_config(app);
     customize(&mut config);
-    let nats = async_nats::connect(&config.nats.nats_url)
+    let nats = shared::nats::connect_options(&config.nats, "automation-worker")
+        .await
+        .expect("NATS options")
+        .connect(&config.nats.nats_url)
         .await
         .expect("NATS");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

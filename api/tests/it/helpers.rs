@@ -51,7 +51,10 @@ pub async fn spawn_app_with(pool: PgPool, customize: impl FnOnce(&mut Config)) -
     customize(&mut config);
     let secret = config.auth.secret(&config.common).expect("jwt secret");
     let key = config.encryption.key(&config.common).expect("key");
-    let nats = async_nats::connect(&config.nats.nats_url)
+    let nats = shared::nats::connect_options(&config.nats, "api")
+        .await
+        .expect("NATS options")
+        .connect(&config.nats.nats_url)
         .await
         .expect("NATS on 127.0.0.1:4222");
     let mut state = api::startup::build_state(&config, pool.clone(), nats.clone(), &secret, &key)

@@ -9,6 +9,7 @@ mod automation_faults;
 mod automation_scale;
 mod automation_support;
 mod automation_trace;
+mod bus;
 mod client;
 mod client_kpis;
 mod helpers;

@@ -36,20 +36,40 @@ pub async fn world(pool: PgPool) -> World {
 
 /// The ingress talks to `ingress_nats` (a dead address simulates an outage).
 pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World {
-    shared::install_crypto_providers();
     let prefix = unique_prefix();
+    let mut ingress = webhook_ingress::config::Config::try_parse_from(["webhook-ingress"])
+        .expect("defaults")
+        .nats;
+    ingress.nats_subject_prefix = prefix.clone();
+    ingress.nats_url = ingress_nats.to_owned();
+    let nats = async_nats::connect(NATS_URL).await.expect("NATS");
+    world_on(pool, ingress, nats).await
+}
+
+/// The ingress connects with `ingress` (its URL, prefix and credentials);
+/// `nats` is the test's own client, which must be allowed to manage the
+/// streams.
+pub async fn world_on(
+    pool: PgPool,
+    ingress: shared::config::NatsArgs,
+    nats: async_nats::Client,
+) -> World {
+    shared::install_crypto_providers();
+    let prefix = ingress.nats_subject_prefix.clone();
+    let ingress_nats = ingress.nats_url.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let mut config =
         webhook_ingress::config::Config::try_parse_from(["webhook-ingress"]).expect("defaults");
-    config.nats.nats_subject_prefix = prefix.clone();
-    config.nats.nats_url = ingress_nats.to_owned();
+    config.nats = ingress;
     config.twilio.twilio_auth_token = Some(AUTH_TOKEN.into());
     config.twilio.twilio_webhook_base_url = Some(base.clone());
     config.twilio.twilio_media_stream_url = Some("wss://runtime.example.com/media".into());
-    let ingress_client = async_nats::ConnectOptions::new()
+    let ingress_client = shared::nats::connect_options(&config.nats, "webhook-ingress")
+        .await
+        .expect("NATS options")
         .retry_on_initial_connect()
         .connect(ingress_nats)
         .await
@@ -64,7 +84,6 @@ pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World 
         },
         shutdown.clone(),
     ));
-    let nats = async_nats::connect(NATS_URL).await.expect("NATS");
     let subjects = Subjects::new(&prefix);
     // Streams exist before anyone subscribes or counts.
     let js = async_nats::jetstream::new(nats.clone());

@@ -3,6 +3,7 @@
 //! and the api, against a fresh database and the local NATS with a unique
 //! prefix per test.
 
+mod bus;
 mod e2e;
 mod helpers;
 mod lifecycle;

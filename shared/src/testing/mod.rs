@@ -1,6 +1,7 @@
 //! Fixtures the binaries' integration tests share (feature `test-support`,
 //! enabled only in their dev-dependencies).
 
+pub mod nats_server;
 pub mod plans;
 
 use sqlx::PgPool;

@@ -1,0 +1,126 @@
+//! A private nats-server for tests that need one of their own, started
+//! with this repository's bus configuration (`deploy/nats/nats.conf`: one
+//! user per service, least privilege) on a free loopback port, with its own
+//! JetStream store. Debian's nats-server (`scripts/services.sh` installs
+//! it) is enough: the configuration uses nothing newer than 2.9.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::config::NatsArgs;
+
+/// The users of `deploy/nats/nats.conf` and the environment variable that
+/// holds each one's password.
+pub const BUS_USERS: &[(&str, &str)] = &[
+    ("api", "NATS_API_PASSWORD"),
+    ("webhook-ingress", "NATS_INGRESS_PASSWORD"),
+    ("dispatch-worker", "NATS_DISPATCH_PASSWORD"),
+    ("automation-worker", "NATS_AUTOMATION_PASSWORD"),
+    ("runtime", "NATS_RUNTIME_PASSWORD"),
+];
+
+/// A running nats-server with the bus configuration; stopped (and its store
+/// removed) on drop.
+pub struct SecuredNats {
+    child: Child,
+    store: PathBuf,
+    pub port: u16,
+    passwords: HashMap<&'static str, String>,
+}
+
+impl SecuredNats {
+    /// Starts the server and waits (bounded) until `api` can connect.
+    ///
+    /// # Panics
+    /// When nats-server cannot be started: a test set-up error.
+    pub async fn start() -> Self {
+        // The NATS client builds its TLS settings even for nats:// URLs.
+        crate::install_crypto_providers();
+        let port = super::free_port();
+        let store = std::env::temp_dir().join(format!("vcp-nats-{}", uuid::Uuid::new_v4()));
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf");
+        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let passwords: HashMap<&'static str, String> = BUS_USERS
+            .iter()
+            .map(|(user, _)| (*user, uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let mut command = Command::new(exe);
+        command
+            .arg("-c")
+            .arg(&config)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &super::free_port().to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (user, variable) in BUS_USERS {
+            command.env(variable, &passwords[user]);
+        }
+        let child = command
+            .spawn()
+            .expect("nats-server (scripts/services.sh installs it)");
+        let server = Self {
+            child,
+            store,
+            port,
+            passwords,
+        };
+        let args = server.args("api");
+        let up = super::eventually(Duration::from_secs(20), || async {
+            crate::nats::connect_options(&args, "api")
+                .await
+                .expect("options")
+                .connect(server.url())
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "the secured nats-server did not start on port {port}");
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The password of `user`.
+    ///
+    /// # Panics
+    /// When `user` is not one of [`BUS_USERS`].
+    pub fn password(&self, user: &str) -> String {
+        self.passwords
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| panic!("{user} is not a bus user"))
+    }
+
+    /// The NATS settings a service run as `user` takes (no subject prefix:
+    /// the configuration names the production subjects).
+    pub fn args(&self, user: &str) -> NatsArgs {
+        NatsArgs {
+            nats_url: self.url(),
+            nats_subject_prefix: String::new(),
+            nats_stream_replicas: 1,
+            nats_user: Some(user.to_owned()),
+            nats_password: Some(self.password(user)),
+            nats_token: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+        }
+    }
+}
+
+impl Drop for SecuredNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
