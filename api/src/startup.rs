@@ -70,6 +70,7 @@ pub fn build_state(
             &config.auth.jwt_audience,
         )),
         secrets: SecretBox::new(key),
+        request_signer: shared::automation::RequestSigner::new(key),
         passwords: PasswordHasher::owasp(config.password_hash_concurrency)?,
         settings: Arc::new(Settings {
             is_production: config.common.is_production(),

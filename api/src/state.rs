@@ -31,6 +31,8 @@ pub struct AppState {
     pub subjects: Subjects,
     pub jwt: Arc<JwtKeys>,
     pub secrets: SecretBox,
+    /// Signs what the api sends the automation-worker.
+    pub request_signer: shared::automation::RequestSigner,
     pub passwords: PasswordHasher,
     pub settings: Arc<Settings>,
     pub login_throttle: Arc<LoginThrottle>,

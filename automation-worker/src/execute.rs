@@ -80,7 +80,7 @@ done AS (
     SET status = $2, output = $3, error_code = $4, error_message = $5,
         http_status = $6, attempts = $7, latency_ms = $8, finished_at = now(),
         started_at = COALESCE(started_at, $14)
-    WHERE id = $1 AND status IN ('queued', 'running')
+    WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $15 AND status IN ('queued', 'running')
     RETURNING id, tenant_id, call_id, trace_id),
 event AS (
     INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
@@ -394,6 +394,7 @@ impl Executor {
             }))
             .bind(self.synchronous_commit())
             .bind(started_at)
+            .bind(ctx.tenant_id)
             .fetch_one(&self.pool)
             .await?;
         Ok(updated > 0)

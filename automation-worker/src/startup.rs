@@ -11,7 +11,8 @@ use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use shared::automation::{
-    ExecutionStatus, IntegrationTestRequest, ToolError, ToolExecuteReply, ToolExecuteRequest,
+    ExecutionStatus, IntegrationTestRequest, REQUEST_SIGNATURE_HEADER, RequestKind, RequestSigner,
+    ToolError, ToolExecuteReply, ToolExecuteRequest,
 };
 use shared::crypto::SecretBox;
 use shared::http::{HttpLimits, Readiness};
@@ -50,6 +51,8 @@ struct Worker {
     probe: ProbeSettings,
     nats: async_nats::Client,
     worker_id: String,
+    /// Checks that a request was signed by the api.
+    signer: RequestSigner,
 }
 
 /// Runs until `shutdown` is cancelled, then drains.
@@ -99,6 +102,7 @@ pub async fn run(
         },
         nats: nats.clone(),
         worker_id,
+        signer: RequestSigner::new(&key),
     });
 
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
@@ -244,6 +248,22 @@ async fn handle_in_span(worker: &Worker, kind: Kind, msg: Message) {
         tracing::warn!(subject = %msg.subject, "request without reply subject ignored");
         return;
     };
+    // Only what the api signed is acted on, not a request the bus let
+    // through from anyone else (docs/decisions/0039-least-privilege-on-the-bus.md).
+    let request_kind = match kind {
+        Kind::Test => RequestKind::IntegrationTest,
+        Kind::Execute => RequestKind::ToolExecute,
+    };
+    let signature = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REQUEST_SIGNATURE_HEADER))
+        .map(|v| v.as_str());
+    if !worker.signer.verify(request_kind, &msg.payload, signature) {
+        metrics::counter!("automation_requests_refused_total").increment(1);
+        tracing::warn!(subject = %msg.subject, "automation request without a valid api signature refused");
+        return;
+    }
     let payload: Option<Vec<u8>> = match kind {
         Kind::Test => match serde_json::from_slice::<IntegrationTestRequest>(&msg.payload) {
             Ok(req) => {

@@ -14,6 +14,98 @@ pub fn integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
     format!("integrations:{integration_id}").into_bytes()
 }
 
+/// The NATS header that carries the api's signature of an automation
+/// request: `t=<unix seconds>,v1=<base64 HMAC-SHA256>`.
+pub const REQUEST_SIGNATURE_HEADER: &str = "vcp-request-signature";
+
+/// How far a signed request's time may be from the worker's clock.
+const REQUEST_MAX_AGE_SECS: i64 = 60;
+
+/// What an automation request is (part of what is signed, so a signature
+/// for one kind is no good for the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    ToolExecute,
+    IntegrationTest,
+}
+
+impl RequestKind {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::ToolExecute => b"tool.execute",
+            Self::IntegrationTest => b"integration.test",
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Signs automation requests (the api) and checks them (the
+/// automation-worker) with a key derived from `ENCRYPTION_KEY`, which both
+/// hold and the voice runtime does not. The bus already lets only the api
+/// publish `automation.*`; the signature keeps a request the api did not
+/// send (a forged execution, an integration test that points a sealed secret
+/// at another URL) from being acted on, should the bus ever let one through.
+#[derive(Clone)]
+pub struct RequestSigner {
+    key: [u8; 32],
+}
+
+impl RequestSigner {
+    pub fn new(encryption_key: &[u8; 32]) -> Self {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(encryption_key)
+            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        mac.update(b"voice-control-plane automation request signing v1");
+        Self {
+            key: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    fn mac(&self, kind: RequestKind, at: i64, payload: &[u8]) -> HmacSha256 {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        mac.update(kind.label());
+        mac.update(b"\n");
+        mac.update(at.to_string().as_bytes());
+        mac.update(b"\n");
+        mac.update(payload);
+        mac
+    }
+
+    /// The header value for `payload`, signed now.
+    pub fn sign(&self, kind: RequestKind, payload: &[u8]) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let at = chrono::Utc::now().timestamp();
+        let tag = self.mac(kind, at, payload).finalize().into_bytes();
+        format!(
+            "t={at},v1={}",
+            base64::engine::general_purpose::STANDARD.encode(tag)
+        )
+    }
+
+    /// Whether `header` is a signature of `payload` as `kind`, made by a
+    /// holder of the key within the last minute (constant-time compare).
+    pub fn verify(&self, kind: RequestKind, payload: &[u8], header: Option<&str>) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let Some((at, tag)) = header.and_then(|h| {
+            let (t, v) = h.split_once(",v1=")?;
+            let at: i64 = t.strip_prefix("t=")?.parse().ok()?;
+            let tag = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+            Some((at, tag))
+        }) else {
+            return false;
+        };
+        if (chrono::Utc::now().timestamp() - at).abs() > REQUEST_MAX_AGE_SECS {
+            return false;
+        }
+        self.mac(kind, at, payload).verify_slice(&tag).is_ok()
+    }
+}
+
 /// How automation-worker authenticates to n8n.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -320,5 +412,48 @@ mod tests {
             integration_secret_aad(Uuid::nil()),
             b"integrations:00000000-0000-0000-0000-000000000000".to_vec()
         );
+    }
+}
+
+#[cfg(test)]
+mod signer_tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_request_verifies_once_and_only_as_itself() {
+        let signer = RequestSigner::new(&[7; 32]);
+        let header = signer.sign(RequestKind::ToolExecute, b"{\"a\":1}");
+        assert!(signer.verify(RequestKind::ToolExecute, b"{\"a\":1}", Some(&header)));
+        // Another payload, another kind, another key, no header, garbage.
+        assert!(!signer.verify(RequestKind::ToolExecute, b"{\"a\":2}", Some(&header)));
+        assert!(!signer.verify(RequestKind::IntegrationTest, b"{\"a\":1}", Some(&header)));
+        assert!(!RequestSigner::new(&[8; 32]).verify(
+            RequestKind::ToolExecute,
+            b"{\"a\":1}",
+            Some(&header)
+        ));
+        assert!(!signer.verify(RequestKind::ToolExecute, b"{\"a\":1}", None));
+        assert!(!signer.verify(RequestKind::ToolExecute, b"{\"a\":1}", Some("t=1,v1=AAAA")));
+        assert!(!signer.verify(RequestKind::ToolExecute, b"{\"a\":1}", Some("nonsense")));
+    }
+
+    #[test]
+    fn an_old_signature_is_refused() {
+        use base64::Engine;
+        use hmac::Mac;
+        let signer = RequestSigner::new(&[7; 32]);
+        let at = chrono::Utc::now().timestamp() - 3600;
+        let tag = signer
+            .mac(RequestKind::ToolExecute, at, b"{}")
+            .finalize()
+            .into_bytes();
+        let header = format!(
+            "t={at},v1={}",
+            base64::engine::general_purpose::STANDARD.encode(tag)
+        );
+        assert!(!signer.verify(RequestKind::ToolExecute, b"{}", Some(&header)));
+        // The same, made now, passes: only the age was wrong.
+        let fresh = signer.sign(RequestKind::ToolExecute, b"{}");
+        assert!(signer.verify(RequestKind::ToolExecute, b"{}", Some(&fresh)));
     }
 }

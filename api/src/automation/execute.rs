@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::auth::{Claims, InternalPrincipal};
 use shared::automation::{
-    ExecutionContext, ExecutionStatus, ToolError, ToolExecuteReply, ToolExecuteRequest, error_codes,
+    ExecutionContext, ExecutionStatus, REQUEST_SIGNATURE_HEADER, RequestKind, ToolError,
+    ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
 use shared::trace::TraceContext;
 use sqlx::PgPool;
@@ -312,16 +313,20 @@ async fn execute(
         context: checked.context.map(|c| c.0),
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
+    let mut headers = nats_headers(&execution_id.to_string(), Some(&trace_id), &trace);
+    headers.insert(
+        REQUEST_SIGNATURE_HEADER,
+        state
+            .request_signer
+            .sign(RequestKind::ToolExecute, &payload)
+            .as_str(),
+    );
     let sent = state
         .nats
         .send_request(
             state.subjects.automation_tool_execute(),
             async_nats::Request::new()
-                .headers(nats_headers(
-                    &execution_id.to_string(),
-                    Some(&trace_id),
-                    &trace,
-                ))
+                .headers(headers)
                 .payload(payload.into())
                 .timeout(Some(settings.execute_timeout + REPLY_GRACE)),
         )

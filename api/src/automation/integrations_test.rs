@@ -204,16 +204,20 @@ pub async fn test_n8n_integration(
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
     let timeout = state.settings.automation.integration_test_timeout;
+    let mut headers = super::execute::nats_headers(&integration_id.to_string(), None, &trace);
+    headers.insert(
+        shared::automation::REQUEST_SIGNATURE_HEADER,
+        state
+            .request_signer
+            .sign(shared::automation::RequestKind::IntegrationTest, &payload)
+            .as_str(),
+    );
     let reply = state
         .nats
         .send_request(
             state.subjects.automation_integration_test(),
             async_nats::Request::new()
-                .headers(super::execute::nats_headers(
-                    &integration_id.to_string(),
-                    None,
-                    &trace,
-                ))
+                .headers(headers)
                 .payload(payload.into())
                 .timeout(Some(timeout)),
         )

@@ -137,11 +137,21 @@ async fn two_workers_share_the_queue_and_nothing_runs_twice(pool: PgPool) {
         // Without the context, as an older api sends it.
         context: None,
     };
+    let payload = serde_json::to_vec(&integration_req).expect("json");
+    let key = app.config.encryption.key(&app.config.common).expect("key");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        shared::automation::REQUEST_SIGNATURE_HEADER,
+        shared::automation::RequestSigner::new(&key)
+            .sign(shared::automation::RequestKind::ToolExecute, &payload)
+            .as_str(),
+    );
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        app.nats.request(
+        app.nats.request_with_headers(
             app.subjects.automation_tool_execute(),
-            serde_json::to_vec(&integration_req).expect("json").into(),
+            headers,
+            payload.into(),
         ),
     )
     .await

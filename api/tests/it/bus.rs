@@ -45,3 +45,67 @@ async fn tool_executions_cross_the_bus_as_their_own_nats_users(pool: PgPool) {
     assert_eq!(body["output"]["answer"], 42);
     worker.shutdown().await;
 }
+
+/// The automation-worker acts only on requests the api signed: a forged
+/// integration test that points a sealed secret at another URL, and a
+/// request signed with another key, get no answer and reach no one, while
+/// the same request signed by the api's key is answered.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_automation_worker_refuses_requests_the_api_did_not_sign(pool: PgPool) {
+    use shared::automation::{
+        AuthType, IntegrationTestRequest, REQUEST_SIGNATURE_HEADER, RequestKind, RequestSigner,
+        integration_secret_aad,
+    };
+    let app = crate::helpers::spawn_app(pool).await;
+    let attacker = FakeN8n::start().await;
+    let worker = crate::automation_support::start_worker(&app).await;
+    let key = app.config.encryption.key(&app.config.common).expect("key");
+    let integration_id = uuid::Uuid::now_v7();
+    let sealed = shared::crypto::SecretBox::new(&key)
+        .seal(
+            b"the-tenants-n8n-secret",
+            &integration_secret_aad(integration_id),
+        )
+        .expect("seal");
+    let forged = serde_json::to_vec(&IntegrationTestRequest {
+        integration_id,
+        tenant_id: uuid::Uuid::now_v7(),
+        base_url: format!("{}/bearer", attacker.base),
+        auth_type: AuthType::Bearer,
+        header_name: None,
+        secret: Some(sealed.into()),
+    })
+    .expect("json");
+    let send = |signature: Option<String>| {
+        let nats = app.nats.clone();
+        let subject = app.subjects.automation_integration_test();
+        let payload = forged.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(signature) = signature {
+                headers.insert(REQUEST_SIGNATURE_HEADER, signature.as_str());
+            }
+            nats.send_request(
+                subject,
+                async_nats::Request::new()
+                    .headers(headers)
+                    .payload(payload.into())
+                    .timeout(Some(std::time::Duration::from_secs(2))),
+            )
+            .await
+        }
+    };
+    assert!(send(None).await.is_err(), "an unsigned request is answered");
+    let other_key = RequestSigner::new(&[9; 32]).sign(RequestKind::IntegrationTest, &forged);
+    assert!(
+        send(Some(other_key)).await.is_err(),
+        "a request signed with another key is answered"
+    );
+    assert_eq!(attacker.received().len(), 0, "the secret went out");
+    // The same bytes signed with the api's key are acted on: the refusals
+    // above are the signature's doing.
+    let signed = RequestSigner::new(&key).sign(RequestKind::IntegrationTest, &forged);
+    assert!(send(Some(signed)).await.is_ok());
+    assert_eq!(attacker.received().len(), 1);
+    worker.shutdown().await;
+}

@@ -31,13 +31,59 @@ pub struct SecuredNats {
 }
 
 impl SecuredNats {
-    /// Starts the server and waits (bounded) until `api` can connect.
+    /// Starts the server and waits (bounded) until `api` can connect. A
+    /// server that exits at once (its free port taken in the meantime by a
+    /// test running beside it) is started again on another port.
     ///
     /// # Panics
     /// When nats-server cannot be started: a test set-up error.
     pub async fn start() -> Self {
         // The NATS client builds its TLS settings even for nats:// URLs.
         crate::install_crypto_providers();
+        let passwords: HashMap<&'static str, String> = BUS_USERS
+            .iter()
+            // nats-server parses a variable's value as a config value: one
+            // that starts with a digit would be read as a number.
+            .map(|(user, _)| (*user, format!("p{}", uuid::Uuid::new_v4().simple())))
+            .collect();
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut server = Self::spawn(passwords.clone());
+            let args = server.args("api");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let mut up = false;
+            while !up
+                && tokio::time::Instant::now() < deadline
+                && matches!(server.child.try_wait(), Ok(None))
+            {
+                up = crate::nats::connect_options(&args, "api")
+                    .await
+                    .expect("options")
+                    .connect(server.url())
+                    .await
+                    .is_ok();
+                if !up {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            match server.child.try_wait() {
+                Ok(None) if up => return server,
+                status => {
+                    last_error = format!(
+                        "port {} ({status:?}): {} {}",
+                        server.port,
+                        std::fs::read_to_string(server.store.with_extension("log"))
+                            .unwrap_or_default(),
+                        std::fs::read_to_string(server.store.with_extension("err"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        panic!("the secured nats-server did not start: {last_error}");
+    }
+
+    fn spawn(passwords: HashMap<&'static str, String>) -> Self {
         let port = super::free_port();
         let store = std::env::temp_dir().join(format!("vcp-nats-{}", uuid::Uuid::new_v4()));
         let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf");
@@ -45,43 +91,32 @@ impl SecuredNats {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or("nats-server");
-        let passwords: HashMap<&'static str, String> = BUS_USERS
-            .iter()
-            .map(|(user, _)| (*user, uuid::Uuid::new_v4().simple().to_string()))
-            .collect();
         let mut command = Command::new(exe);
         command
             .arg("-c")
             .arg(&config)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &super::free_port().to_string(), "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
+            .arg("-l")
+            .arg(store.with_extension("log"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(
+                std::fs::File::create(store.with_extension("err"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            );
         for (user, variable) in BUS_USERS {
             command.env(variable, &passwords[user]);
         }
         let child = command
             .spawn()
             .expect("nats-server (scripts/services.sh installs it)");
-        let server = Self {
+        Self {
             child,
             store,
             port,
             passwords,
-        };
-        let args = server.args("api");
-        let up = super::eventually(Duration::from_secs(20), || async {
-            crate::nats::connect_options(&args, "api")
-                .await
-                .expect("options")
-                .connect(server.url())
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "the secured nats-server did not start on port {port}");
-        server
+        }
     }
 
     pub fn url(&self) -> String {
@@ -122,5 +157,7 @@ impl Drop for SecuredNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.store);
+        let _ = std::fs::remove_file(self.store.with_extension("log"));
+        let _ = std::fs::remove_file(self.store.with_extension("err"));
     }
 }
