@@ -195,6 +195,11 @@ fn validate_headers_template(template: &Value) -> AppResult<()> {
                 "headers_template: {name:?} is not a valid header name"
             )));
         }
+        if shared::automation::is_framing_header(name) {
+            return Err(AppError::bad_request(format!(
+                "headers_template: {name} is set by the worker itself and cannot be templated"
+            )));
+        }
         let Some(text) = value.as_str() else {
             return Err(AppError::bad_request(format!(
                 "headers_template.{name} must be a string"

@@ -505,6 +505,13 @@ pub fn render_headers(
         }
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("headers_template: {name:?} is not a header name")))?;
+        // Refused at creation by the api too; a row written before that is
+        // refused here.
+        if shared::automation::is_framing_header(name.as_str()) {
+            return Err(invalid(format!(
+                "headers_template: {name} cannot be templated"
+            )));
+        }
         let value = HeaderValue::from_str(&text)
             .map_err(|_| invalid(format!("headers_template: the value of {name} is invalid")))?;
         headers.push((name, value));
@@ -631,5 +638,11 @@ mod tests {
         assert_eq!(find("x-trace").as_deref(), Some("t=T1;e=E1"));
         assert_eq!(find("x-n").as_deref(), Some("5"));
         assert!(render_headers(Some(&json!({"bad header": "x"})), &vars).is_err());
+        for framing in ["Host", "content-length", "Transfer-Encoding", "connection"] {
+            assert!(
+                render_headers(Some(&json!({framing: "x"})), &vars).is_err(),
+                "{framing} rendered"
+            );
+        }
     }
 }

@@ -401,7 +401,9 @@ mod tests {
             ip: IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
         });
         assert_eq!(refused.kind, FailureKind::AddressRefused);
-        assert!(refused.message.contains("169.254.169.254"));
+        // The tenant learns which name was refused, not where it points.
+        assert!(refused.message.contains("evil.example.com"));
+        assert!(!refused.message.contains("169.254.169.254"));
         assert_eq!(
             refusal_failure(Refusal::InvalidUrl("x".into())).kind,
             FailureKind::InvalidUrl

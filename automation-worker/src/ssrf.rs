@@ -36,7 +36,9 @@ pub struct Policy {
 pub enum Refusal {
     #[error("{0}")]
     InvalidUrl(String),
-    #[error("{host} resolves to {ip}, a loopback, private, link-local or metadata address")]
+    /// The address stays out of the message: it goes back to the tenant,
+    /// and would map the inside of the network for them.
+    #[error("{host} resolves to a loopback, private, link-local or metadata address")]
     Address { host: String, ip: IpAddr },
     #[error("cannot resolve {host}: {message}")]
     Dns { host: String, message: String },
@@ -79,6 +81,16 @@ fn is_refused_v6(ip: Ipv6Addr) -> bool {
         return is_refused_v4(v4);
     }
     let segments = ip.segments();
+    // Ranges that carry an IPv4 address a gateway may forward to, refused
+    // whatever the address: local-use NAT64 (64:ff9b:1::/48), 6to4
+    // (2002::/16), Teredo (2001::/32), IPv4-translated (::ffff:0:0/96).
+    if (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1)
+        || segments[0] == 0x2002
+        || (segments[0] == 0x2001 && segments[1] == 0)
+        || (segments[..4] == [0, 0, 0, 0] && segments[4] == 0xffff && segments[5] == 0)
+    {
+        return true;
+    }
     // NAT64 (64:ff9b::/96) embeds an IPv4 address in the last 32 bits.
     if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6] == [0, 0, 0, 0] {
         let o = ip.octets();
@@ -257,6 +269,35 @@ mod tests {
         ));
         assert!(check_url(&STRICT, &url("https://n8n.example.com")).is_ok());
         assert!(check_url(&DEV, &url("http://127.0.0.1:5678")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_ranges_that_carry_ipv4_are_refused() {
+        // Each embeds a public IPv4 address (8.8.8.8), so only the range
+        // itself can be what refuses it.
+        for bad in [
+            "64:ff9b:1::808:808",  // local-use NAT64
+            "2002:808:808::1",     // 6to4
+            "2001:0:4136:e378::1", // Teredo
+            "::ffff:0:808:808",    // IPv4-translated
+        ] {
+            assert!(is_refused(ip(bad)), "{bad} allowed");
+        }
+        // Beside them, global unicast stays allowed.
+        for good in ["2001:4860:4860::8888", "2003::1", "64:ff9b:2::1"] {
+            assert!(!is_refused(ip(good)), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn a_refusal_does_not_name_the_address() {
+        let refusal = check_url(&STRICT, &url("https://10.1.2.3/")).expect_err("refused");
+        assert!(!refusal.to_string().contains("10.1.2.3:"), "{refusal}");
+        let refusal = Refusal::Address {
+            host: "n8n.example.com".into(),
+            ip: ip("10.9.8.7"),
+        };
+        assert!(!refusal.to_string().contains("10.9.8.7"), "{refusal}");
     }
 
     #[tokio::test]

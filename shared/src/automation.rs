@@ -14,6 +14,19 @@ pub fn integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
     format!("integrations:{integration_id}").into_bytes()
 }
 
+/// Headers an endpoint's `headers_template` may not set: they frame the
+/// request itself (which host, where the body ends, the connection), and a
+/// tenant setting them could smuggle a second request or reach another
+/// virtual host behind the same address.
+pub const FRAMING_HEADERS: &[&str] = &["host", "content-length", "transfer-encoding", "connection"];
+
+/// Whether `name` is one of [`FRAMING_HEADERS`] (case-insensitive).
+pub fn is_framing_header(name: &str) -> bool {
+    FRAMING_HEADERS
+        .iter()
+        .any(|framing| framing.eq_ignore_ascii_case(name))
+}
+
 /// The NATS header that carries the api's signature of an automation
 /// request: `t=<unix seconds>,v1=<base64 HMAC-SHA256>`.
 pub const REQUEST_SIGNATURE_HEADER: &str = "vcp-request-signature";

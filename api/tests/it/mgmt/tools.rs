@@ -192,6 +192,15 @@ async fn endpoints_link_a_tool_to_the_tenants_integration(pool: PgPool) {
             json!({"integration_id": a.integration, "webhook_path": "/w", "headers_template": {"bad header": "v"}}),
             "headers_template",
         ),
+        // Framing headers: the worker sets them.
+        (
+            json!({"integration_id": a.integration, "webhook_path": "/w", "headers_template": {"Host": "internal.example"}}),
+            "Host",
+        ),
+        (
+            json!({"integration_id": a.integration, "webhook_path": "/w", "headers_template": {"transfer-encoding": "chunked"}}),
+            "transfer-encoding",
+        ),
         (json!({"webhook_path": "/w"}), "integration_id"),
     ] {
         let (s, resp) = post(&app, &path, t, &body).await;
