@@ -29,6 +29,7 @@ BIN="$CARGO_TARGET_DIR/release"
 
 psql "$PG/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
 export DATABASE_URL="$PG/$DB" NATS_URL NATS_SUBJECT_PREFIX="$RUN" RUST_LOG=warn LOG_FORMAT=json
+export APP_ENV=development
 export JWT_SECRET="login-flood-secret-0123456789abcdef0123456789"
 export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
 "$BIN/api" migrate >/dev/null

@@ -39,7 +39,7 @@ mkdir -p .stack
 
 export TWILIO_AUTH_TOKEN="bench-auth-token"
 export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
-export RUST_LOG=warn LOG_FORMAT=json
+export RUST_LOG=warn LOG_FORMAT=json APP_ENV=development
 
 pids=()
 databases=()

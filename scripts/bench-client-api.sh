@@ -20,6 +20,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
 export DATABASE_URL="$PG_URL/$DB"
 export JWT_SECRET="client-bench-secret-0123456789abcdef0123456789"
 export RUST_LOG="${RUST_LOG:-warn}"
+export APP_ENV=development
 
 bash scripts/services.sh
 

@@ -15,10 +15,12 @@ cargo build --workspace --bins --quiet
 BIN="$CARGO_TARGET_DIR/debug"
 
 # Development settings; every one can be overridden from the environment.
+# The binaries default to APP_ENV=production, which refuses the development
+# secret and key below (they are public: shared::config::DEV_*).
 export APP_ENV="${APP_ENV:-development}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/voice_control_plane}"
-export JWT_SECRET="${JWT_SECRET:-dev-jwt-secret-dev-jwt-secret-dev-jwt-secret}"
+export JWT_SECRET="${JWT_SECRET:-development-only-jwt-secret-change-me-0123456789}"
 export JWT_ISSUER="${JWT_ISSUER:-voice-control-plane}"
 export JWT_AUDIENCE="${JWT_AUDIENCE:-voice-control-plane-api}"
 export ENCRYPTION_KEY="${ENCRYPTION_KEY:-ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE=}"

@@ -23,6 +23,8 @@ db="vcp_schemathesis_$$"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export NATS_SUBJECT_PREFIX="st$$"
+# Development: the dev token route and the development secret and key.
+export APP_ENV=development
 export DEV_BOOTSTRAP_KEY=schemathesis-dev-key AUTH_BOOTSTRAP_KEY=schemathesis-auth-key
 export LISTEN_ADDR="127.0.0.1:$port" RUST_LOG=warn
 "$CARGO_TARGET_DIR/debug/api" >"/tmp/schemathesis-api-$$.log" 2>&1 &

@@ -1,12 +1,17 @@
 //! Settings of the api binary (flags and environment variables).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shared::config::{AuthArgs, CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
+use shared::config::{
+    AuthArgs, CommonArgs, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck,
+    UnsafeProductionConfig, redacted,
+};
 
-#[derive(Debug, Clone, Parser)]
+// Debug by hand: the bootstrap keys must never reach a log line.
+#[derive(Clone, Parser)]
 #[command(
     name = "api",
     version,
@@ -29,11 +34,11 @@ pub struct Config {
     #[command(flatten)]
     pub encryption: EncryptionArgs,
     /// Key for `POST /internal/dev/token` (header `x-dev-bootstrap-key`); the
-    /// route does not exist in production.
+    /// route does not exist in production. At least 32 characters in production.
     #[arg(long, env = "DEV_BOOTSTRAP_KEY", hide_env_values = true)]
     pub dev_bootstrap_key: Option<String>,
     /// Key for `POST /auth/bootstrap/user` (header `x-auth-bootstrap-key`);
-    /// unset disables the route (401).
+    /// unset disables the route (401). At least 32 characters in production.
     #[arg(long, env = "AUTH_BOOTSTRAP_KEY", hide_env_values = true)]
     pub auth_bootstrap_key: Option<String>,
     /// Lifetime of tokens issued by login and first-admin registration.
@@ -59,9 +64,9 @@ pub struct Config {
     pub http_request_timeout: Duration,
     /// Tool calls must use tools on the allowlist of the call's agent version
     /// (`agent_version_tools`); when false every tool of the tenant with an
-    /// endpoint may be used.
-    #[arg(long, env = "AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING", default_value_t = false, action = clap::ArgAction::Set)]
-    pub automation_require_agent_tool_mapping: bool,
+    /// endpoint may be used. Default: true in production, false in development.
+    #[arg(long, env = "AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING", action = clap::ArgAction::Set)]
+    pub automation_require_agent_tool_mapping: Option<bool>,
     /// Tool executions allowed per call in any 60 s window; more get 429.
     #[arg(long, env = "AUTOMATION_MAX_EXECUTIONS_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub automation_max_executions_per_minute: u32,
@@ -86,12 +91,239 @@ pub enum Command {
     Migrate,
 }
 
+impl Config {
+    /// Every reason this configuration is unsafe in production (none in
+    /// development); checked at start-up before anything else.
+    pub fn check_production(&self) -> Result<(), UnsafeProductionConfig> {
+        ProductionCheck::new(&self.common)
+            .auth(&self.auth)
+            .encryption(&self.encryption)
+            .bootstrap_key("AUTH_BOOTSTRAP_KEY", self.auth_bootstrap_key.as_deref())
+            .bootstrap_key("DEV_BOOTSTRAP_KEY", self.dev_bootstrap_key.as_deref())
+            .finish()
+    }
+
+    /// `AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING`, or by default true in
+    /// production and false in development.
+    pub fn require_agent_tool_mapping(&self) -> bool {
+        self.automation_require_agent_tool_mapping
+            .unwrap_or(self.common.is_production())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            command,
+            listen_addr,
+            common,
+            db,
+            nats,
+            auth,
+            encryption,
+            dev_bootstrap_key,
+            auth_bootstrap_key,
+            jwt_ttl,
+            password_hash_concurrency,
+            login_max_failures_per_email,
+            login_max_failures_per_ip,
+            login_failure_window,
+            http_body_limit_bytes,
+            http_request_timeout,
+            automation_require_agent_tool_mapping,
+            automation_max_executions_per_minute,
+            automation_execute_timeout,
+            automation_integration_test_timeout,
+            recordings_expose_url,
+        } = self;
+        f.debug_struct("Config")
+            .field("command", command)
+            .field("listen_addr", listen_addr)
+            .field("common", common)
+            .field("db", db)
+            .field("nats", nats)
+            .field("auth", auth)
+            .field("encryption", encryption)
+            .field("dev_bootstrap_key", &redacted(dev_bootstrap_key))
+            .field("auth_bootstrap_key", &redacted(auth_bootstrap_key))
+            .field("jwt_ttl", jwt_ttl)
+            .field("password_hash_concurrency", password_hash_concurrency)
+            .field("login_max_failures_per_email", login_max_failures_per_email)
+            .field("login_max_failures_per_ip", login_max_failures_per_ip)
+            .field("login_failure_window", login_failure_window)
+            .field("http_body_limit_bytes", http_body_limit_bytes)
+            .field("http_request_timeout", http_request_timeout)
+            .field(
+                "automation_require_agent_tool_mapping",
+                automation_require_agent_tool_mapping,
+            )
+            .field(
+                "automation_max_executions_per_minute",
+                automation_max_executions_per_minute,
+            )
+            .field("automation_execute_timeout", automation_execute_timeout)
+            .field(
+                "automation_integration_test_timeout",
+                automation_integration_test_timeout,
+            )
+            .field("recordings_expose_url", recordings_expose_url)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use shared::config::{AppEnv, ConfigError, DEV_ENCRYPTION_KEY, DEV_JWT_SECRET};
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("api").chain(args.iter().copied()))
+    }
+
+    /// 32 bytes of base64 that are not the development key.
+    const KEY: &str = "b3RoZXItMzItYnl0ZS1rZXktZm9yLXRoZS10ZXN0cyE=";
+    const JWT: &str = "jwt-secret-of-this-deployment-0123456789";
+    const AUTH_KEY: &str = "auth-bootstrap-key-of-this-deployment-0123";
+    const DEV_KEY: &str = "dev-bootstrap-key-of-this-deployment-01234";
+
+    /// A production configuration with this deployment's own secrets; every
+    /// field the tests look at is set here, whatever the caller's environment.
+    fn production() -> Config {
+        let mut config = parse(&[]).expect("parses");
+        config.common.app_env = AppEnv::Production;
+        config.auth.jwt_secret = Some(JWT.into());
+        config.encryption.encryption_key = Some(KEY.into());
+        config.auth_bootstrap_key = None;
+        config.dev_bootstrap_key = None;
+        config.automation_require_agent_tool_mapping = None;
+        config
+    }
+
+    fn development() -> Config {
+        let mut config = production();
+        config.common.app_env = AppEnv::Development;
+        config
+    }
+
+    #[test]
+    fn app_env_flag_parses() {
+        let dev = parse(&["--app-env", "development"]).expect("parses");
+        assert_eq!(dev.common.app_env, AppEnv::Development);
+        let prod = parse(&["--app-env", "production"]).expect("parses");
+        assert_eq!(prod.common.app_env, AppEnv::Production);
+    }
+
+    #[test]
+    fn production_accepts_own_secrets_and_long_bootstrap_keys() {
+        let mut config = production();
+        assert_eq!(config.check_production(), Ok(()));
+        config.auth_bootstrap_key = Some(AUTH_KEY.into());
+        config.dev_bootstrap_key = Some(DEV_KEY.into());
+        assert_eq!(config.check_production(), Ok(()));
+    }
+
+    #[test]
+    fn production_refuses_development_secrets_and_short_bootstrap_keys() {
+        let mut config = production();
+        config.auth.jwt_secret = Some(DEV_JWT_SECRET.into());
+        config.encryption.encryption_key = Some(DEV_ENCRYPTION_KEY.into());
+        config.auth_bootstrap_key = Some(String::new());
+        config.dev_bootstrap_key = Some("dev-bootstrap-key".into());
+        let refused = config.check_production().expect_err("refused");
+        assert_eq!(
+            refused.problems,
+            [
+                ConfigError::DevelopmentJwtSecret,
+                ConfigError::DevelopmentEncryptionKey,
+                ConfigError::ShortBootstrapKey {
+                    name: "AUTH_BOOTSTRAP_KEY",
+                    chars: 0
+                },
+                ConfigError::ShortBootstrapKey {
+                    name: "DEV_BOOTSTRAP_KEY",
+                    chars: 17
+                },
+            ]
+        );
+        let mut short = production();
+        short.auth_bootstrap_key = Some(AUTH_KEY[..31].into());
+        assert!(short.check_production().is_err());
+        // Secrets left unset are refused too (no development fallback).
+        let mut defaulted = production();
+        defaulted.auth.jwt_secret = None;
+        defaulted.encryption.encryption_key = None;
+        assert_eq!(
+            defaulted.check_production().map_err(|e| e.problems),
+            Err(vec![
+                ConfigError::MissingJwtSecret,
+                ConfigError::MissingEncryptionKey
+            ])
+        );
+    }
+
+    #[test]
+    fn development_accepts_the_development_settings() {
+        let mut config = development();
+        config.auth.jwt_secret = None;
+        config.encryption.encryption_key = Some(DEV_ENCRYPTION_KEY.into());
+        config.auth_bootstrap_key = Some("k".into());
+        assert_eq!(config.check_production(), Ok(()));
+    }
+
+    #[test]
+    fn agent_tool_mapping_is_required_by_default_in_production() {
+        assert!(production().require_agent_tool_mapping());
+        assert!(!development().require_agent_tool_mapping());
+        // An explicit value wins either way.
+        let mut off = production();
+        off.automation_require_agent_tool_mapping = Some(false);
+        assert!(!off.require_agent_tool_mapping());
+        let mut on = development();
+        on.automation_require_agent_tool_mapping = Some(true);
+        assert!(on.require_agent_tool_mapping());
+        // The flag takes an explicit value and stays unset when not given.
+        let given = parse(&["--automation-require-agent-tool-mapping", "false"]).expect("parses");
+        assert_eq!(given.automation_require_agent_tool_mapping, Some(false));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let mut config = production();
+        config.auth_bootstrap_key = Some(AUTH_KEY.into());
+        config.dev_bootstrap_key = Some(DEV_KEY.into());
+        let printed = format!("{config:?}");
+        for secret in [AUTH_KEY, DEV_KEY, JWT, KEY] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        assert!(
+            printed.contains("auth_bootstrap_key: Some(\"<redacted>\")"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("dev_bootstrap_key: Some(\"<redacted>\")"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("jwt_ttl"),
+            "other settings still print: {printed}"
+        );
+        let settings = format!("{:?}", crate::startup::settings(&config));
+        for secret in [AUTH_KEY, DEV_KEY] {
+            assert!(!settings.contains(secret), "{secret} printed in {settings}");
+        }
+        assert!(
+            settings.contains("auth_bootstrap_key: Some(\"<redacted>\")"),
+            "{settings}"
+        );
+    }
+
+    #[test]
+    fn settings_resolve_the_agent_tool_mapping_default() {
+        let prod = crate::startup::settings(&production());
+        assert!(prod.automation.require_agent_tool_mapping);
+        let dev = crate::startup::settings(&development());
+        assert!(!dev.automation.require_agent_tool_mapping);
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
     // Validate secrets before touching anything, so a bad production config
-    // stops with a clear message.
+    // stops with a clear message naming every problem.
+    config.check_production()?;
     let jwt_secret = config.auth.secret(&config.common)?;
     let key = config.encryption.key(&config.common)?;
 
@@ -72,25 +73,31 @@ pub fn build_state(
         secrets: SecretBox::new(key),
         request_signer: shared::automation::RequestSigner::new(key),
         passwords: PasswordHasher::owasp(config.password_hash_concurrency)?,
-        settings: Arc::new(Settings {
-            is_production: config.common.is_production(),
-            dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
-            auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
-            jwt_ttl: config.jwt_ttl,
-            automation: crate::automation::AutomationSettings {
-                require_agent_tool_mapping: config.automation_require_agent_tool_mapping,
-                max_executions_per_minute: config.automation_max_executions_per_minute,
-                execute_timeout: config.automation_execute_timeout,
-                integration_test_timeout: config.automation_integration_test_timeout,
-            },
-            recordings_expose_url: config.recordings_expose_url,
-        }),
+        settings: Arc::new(settings(config)),
         login_throttle: Arc::new(LoginThrottle::new(ThrottleLimits {
             max_failures_per_email: config.login_max_failures_per_email.max(1),
             max_failures_per_ip: config.login_max_failures_per_ip.max(1),
             window: config.login_failure_window,
         })),
     })
+}
+
+/// What handlers read at request time, with the defaults that depend on
+/// `APP_ENV` resolved.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        is_production: config.common.is_production(),
+        dev_bootstrap_key: config.dev_bootstrap_key.clone().filter(|k| !k.is_empty()),
+        auth_bootstrap_key: config.auth_bootstrap_key.clone().filter(|k| !k.is_empty()),
+        jwt_ttl: config.jwt_ttl,
+        automation: crate::automation::AutomationSettings {
+            require_agent_tool_mapping: config.require_agent_tool_mapping(),
+            max_executions_per_minute: config.automation_max_executions_per_minute,
+            execute_timeout: config.automation_execute_timeout,
+            integration_test_timeout: config.automation_integration_test_timeout,
+        },
+        recordings_expose_url: config.recordings_expose_url,
+    }
 }
 
 /// Every documented route, with its OpenAPI description.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use shared::auth::JwtKeys;
+use shared::config::redacted;
 
 use crate::login_throttle::LoginThrottle;
 use shared::crypto::SecretBox;
@@ -12,8 +13,9 @@ use shared::nats::Subjects;
 use shared::password::PasswordHasher;
 use sqlx::PgPool;
 
-/// Settings handlers read at request time.
-#[derive(Debug, Clone)]
+/// Settings handlers read at request time. Debug by hand: the bootstrap keys
+/// must never reach a log line.
+#[derive(Clone)]
 pub struct Settings {
     pub is_production: bool,
     pub dev_bootstrap_key: Option<String>,
@@ -22,6 +24,27 @@ pub struct Settings {
     pub automation: crate::automation::AutomationSettings,
     /// `RECORDINGS_EXPOSE_URL`: return recording media URLs to clients.
     pub recordings_expose_url: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            is_production,
+            dev_bootstrap_key,
+            auth_bootstrap_key,
+            jwt_ttl,
+            automation,
+            recordings_expose_url,
+        } = self;
+        f.debug_struct("Settings")
+            .field("is_production", is_production)
+            .field("dev_bootstrap_key", &redacted(dev_bootstrap_key))
+            .field("auth_bootstrap_key", &redacted(auth_bootstrap_key))
+            .field("jwt_ttl", jwt_ttl)
+            .field("automation", automation)
+            .field("recordings_expose_url", recordings_expose_url)
+            .finish()
+    }
 }
 
 #[derive(Clone, FromRef)]

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
+use shared::config::{
+    CommonArgs, ConfigError, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck,
+    UnsafeProductionConfig,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -88,10 +91,59 @@ impl AutomationArgs {
 }
 
 impl Config {
+    /// Every reason this configuration is unsafe in production (none in
+    /// development); checked at start-up before anything else.
+    pub fn check_production(&self) -> Result<(), UnsafeProductionConfig> {
+        ProductionCheck::new(&self.common)
+            .encryption(&self.encryption)
+            .refuse(
+                self.automation.allow_private_networks,
+                ConfigError::PrivateNetworksAllowed,
+            )
+            .finish()
+    }
+
     /// Defaults, as if started with no flags and no environment (tests).
     pub fn defaults() -> Self {
         // No flag is required, so parsing an empty command line cannot fail
         // unless the environment holds a malformed value.
         Self::parse_from(["automation-worker"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::config::{AppEnv, DEV_ENCRYPTION_KEY};
+
+    use super::*;
+
+    /// 32 bytes of base64 that are not the development key.
+    const KEY: &str = "b3RoZXItMzItYnl0ZS1rZXktZm9yLXRoZS10ZXN0cyE=";
+
+    fn config(env: AppEnv) -> Config {
+        let mut config = Config::try_parse_from(["automation-worker"]).expect("parses");
+        config.common.app_env = env;
+        config.encryption.encryption_key = Some(KEY.into());
+        config.automation.allow_private_networks = false;
+        config
+    }
+
+    #[test]
+    fn production_refuses_the_development_key_and_private_networks() {
+        assert_eq!(config(AppEnv::Production).check_production(), Ok(()));
+        let mut unsafe_config = config(AppEnv::Production);
+        unsafe_config.encryption.encryption_key = Some(DEV_ENCRYPTION_KEY.into());
+        unsafe_config.automation.allow_private_networks = true;
+        assert_eq!(
+            unsafe_config.check_production().map_err(|e| e.problems),
+            Err(vec![
+                ConfigError::DevelopmentEncryptionKey,
+                ConfigError::PrivateNetworksAllowed
+            ])
+        );
+        let mut dev = config(AppEnv::Development);
+        dev.encryption.encryption_key = None;
+        dev.automation.allow_private_networks = true;
+        assert_eq!(dev.check_production(), Ok(()));
     }
 }

@@ -36,6 +36,7 @@ pub const WORKER_ID_HEADER: &str = "worker-id";
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
+    config.check_production()?;
     let io = Connections::open(
         "automation-worker",
         &config.db,

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
+use shared::config::{
+    CommonArgs, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck, UnsafeProductionConfig,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -55,12 +57,41 @@ pub struct Config {
     pub parallel_batches: u16,
 }
 
+impl Config {
+    /// Every reason this configuration is unsafe in production (none in
+    /// development); checked at start-up before anything else.
+    pub fn check_production(&self) -> Result<(), UnsafeProductionConfig> {
+        ProductionCheck::new(&self.common)
+            .encryption(&self.encryption)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("dispatch-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn production_refuses_missing_or_development_key() {
+        use shared::config::{AppEnv, ConfigError, DEV_ENCRYPTION_KEY};
+        let mut config = parse(&[]).expect("defaults are valid");
+        config.common.app_env = AppEnv::Production;
+        config.encryption.encryption_key = None;
+        assert_eq!(
+            config.check_production().map_err(|e| e.problems),
+            Err(vec![ConfigError::MissingEncryptionKey])
+        );
+        config.encryption.encryption_key = Some(DEV_ENCRYPTION_KEY.into());
+        assert_eq!(
+            config.check_production().map_err(|e| e.problems),
+            Err(vec![ConfigError::DevelopmentEncryptionKey])
+        );
+        config.common.app_env = AppEnv::Development;
+        assert_eq!(config.check_production(), Ok(()));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const RUNTIME_EVENTS_CONSUMER: &str = "dispatch-worker-runtime-events";
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
+    config.check_production()?;
     let io = Connections::open(
         "dispatch-worker",
         &config.db,

@@ -7,8 +7,10 @@ use std::fmt;
 use base64::Engine;
 use clap::{Args, ValueEnum};
 
-/// Where the process runs. `production` refuses weak or missing secrets and
-/// turns off development conveniences (the dev token route, `http://` n8n URLs).
+/// Where the process runs. `production` refuses weak, missing or
+/// development secrets and turns off development conveniences (the dev token
+/// route, `http://` n8n URLs). It is the default, so a deployment that forgets
+/// `APP_ENV` is never insecure; local scripts and tests say `development`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AppEnv {
     Development,
@@ -23,8 +25,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// `development` or `production`.
-    #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
+    /// `development` or `production` (the default: development must be asked for).
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "production")]
     pub app_env: AppEnv,
     /// Log line format; filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
@@ -175,26 +177,141 @@ pub const DEV_JWT_SECRET: &str = "development-only-jwt-secret-change-me-01234567
 /// `ENCRYPTION_KEY` is unset outside production.
 pub const DEV_ENCRYPTION_KEY: &str = "ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE=";
 
-#[derive(Debug, thiserror::Error)]
+/// Shortest bootstrap key (`AUTH_BOOTSTRAP_KEY`, `DEV_BOOTSTRAP_KEY`)
+/// accepted in production, in characters.
+pub const MIN_BOOTSTRAP_KEY_CHARS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("JWT_SECRET is required in production")]
     MissingJwtSecret,
     #[error("JWT_SECRET must be at least 32 bytes in production (got {0})")]
     WeakJwtSecret(usize),
+    #[error("JWT_SECRET is the development secret, which is public; set a secret of your own")]
+    DevelopmentJwtSecret,
     #[error("ENCRYPTION_KEY is required in production (32 bytes, base64)")]
     MissingEncryptionKey,
     #[error("ENCRYPTION_KEY must be 32 bytes encoded as base64: {0}")]
     MalformedEncryptionKey(String),
+    #[error("ENCRYPTION_KEY is the development key, which is public; set a key of your own")]
+    DevelopmentEncryptionKey,
+    #[error(
+        "TWILIO_VALIDATE_SIGNATURE=false is refused in production: webhooks would not be authenticated"
+    )]
+    SignatureValidationOff,
+    #[error("AUTOMATION_ALLOW_PRIVATE_NETWORKS=true is refused in production")]
+    PrivateNetworksAllowed,
+    #[error(
+        "{name} must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters in production (got {chars}); unset it to disable its route"
+    )]
+    ShortBootstrapKey { name: &'static str, chars: usize },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Every reason a production configuration was refused, found at once so
+/// that one restart fixes them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to start with APP_ENV=production: {}", list(.problems))]
+pub struct UnsafeProductionConfig {
+    pub problems: Vec<ConfigError>,
+}
+
+fn list(problems: &[ConfigError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects the problems of a production configuration; in development it
+/// finds none. Each binary's `Config::check_production` feeds it the groups it
+/// has and calls [`ProductionCheck::finish`] at start-up.
+#[derive(Debug)]
+pub struct ProductionCheck {
+    production: bool,
+    problems: Vec<ConfigError>,
+}
+
+impl ProductionCheck {
+    pub fn new(common: &CommonArgs) -> Self {
+        Self {
+            production: common.is_production(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// `JWT_SECRET`: set, at least 32 bytes, and not the development secret.
+    pub fn auth(mut self, auth: &AuthArgs) -> Self {
+        if self.production
+            && let Err(e) = auth.checked_secret(true)
+        {
+            self.problems.push(e);
+        }
+        self
+    }
+
+    /// `ENCRYPTION_KEY`: set, 32 bytes of base64, and not the development key.
+    pub fn encryption(mut self, encryption: &EncryptionArgs) -> Self {
+        if self.production
+            && let Err(e) = encryption.checked_key(true)
+        {
+            self.problems.push(e);
+        }
+        self
+    }
+
+    /// A bootstrap key may be unset (its route is then disabled); when set it
+    /// must be at least [`MIN_BOOTSTRAP_KEY_CHARS`] characters.
+    pub fn bootstrap_key(mut self, name: &'static str, key: Option<&str>) -> Self {
+        if let (true, Some(key)) = (self.production, key) {
+            let chars = key.chars().count();
+            if chars < MIN_BOOTSTRAP_KEY_CHARS {
+                self.problems
+                    .push(ConfigError::ShortBootstrapKey { name, chars });
+            }
+        }
+        self
+    }
+
+    /// Records `problem` in production when `refused` holds.
+    pub fn refuse(mut self, refused: bool, problem: ConfigError) -> Self {
+        if self.production && refused {
+            self.problems.push(problem);
+        }
+        self
+    }
+
+    pub fn finish(self) -> Result<(), UnsafeProductionConfig> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(UnsafeProductionConfig {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// A secret for `Debug` output: whether it is set, never its value.
+pub fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
 }
 
 impl AuthArgs {
     /// The secret to sign and verify with, or why start-up must stop.
     pub fn secret(&self, common: &CommonArgs) -> Result<Vec<u8>, ConfigError> {
-        match (&self.jwt_secret, common.is_production()) {
+        self.checked_secret(common.is_production())
+    }
+
+    fn checked_secret(&self, production: bool) -> Result<Vec<u8>, ConfigError> {
+        match (&self.jwt_secret, production) {
             (Some(secret), true) if secret.len() < 32 => {
                 Err(ConfigError::WeakJwtSecret(secret.len()))
+            }
+            (Some(secret), true) if secret == DEV_JWT_SECRET => {
+                Err(ConfigError::DevelopmentJwtSecret)
             }
             (Some(secret), _) if !secret.is_empty() => Ok(secret.as_bytes().to_vec()),
             (_, true) => Err(ConfigError::MissingJwtSecret),
@@ -222,7 +339,11 @@ impl fmt::Debug for EncryptionArgs {
 impl EncryptionArgs {
     /// The 32 key bytes, or why start-up must stop.
     pub fn key(&self, common: &CommonArgs) -> Result<[u8; 32], ConfigError> {
-        let encoded = match (&self.encryption_key, common.is_production()) {
+        self.checked_key(common.is_production())
+    }
+
+    fn checked_key(&self, production: bool) -> Result<[u8; 32], ConfigError> {
+        let encoded = match (&self.encryption_key, production) {
             (Some(key), _) if !key.is_empty() => key.as_str(),
             (_, true) => return Err(ConfigError::MissingEncryptionKey),
             (_, false) => {
@@ -230,7 +351,11 @@ impl EncryptionArgs {
                 DEV_ENCRYPTION_KEY
             }
         };
-        decode_key(encoded)
+        let key = decode_key(encoded)?;
+        if production && decode_key(DEV_ENCRYPTION_KEY).is_ok_and(|dev| dev == key) {
+            return Err(ConfigError::DevelopmentEncryptionKey);
+        }
+        Ok(key)
     }
 }
 
@@ -311,9 +436,149 @@ mod tests {
         };
         assert!(not_base64.key(&prod).is_err());
         let good = EncryptionArgs {
-            encryption_key: Some(DEV_ENCRYPTION_KEY.into()),
+            encryption_key: Some(OTHER_KEY.into()),
         };
         assert!(good.key(&prod).is_ok());
+    }
+
+    /// 32 bytes of base64 that are not the development key.
+    const OTHER_KEY: &str = "b3RoZXItMzItYnl0ZS1rZXktZm9yLXRoZS10ZXN0cyE=";
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn app_env_defaults_to_production() {
+        use clap::CommandFactory;
+        // Read from the definition, so an APP_ENV in the caller's environment
+        // cannot change the answer.
+        let command = Cli::command();
+        let app_env = command
+            .get_arguments()
+            .find(|a| a.get_id() == "app_env")
+            .expect("app_env argument");
+        let defaults: Vec<_> = app_env.get_default_values().to_vec();
+        assert_eq!(defaults, ["production"]);
+        assert_eq!(app_env.get_env().and_then(|e| e.to_str()), Some("APP_ENV"));
+    }
+
+    #[test]
+    fn development_must_be_asked_for() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["x", "--app-env", "development"]).expect("parses");
+        assert!(!cli.common.is_production());
+        let cli = Cli::try_parse_from(["x", "--app-env", "production"]).expect("parses");
+        assert!(cli.common.is_production());
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret_and_key() {
+        let prod = common(AppEnv::Production);
+        assert_eq!(
+            auth(Some(DEV_JWT_SECRET)).secret(&prod),
+            Err(ConfigError::DevelopmentJwtSecret)
+        );
+        let dev_key = EncryptionArgs {
+            encryption_key: Some(DEV_ENCRYPTION_KEY.into()),
+        };
+        assert_eq!(
+            dev_key.key(&prod),
+            Err(ConfigError::DevelopmentEncryptionKey)
+        );
+        // The same key with surrounding whitespace is still the development key.
+        let padded = EncryptionArgs {
+            encryption_key: Some(format!(" {DEV_ENCRYPTION_KEY}\n")),
+        };
+        assert_eq!(
+            padded.key(&prod),
+            Err(ConfigError::DevelopmentEncryptionKey)
+        );
+        // Development still uses them.
+        let dev = common(AppEnv::Development);
+        assert!(auth(Some(DEV_JWT_SECRET)).secret(&dev).is_ok());
+        assert!(dev_key.key(&dev).is_ok());
+    }
+
+    #[test]
+    fn production_check_names_every_problem() {
+        let prod = common(AppEnv::Production);
+        let err = ProductionCheck::new(&prod)
+            .auth(&auth(None))
+            .encryption(&EncryptionArgs {
+                encryption_key: Some(DEV_ENCRYPTION_KEY.into()),
+            })
+            .bootstrap_key("AUTH_BOOTSTRAP_KEY", Some(""))
+            .bootstrap_key("DEV_BOOTSTRAP_KEY", Some(&"k".repeat(31)))
+            .refuse(true, ConfigError::SignatureValidationOff)
+            .finish()
+            .expect_err("refused");
+        assert_eq!(
+            err.problems,
+            [
+                ConfigError::MissingJwtSecret,
+                ConfigError::DevelopmentEncryptionKey,
+                ConfigError::ShortBootstrapKey {
+                    name: "AUTH_BOOTSTRAP_KEY",
+                    chars: 0
+                },
+                ConfigError::ShortBootstrapKey {
+                    name: "DEV_BOOTSTRAP_KEY",
+                    chars: 31
+                },
+                ConfigError::SignatureValidationOff,
+            ]
+        );
+        let message = err.to_string();
+        for name in [
+            "APP_ENV=production",
+            "JWT_SECRET",
+            "ENCRYPTION_KEY",
+            "AUTH_BOOTSTRAP_KEY",
+            "DEV_BOOTSTRAP_KEY",
+            "TWILIO_VALIDATE_SIGNATURE",
+        ] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
+        assert!(
+            ProductionCheck::new(&prod)
+                .auth(&auth(Some(DEV_JWT_SECRET)))
+                .finish()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn production_check_accepts_a_safe_configuration() {
+        let prod = common(AppEnv::Production);
+        let strong = "s".repeat(32);
+        let safe = ProductionCheck::new(&prod)
+            .auth(&auth(Some(&strong)))
+            .encryption(&EncryptionArgs {
+                encryption_key: Some(OTHER_KEY.into()),
+            })
+            // Unset: the route is disabled, which is fine.
+            .bootstrap_key("AUTH_BOOTSTRAP_KEY", None)
+            .bootstrap_key("DEV_BOOTSTRAP_KEY", Some(&"k".repeat(32)))
+            .refuse(false, ConfigError::SignatureValidationOff)
+            .finish();
+        assert_eq!(safe, Ok(()));
+    }
+
+    #[test]
+    fn development_check_finds_nothing() {
+        let dev = common(AppEnv::Development);
+        let checked = ProductionCheck::new(&dev)
+            .auth(&auth(None))
+            .encryption(&EncryptionArgs {
+                encryption_key: None,
+            })
+            .bootstrap_key("AUTH_BOOTSTRAP_KEY", Some("short"))
+            .refuse(true, ConfigError::SignatureValidationOff)
+            .finish();
+        assert_eq!(checked, Ok(()));
     }
 
     #[test]

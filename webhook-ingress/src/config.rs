@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{CommonArgs, DbArgs, EncryptionArgs, NatsArgs};
+use shared::config::{
+    CommonArgs, ConfigError, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck,
+    UnsafeProductionConfig,
+};
 
 #[derive(Clone, Parser)]
 #[command(
@@ -41,6 +44,20 @@ pub struct Config {
     pub max_group_commit: u16,
 }
 
+impl Config {
+    /// Every reason this configuration is unsafe in production (none in
+    /// development); checked at start-up before anything else.
+    pub fn check_production(&self) -> Result<(), UnsafeProductionConfig> {
+        ProductionCheck::new(&self.common)
+            .encryption(&self.encryption)
+            .refuse(
+                !self.twilio.twilio_validate_signature,
+                ConfigError::SignatureValidationOff,
+            )
+            .finish()
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -53,7 +70,7 @@ impl fmt::Debug for Config {
 #[derive(Clone, clap::Args)]
 pub struct TwilioArgs {
     /// Check `X-Twilio-Signature` on every webhook. Turn off only for local
-    /// smoke tests.
+    /// smoke tests: production refuses to start with it off.
     #[arg(long, env = "TWILIO_VALIDATE_SIGNATURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub twilio_validate_signature: bool,
     /// The account's Auth Token (the HMAC key of the signature).
@@ -133,5 +150,65 @@ impl TwilioArgs {
             auth_token: token,
             base_url: base.trim_end_matches('/').to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use shared::config::{AppEnv, DEV_ENCRYPTION_KEY};
+
+    use super::*;
+
+    /// 32 bytes of base64 that are not the development key.
+    const KEY: &str = "b3RoZXItMzItYnl0ZS1rZXktZm9yLXRoZS10ZXN0cyE=";
+
+    /// Every field the tests look at is set here, whatever the caller's
+    /// environment.
+    fn config(env: AppEnv, validate_signature: bool) -> Config {
+        let mut config = Config::try_parse_from(["webhook-ingress"]).expect("parses");
+        config.common.app_env = env;
+        config.encryption.encryption_key = Some(KEY.into());
+        config.twilio.twilio_validate_signature = validate_signature;
+        config
+    }
+
+    #[test]
+    fn production_refuses_unsigned_webhooks() {
+        assert_eq!(config(AppEnv::Production, true).check_production(), Ok(()));
+        let refused = config(AppEnv::Production, false)
+            .check_production()
+            .expect_err("refused");
+        assert_eq!(refused.problems, [ConfigError::SignatureValidationOff]);
+        assert!(refused.to_string().contains("TWILIO_VALIDATE_SIGNATURE"));
+        // Local smoke tests may still turn it off.
+        assert_eq!(
+            config(AppEnv::Development, false).check_production(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn production_refuses_the_development_key_with_every_other_problem() {
+        let mut config = config(AppEnv::Production, false);
+        config.encryption.encryption_key = Some(DEV_ENCRYPTION_KEY.into());
+        assert_eq!(
+            config.check_production().map_err(|e| e.problems),
+            Err(vec![
+                ConfigError::DevelopmentEncryptionKey,
+                ConfigError::SignatureValidationOff
+            ])
+        );
+    }
+
+    #[test]
+    fn signature_validation_defaults_to_on() {
+        use clap::CommandFactory;
+        let command = Config::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "twilio_validate_signature")
+            .expect("argument");
+        assert_eq!(arg.get_default_values(), ["true"]);
     }
 }

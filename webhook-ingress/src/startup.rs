@@ -20,6 +20,7 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
     shared::telemetry::init_logging(config.common.log_format);
+    config.check_production()?;
     let _key = config.encryption.key(&config.common)?;
     // Checked before anything listens: validation on needs its secrets.
     config.twilio.signature_check()?;

@@ -472,7 +472,10 @@ async fn auth_modes_reach_n8n_and_wrong_secrets_fail(pool: PgPool) {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn checks_run_in_the_documented_order(pool: PgPool) {
-    let app = spawn_app_with(pool, |c| c.automation_require_agent_tool_mapping = true).await;
+    let app = spawn_app_with(pool, |c| {
+        c.automation_require_agent_tool_mapping = Some(true)
+    })
+    .await;
     let n8n = FakeN8n::start().await;
     let worker = start_worker(&app).await;
     let s = seed(&app.pool).await;
@@ -621,7 +624,10 @@ async fn allowlist_off_lets_any_tenant_tool_run_and_catalog_follows_the_setting(
     worker.shutdown().await;
 
     // The same data with the mapping required.
-    let strict = spawn_app_with(pool, |c| c.automation_require_agent_tool_mapping = true).await;
+    let strict = spawn_app_with(pool, |c| {
+        c.automation_require_agent_tool_mapping = Some(true)
+    })
+    .await;
     let (status, catalog) = status_json(
         strict
             .get(

@@ -75,6 +75,7 @@ impl WorkerProcess {
     pub(crate) fn new(app: &TestApp, db_url: String, rust_log: &str) -> Self {
         Self {
             env: vec![
+                ("APP_ENV", "development".into()),
                 ("DATABASE_URL", db_url),
                 ("NATS_URL", app.config.nats.nats_url.clone()),
                 (

@@ -178,6 +178,7 @@ impl Worker {
 
 pub fn worker_config(app: &TestApp) -> automation_worker::config::Config {
     let mut config = automation_worker::config::Config::defaults();
+    config.common.app_env = shared::config::AppEnv::Development;
     config.listen_addr = "127.0.0.1:0".parse().expect("addr");
     config.nats.nats_subject_prefix = app.config.nats.nats_subject_prefix.clone();
     config.nats.nats_url = app.config.nats.nats_url.clone();

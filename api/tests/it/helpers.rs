@@ -30,14 +30,18 @@ pub struct TestApp {
 pub use shared::testing::unique_prefix;
 
 pub fn test_config() -> Config {
-    let mut config = Config::try_parse_from(["api"]).expect("default config parses");
+    // Development explicitly: the default is production, and a flag wins over
+    // an APP_ENV in the caller's environment.
+    let mut config =
+        Config::try_parse_from(["api", "--app-env", "development"]).expect("config parses");
     config.listen_addr = "127.0.0.1:0".parse().expect("addr");
     config.nats.nats_url = "nats://127.0.0.1:4222".into();
     config.nats.nats_subject_prefix = unique_prefix();
     config.dev_bootstrap_key = Some(DEV_KEY.into());
     config.auth_bootstrap_key = Some(AUTH_KEY.into());
     config.auth.jwt_secret = Some("test-secret-that-is-long-enough-for-prod-0123".into());
-    config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());
+    config.encryption.encryption_key = Some(shared::testing::ENCRYPTION_KEY.into());
+    config.automation_require_agent_tool_mapping = None;
     config
 }
 

@@ -16,3 +16,4 @@ mod helpers;
 mod mgmt;
 mod plans;
 mod runtime_dispatches;
+mod startup_checks;

@@ -21,7 +21,7 @@ async fn seed_dispatch(app: &TestApp, tenant_id: Uuid, ttl_secs: i64) -> (Uuid, 
         .execute(&app.pool)
         .await
         .expect("session");
-    let key = shared::config::decode_key(shared::config::DEV_ENCRYPTION_KEY).expect("key");
+    let key = app.config.encryption.key(&app.config.common).expect("key");
     let token = shared::crypto::random_bytes::<32>();
     let sealed = SecretBox::new(&key)
         .seal(&token, &shared::calls::join_token_aad(dispatch_id))

@@ -17,7 +17,8 @@ const INBOUND: &str = "/twilio/webhook/inbound";
 /// The api in-process on a random port; returns its base URL and a token
 /// for `tenant_id`.
 pub async fn spawn_api(pool: PgPool, prefix: &str, tenant_id: uuid::Uuid) -> (String, String) {
-    let mut config = api::config::Config::try_parse_from(["api"]).expect("api defaults");
+    let mut config = api::config::Config::try_parse_from(["api", "--app-env", "development"])
+        .expect("api defaults");
     config.nats.nats_subject_prefix = prefix.to_owned();
     config.auth.jwt_secret = Some("e2e-secret-that-is-long-enough-for-prod-0123".into());
     config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());

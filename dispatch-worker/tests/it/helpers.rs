@@ -61,8 +61,12 @@ pub async fn world_on(
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let mut config =
-        webhook_ingress::config::Config::try_parse_from(["webhook-ingress"]).expect("defaults");
+    let mut config = webhook_ingress::config::Config::try_parse_from([
+        "webhook-ingress",
+        "--app-env",
+        "development",
+    ])
+    .expect("defaults");
     config.nats = ingress;
     config.twilio.twilio_auth_token = Some(AUTH_TOKEN.into());
     config.twilio.twilio_webhook_base_url = Some(base.clone());
@@ -105,8 +109,12 @@ pub async fn world_on(
 }
 
 pub fn worker_config(prefix: &str) -> dispatch_worker::config::Config {
-    let mut config =
-        dispatch_worker::config::Config::try_parse_from(["dispatch-worker"]).expect("defaults");
+    let mut config = dispatch_worker::config::Config::try_parse_from([
+        "dispatch-worker",
+        "--app-env",
+        "development",
+    ])
+    .expect("defaults");
     config.nats.nats_subject_prefix = prefix.to_owned();
     config.nats.nats_url = NATS_URL.into();
     config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());
@@ -137,6 +145,7 @@ impl World {
     /// The real dispatch-worker binary as a child process.
     pub fn spawn_worker_binary(&self) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch-worker"))
+            .env("APP_ENV", "development")
             .env("DATABASE_URL", database_url(&self.pool))
             .env("NATS_URL", NATS_URL)
             .env("NATS_SUBJECT_PREFIX", &self.prefix)

@@ -4,6 +4,10 @@
 pub mod nats_server;
 pub mod plans;
 
+/// An encryption key for tests that is not the development key, so that a
+/// test may run its binary with `APP_ENV=production` (32 bytes, base64).
+pub const ENCRYPTION_KEY: &str = "dGVzdC1vbmx5LWtleS1ub3QtdGhlLWRldi1rZXkhISE=";
+
 use sqlx::PgPool;
 use uuid::Uuid;
 

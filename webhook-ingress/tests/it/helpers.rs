@@ -28,7 +28,8 @@ impl Drop for TestIngress {
 }
 
 pub fn config_for(prefix: &str, base: &str) -> Config {
-    let mut config = Config::try_parse_from(["webhook-ingress"]).expect("defaults parse");
+    let mut config = Config::try_parse_from(["webhook-ingress", "--app-env", "development"])
+        .expect("defaults parse");
     config.nats.nats_subject_prefix = prefix.to_owned();
     config.twilio.twilio_auth_token = Some(AUTH_TOKEN.into());
     config.twilio.twilio_webhook_base_url = Some(base.to_owned());

@@ -2,4 +2,5 @@
 //! a fresh database per test and the local NATS with a unique prefix.
 
 mod helpers;
+mod startup_checks;
 mod webhooks;
