@@ -224,7 +224,7 @@ SELECT gen_random_uuid(), s.tenant_id, s.id, 'call.inbound', 'PB' || :client_id 
 ON CONFLICT (call_id, idempotency_key) DO NOTHING;
 SQL
   pgbench_tps=$(pgbench -n -M prepared -c "$CONNECTIONS" -j 2 -T "${SATURATION%s}" -f .stack/bench-inbound.sql \
-    "$PG/${template}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    "$PG/${template}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9]*\).*/\1/p')
   echo "  pgbench clients=$CONNECTIONS: $pgbench_tps inbound calls/s (one commit each)"
 
   result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs)"
