@@ -23,13 +23,8 @@ const BOUNDED: &[&str] = &["tool_executions_call_idx", "tool_executions_open_idx
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn every_per_call_read_of_a_tool_execution_pins_one_row(pool: PgPool) {
-    plans::capture_plans(&pool).await;
-    // Connections opened from now on plan generically and log their plans.
-    let app_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("app pool");
+    // The flow's connections plan generically and log their plans.
+    let app_pool = plans::capture_plans(&pool).await;
     let app = spawn_app(app_pool).await;
     let n8n = FakeN8n::start().await;
     let worker = start_worker(&app).await;
@@ -90,10 +85,7 @@ async fn every_per_call_read_of_a_tool_execution_pins_one_row(pool: PgPool) {
             .reads_of("tool_executions", "finished_at")
             .is_empty()
     );
-    let violations = captured.per_call_violations(&pool, BOUNDED).await;
-    assert!(
-        violations.is_empty(),
-        "per-call reads that grow with the tables:\n{}",
-        violations.join("\n")
-    );
+    captured
+        .assert_per_call_reads_pin_one_row(&pool, BOUNDED)
+        .await;
 }

@@ -37,13 +37,8 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
-    plans::capture_plans(&pool).await;
-    // Connections opened from now on plan generically and log their plans.
-    let app_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("app pool");
+    // The flow's connections plan generically and log their plans.
+    let app_pool = plans::capture_plans(&pool).await;
     let seeded = seed_number(&pool, "+14155550900").await;
     let w = world(app_pool.clone()).await;
     w.spawn_worker(|_| {}).await;
@@ -177,11 +172,8 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
             )
             .is_empty()
     );
-    let violations = captured.per_call_violations(&pool, BOUNDED).await;
-    assert!(
-        violations.is_empty(),
-        "per-call reads that grow with the tables:\n{}",
-        violations.join("\n")
-    );
+    captured
+        .assert_per_call_reads_pin_one_row(&pool, BOUNDED)
+        .await;
     w.delete_streams().await;
 }

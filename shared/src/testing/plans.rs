@@ -87,12 +87,13 @@ pub struct TableRead {
 }
 
 /// Sets the test database up for capture (every connection opened from now
-/// on) and installs the process-wide notice subscriber. Open the pools the
-/// flow uses after this call.
+/// on) and installs the process-wide notice subscriber. Returns a pool of
+/// such connections, for the flow under test; `pool` itself stays outside
+/// the capture, for the test's own checks.
 ///
 /// # Panics
 /// When the database cannot be altered: a test set-up error.
-pub async fn capture_plans(pool: &PgPool) {
+pub async fn capture_plans(pool: &PgPool) -> PgPool {
     // A second install (another test in the same binary) keeps the first.
     let subscriber = tracing_subscriber::registry().with(NoticeLayer);
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -118,6 +119,11 @@ pub async fn capture_plans(pool: &PgPool) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("a capturing pool")
 }
 
 /// Every plan captured since [`capture_plans`].
@@ -181,6 +187,20 @@ impl CapturedPlans {
             .iter()
             .filter(|r| r.table == table && r.statement.contains(needle))
             .collect()
+    }
+
+    /// Fails the test, listing them, when [`Self::per_call_violations`]
+    /// finds any.
+    ///
+    /// # Panics
+    /// When a per-call read can grow with its table.
+    pub async fn assert_per_call_reads_pin_one_row(&self, pool: &PgPool, bounded: &[&str]) {
+        let violations = self.per_call_violations(pool, bounded).await;
+        assert!(
+            violations.is_empty(),
+            "per-call reads that grow with the tables:\n{}",
+            violations.join("\n")
+        );
     }
 
     /// Every read of a per-call table that can cost more as the table grows:
