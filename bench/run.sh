@@ -60,7 +60,6 @@ trap cleanup EXIT INT TERM
 # measurement's copy. Prints the bench tenant's id.
 make_template() {
   local db=$1 history=$2 tenant
-  databases+=("$db")
   psql "$PG/postgres" -qAtc "CREATE DATABASE $db" >/dev/null
   for f in migrations/*.sql; do psql "$PG/$db" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
   tenant=$(psql "$PG/$db" -qAt <<'SQL'
@@ -177,6 +176,8 @@ for mode in $MODES; do
   echo
   echo "######## database: $mode$([ "$history" -gt 0 ] && echo " ($history past calls)") ########"
   template="vcp_${RUN}_${mode}"
+  # Called in a subshell (for its output): the parent records the name.
+  databases+=("$template")
   tenant=$(make_template "$template" "$history")
 
   echo
