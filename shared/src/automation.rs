@@ -53,6 +53,14 @@ impl RequestKind {
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// HMAC-SHA256 keyed with `key` (HMAC takes keys of any length, so the
+/// fallback is never taken).
+fn hmac_sha256(key: &[u8]) -> HmacSha256 {
+    use hmac::KeyInit;
+    <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()))
+}
+
 /// Signs automation requests (the api) and checks them (the
 /// automation-worker) with a key derived from `ENCRYPTION_KEY`, which both
 /// hold and the voice runtime does not. The bus already lets only the api
@@ -66,9 +74,8 @@ pub struct RequestSigner {
 
 impl RequestSigner {
     pub fn new(encryption_key: &[u8; 32]) -> Self {
-        use hmac::{KeyInit, Mac};
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(encryption_key)
-            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        use hmac::Mac;
+        let mut mac = hmac_sha256(encryption_key);
         mac.update(b"voice-control-plane automation request signing v1");
         Self {
             key: mac.finalize().into_bytes().into(),
@@ -76,9 +83,8 @@ impl RequestSigner {
     }
 
     fn mac(&self, kind: RequestKind, at: i64, payload: &[u8]) -> HmacSha256 {
-        use hmac::{KeyInit, Mac};
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        use hmac::Mac;
+        let mut mac = hmac_sha256(&self.key);
         mac.update(kind.label());
         mac.update(b"\n");
         mac.update(at.to_string().as_bytes());

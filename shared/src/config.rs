@@ -107,6 +107,26 @@ pub struct NatsArgs {
     pub nats_tls_key: Option<std::path::PathBuf>,
 }
 
+impl NatsArgs {
+    /// `url` and `prefix` with one replica and no credentials or TLS, as
+    /// parsing no flags gives them: for tests and tools that set up a
+    /// connection by hand.
+    pub fn plain(url: &str, prefix: &str) -> Self {
+        Self {
+            nats_url: url.to_owned(),
+            nats_subject_prefix: prefix.to_owned(),
+            nats_stream_replicas: 1,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+        }
+    }
+}
+
 impl fmt::Debug for NatsArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };

@@ -2,52 +2,11 @@
 //! refuses the development secrets and short bootstrap keys before it
 //! touches anything.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use shared::config::{DEV_ENCRYPTION_KEY, DEV_JWT_SECRET};
 
-/// Runs the api with nothing but `env` (the caller's environment is cleared,
-/// so `APP_ENV` is unset unless given) and unreachable Postgres and NATS;
-/// returns whether it exited successfully and its stderr.
+/// The api binary, run until it exits (see `shared::testing::run_until_exit`).
 fn run_api(env: &[(&str, &str)]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_api"))
-        .env_clear()
-        .env(
-            "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:1/unreachable",
-        )
-        .env("NATS_URL", "nats://127.0.0.1:1")
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "pretty")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the api binary");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the api did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    (status.success(), stderr)
+    shared::testing::run_until_exit(env!("CARGO_BIN_EXE_api"), env)
 }
 
 #[test]

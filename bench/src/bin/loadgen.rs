@@ -61,7 +61,7 @@ struct Args {
     warmup: Duration,
     /// Accepted webhooks are also counted per window of this length, so a
     /// decline during the run shows.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = shared::config::positive_duration)]
     window: Duration,
     /// Delete this prefix's streams when done (bench runs use a fresh prefix).
     #[arg(long)]
@@ -169,8 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let warm_until = start + args.warmup;
     let end = warm_until + args.duration;
-    let window_count =
-        (args.duration.as_secs_f64() / args.window.as_secs_f64().max(0.001)).ceil() as usize;
+    let window_count = (args.duration.as_secs_f64() / args.window.as_secs_f64()).ceil() as usize;
     let state = Arc::new(Shared {
         client,
         url,

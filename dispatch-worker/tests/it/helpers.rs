@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use reqwest::Client;
+use shared::config::NatsArgs;
 use shared::nats::Subjects;
 use shared::service::Connections;
 use sqlx::PgPool;
@@ -37,23 +38,14 @@ pub async fn world(pool: PgPool) -> World {
 /// The ingress talks to `ingress_nats` (a dead address simulates an outage).
 pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World {
     let prefix = unique_prefix();
-    let mut ingress = webhook_ingress::config::Config::try_parse_from(["webhook-ingress"])
-        .expect("defaults")
-        .nats;
-    ingress.nats_subject_prefix = prefix.clone();
-    ingress.nats_url = ingress_nats.to_owned();
     let nats = async_nats::connect(NATS_URL).await.expect("NATS");
-    world_on(pool, ingress, nats).await
+    world_on(pool, NatsArgs::plain(ingress_nats, &prefix), nats).await
 }
 
 /// The ingress connects with `ingress` (its URL, prefix and credentials);
 /// `nats` is the test's own client, which must be allowed to manage the
 /// streams.
-pub async fn world_on(
-    pool: PgPool,
-    ingress: shared::config::NatsArgs,
-    nats: async_nats::Client,
-) -> World {
+pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client) -> World {
     shared::install_crypto_providers();
     let prefix = ingress.nats_subject_prefix.clone();
     let ingress_nats = ingress.nats_url.clone();

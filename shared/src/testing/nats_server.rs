@@ -138,16 +138,9 @@ impl SecuredNats {
     /// the configuration names the production subjects).
     pub fn args(&self, user: &str) -> NatsArgs {
         NatsArgs {
-            nats_url: self.url(),
-            nats_subject_prefix: String::new(),
-            nats_stream_replicas: 1,
             nats_user: Some(user.to_owned()),
             nats_password: Some(self.password(user)),
-            nats_token: None,
-            nats_creds: None,
-            nats_tls_ca: None,
-            nats_tls_cert: None,
-            nats_tls_key: None,
+            ..NatsArgs::plain(&self.url(), "")
         }
     }
 }
