@@ -126,14 +126,15 @@ start_services() {
   # Against a remote Postgres use sslmode=verify-full.
   local url="$PG/$1?sslmode=disable"
   DATABASE_URL="$url" NATS_URL="$NATS_URL" NATS_SUBJECT_PREFIX="$2" \
-    LISTEN_ADDR=127.0.0.1:4101 TWILIO_WEBHOOK_BASE_URL=http://127.0.0.1:4101 DATABASE_MAX_CONNECTIONS=16 \
+    LISTEN_ADDR=127.0.0.1:4101 OPS_LISTEN_ADDR=127.0.0.1:4111 \
+    TWILIO_WEBHOOK_BASE_URL=http://127.0.0.1:4101 DATABASE_MAX_CONNECTIONS=16 \
     "$BIN/webhook-ingress" >".stack/bench-ingress.log" 2>&1 &
   pids+=($!)
   DATABASE_URL="$url" NATS_URL="$NATS_URL" NATS_SUBJECT_PREFIX="$2" \
     LISTEN_ADDR=127.0.0.1:4103 DATABASE_MAX_CONNECTIONS=32 \
     "$BIN/dispatch-worker" >".stack/bench-worker.log" 2>&1 &
   pids+=($!)
-  for port in 4101 4103; do
+  for port in 4111 4103; do
     for _ in $(seq 1 60); do
       curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
       sleep 0.5
@@ -190,7 +191,7 @@ for mode in $MODES; do
   echo "$out" | grep -v '^summary:'
   fixed=$(echo "$out" | grep '^summary:')
   # The same requests as the ingress timed them (handler only).
-  curl -fsS http://127.0.0.1:4101/metrics \
+  curl -fsS http://127.0.0.1:4111/metrics \
     | grep -E '^(http_request_duration_seconds_bucket.*inbound|ingress_store_seconds_bucket|ingress_group_commit_seconds_bucket)' \
     | sed 's/^/  ingress-side: /' || true
   stop_services

@@ -28,6 +28,8 @@ export DEV_BOOTSTRAP_KEY="${DEV_BOOTSTRAP_KEY:-dev-bootstrap-key}"
 export AUTH_BOOTSTRAP_KEY="${AUTH_BOOTSTRAP_KEY:-dev-auth-bootstrap-key}"
 export TWILIO_AUTH_TOKEN="${TWILIO_AUTH_TOKEN:-dev-twilio-auth-token}"
 export TWILIO_WEBHOOK_BASE_URL="${TWILIO_WEBHOOK_BASE_URL:-http://127.0.0.1:4001}"
+# The ingress's readiness and metrics (its public port serves only Twilio).
+export OPS_LISTEN_ADDR="${OPS_LISTEN_ADDR:-127.0.0.1:4011}"
 export AUTOMATION_ALLOW_PRIVATE_NETWORKS="${AUTOMATION_ALLOW_PRIVATE_NETWORKS:-true}"
 
 mkdir -p .stack
@@ -87,7 +89,8 @@ start webhook-ingress 127.0.0.1:4001
 start automation-worker 127.0.0.1:4002
 start dispatch-worker 127.0.0.1:4003
 
-for port in 4000 4001 4002 4003; do
+# The ingress reports readiness on its ops port (4011), not the public one.
+for port in 4000 4011 4002 4003; do
   ok=""
   for _ in $(seq 1 60); do
     if curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1; then ok=1; break; fi
@@ -123,7 +126,7 @@ cat <<MSG
 
 The stack is up (logs in .stack/, Ctrl-C stops it):
   api               http://127.0.0.1:4000   (OpenAPI: /openapi.json)
-  webhook-ingress   http://127.0.0.1:4001
+  webhook-ingress   http://127.0.0.1:4001   (Twilio webhooks; health and metrics on :4011)
   automation-worker http://127.0.0.1:4002   (health and metrics)
   dispatch-worker   http://127.0.0.1:4003   (health and metrics)
   NATS              $NATS_URL   (deploy/nats/nats.conf; the runtime connects as

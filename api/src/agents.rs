@@ -18,6 +18,7 @@ use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
 use crate::management::{PageRequest, TenantListQuery, audit, not_found, text_field};
 use crate::pagination::{Cursor, Page};
+use crate::size_caps;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -127,12 +128,16 @@ const VERSION_SELECT: &str = "SELECT v.id, v.tenant_id, v.agent_id, v.version, v
                   WHERE t.agent_version_id = v.id), '{}') AS tool_ids
  FROM agent_versions v JOIN agents a ON a.id = v.agent_id";
 
-fn check_config(config: &Value) -> AppResult<()> {
-    if config.is_object() {
-        Ok(())
-    } else {
-        Err(AppError::bad_request("config must be a JSON object"))
+fn check_config(state: &AppState, config: &Value) -> AppResult<()> {
+    if !config.is_object() {
+        return Err(AppError::bad_request("config must be a JSON object"));
     }
+    size_caps::check(
+        "config",
+        config,
+        state.settings.size_caps.agent_config,
+        "MAX_AGENT_CONFIG_BYTES",
+    )
 }
 
 async fn fetch_version(
@@ -288,7 +293,7 @@ async fn create_version(
     Path(path): Path<AgentPath>,
     Json(body): Json<VersionConfig>,
 ) -> AppResult<(StatusCode, Json<AgentVersion>)> {
-    check_config(&body.config)?;
+    check_config(&state, &body.config)?;
     let mut tx = state.pool.begin().await?;
     // The agent's row lock serialises numbering: concurrent creations get
     // consecutive numbers instead of a unique violation.
@@ -432,7 +437,7 @@ async fn update_version(
     Path(path): Path<VersionPath>,
     Json(body): Json<VersionConfig>,
 ) -> AppResult<Json<AgentVersion>> {
-    check_config(&body.config)?;
+    check_config(&state, &body.config)?;
     let mut tx = state.pool.begin().await?;
     if lock_version(&mut tx, &claims, &path).await? == VersionStatus::Published {
         return Err(published_conflict("config"));

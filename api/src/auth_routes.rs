@@ -1,10 +1,9 @@
 //! `/auth/*` (first admin, login, bootstrap users) and the development token
 //! route `/internal/dev/token`, which does not exist in production.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::client_addr::ClientAddr;
 use crate::error::{AppError, AppResult};
 use crate::extract::Json;
 use crate::state::{AppState, Settings};
@@ -100,17 +100,50 @@ pub struct FirstAdminCreated {
     pub tenant: TenantView,
 }
 
+fn hashing_busy() -> AppError {
+    AppError::ServiceUnavailable("too many logins in progress; try again shortly".into())
+}
+
+async fn hash_password(state: &AppState, password: String) -> AppResult<String> {
+    match state.passwords.hash(password).await {
+        Ok(hash) => Ok(hash),
+        Err(shared::password::PasswordError::Busy) => Err(hashing_busy()),
+        Err(err) => Err(anyhow::Error::from(err).into()),
+    }
+}
+
+async fn users_exist(executor: impl sqlx::PgExecutor<'_>) -> AppResult<bool> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+        .fetch_one(executor)
+        .await?)
+}
+
+fn admin_exists() -> AppError {
+    AppError::Conflict("an admin already exists; log in instead".into())
+}
+
+fn throttled(message: &str, wait: Duration) -> AppError {
+    AppError::TooManyRequests {
+        message: message.into(),
+        retry_after_secs: wait.as_secs().saturating_add(1),
+    }
+}
+
 /// Creates the first tenant and its internal admin; works only while there
-/// are no users at all.
+/// are no users at all. Once set up it answers 409 without hashing anything,
+/// so a loop of these cannot take the hashing slots that logins need.
 #[utoipa::path(post, path = "/auth/register-first-admin", tag = "auth",
     request_body = RegisterFirstAdmin,
     responses(
         (status = 201, body = FirstAdminCreated),
         (status = 400, body = shared::error::ErrorBody),
         (status = 409, description = "users already exist", body = shared::error::ErrorBody),
+        (status = 429, description = "too many attempts from this address; see Retry-After", body = shared::error::ErrorBody),
+        (status = 503, description = "every password-hashing slot stayed busy; try again", body = shared::error::ErrorBody),
     ))]
 async fn register_first_admin(
     State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<RegisterFirstAdmin>,
 ) -> AppResult<(StatusCode, Json<FirstAdminCreated>)> {
     let email = validate_email(&body.email)?;
@@ -121,27 +154,25 @@ async fn register_first_admin(
             "tenant_name must be 1 to 200 characters",
         ));
     }
-    let hash = state
-        .passwords
-        .hash(body.password)
-        .await
-        .map_err(anyhow::Error::from)?;
+    if users_exist(&state.pool).await? {
+        return Err(admin_exists());
+    }
+    state
+        .login_throttle
+        .begin_registration(ip, Instant::now())
+        .map_err(|wait| throttled("too many registration attempts; try again later", wait))?;
+    let hash = hash_password(&state, body.password).await?;
 
     let user_id = Uuid::now_v7();
     let tenant_id = Uuid::now_v7();
     let mut tx = state.pool.begin().await?;
     // Serialises concurrent registrations: the second one sees the first
-    // user and gets 409.
+    // user (checked again now, under the lock) and gets 409.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('auth.register_first_admin'))")
         .execute(&mut *tx)
         .await?;
-    let any_user: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
-        .fetch_one(&mut *tx)
-        .await?;
-    if any_user {
-        return Err(AppError::Conflict(
-            "an admin already exists; log in instead".into(),
-        ));
+    if users_exist(&mut *tx).await? {
+        return Err(admin_exists());
     }
     sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
         .bind(tenant_id)
@@ -235,10 +266,9 @@ pub struct LoginResponse {
     ))]
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<Login>,
 ) -> AppResult<Json<LoginResponse>> {
-    let ip = Some(peer.ip());
     let failed = || AppError::Unauthorized("invalid email or password".into());
     // Checked before the throttle, which keeps one entry per email: an
     // over-long address must not cost it memory.
@@ -248,15 +278,10 @@ async fn login(
     // Counted as a failure before the slow password check (a success takes
     // it back), so a burst of concurrent guesses cannot all get past the
     // limit while earlier ones wait for a hashing permit.
-    if let Err(wait) = state
+    state
         .login_throttle
         .begin_attempt(&body.email, ip, Instant::now())
-    {
-        return Err(AppError::TooManyRequests {
-            message: "too many failed logins; try again later".into(),
-            retry_after_secs: wait.as_secs().saturating_add(1),
-        });
-    }
+        .map_err(|wait| throttled("too many failed logins; try again later", wait))?;
     let user: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
             .bind(body.email.trim())
@@ -268,11 +293,7 @@ async fn login(
     };
     let matched = match state.passwords.verify(body.password, stored).await {
         Ok(matched) => matched,
-        Err(shared::password::PasswordError::Busy) => {
-            return Err(AppError::ServiceUnavailable(
-                "too many logins in progress; try again shortly".into(),
-            ));
-        }
+        Err(shared::password::PasswordError::Busy) => return Err(hashing_busy()),
         Err(err) => return Err(anyhow::Error::from(err).into()),
     };
     let Some(user_id) = user_id.filter(|_| matched) else {
@@ -357,11 +378,7 @@ async fn bootstrap_user(
     if body.memberships.len() > 100 {
         return Err(AppError::bad_request("memberships: at most 100"));
     }
-    let hash = state
-        .passwords
-        .hash(body.password)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let hash = hash_password(&state, body.password).await?;
     let user_id = Uuid::now_v7();
     create_user_with_memberships(&state.pool, user_id, &email, &hash, &body.memberships).await?;
     Ok((

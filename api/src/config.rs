@@ -53,6 +53,11 @@ pub struct Config {
     /// Failed logins from one client address within the window before 429.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub login_max_failures_per_ip: usize,
+    /// Proxies (CIDRs or addresses, comma-separated) whose `X-Forwarded-For`
+    /// names the client for login throttling; empty: the TCP peer is the
+    /// client and the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::client_addr::parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Window over which failed logins are counted.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = shared::config::positive_duration)]
     pub login_failure_window: Duration,
@@ -77,6 +82,17 @@ pub struct Config {
     /// How long the api waits for automation-worker's n8n integration test.
     #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = shared::config::positive_duration)]
     pub automation_integration_test_timeout: Duration,
+    /// Largest agent version `config`, in bytes of JSON; larger gets 413.
+    #[arg(long, env = "MAX_AGENT_CONFIG_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 * 1024 * 1024))]
+    pub max_agent_config_bytes: usize,
+    /// Largest tool `input_schema`, in bytes of JSON; larger gets 413.
+    #[arg(long, env = "MAX_TOOL_SCHEMA_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 * 1024 * 1024))]
+    pub max_tool_schema_bytes: usize,
+    /// Largest tool call `input_json`, in bytes of JSON; larger gets 413
+    /// before anything is recorded (so does an input that, with its
+    /// context, would not fit in one NATS message).
+    #[arg(long, env = "MAX_TOOL_INPUT_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 * 1024 * 1024))]
+    pub max_tool_input_bytes: usize,
     /// Return recording media URLs from `GET /client/calls/{id}/recording`;
     /// when false the answer only says that a recording (and a URL) exists.
     #[arg(long, env = "RECORDINGS_EXPOSE_URL", default_value_t = false, action = clap::ArgAction::Set)]
@@ -127,6 +143,7 @@ impl fmt::Debug for Config {
             password_hash_concurrency,
             login_max_failures_per_email,
             login_max_failures_per_ip,
+            trusted_proxies,
             login_failure_window,
             http_body_limit_bytes,
             http_request_timeout,
@@ -134,6 +151,9 @@ impl fmt::Debug for Config {
             automation_max_executions_per_minute,
             automation_execute_timeout,
             automation_integration_test_timeout,
+            max_agent_config_bytes,
+            max_tool_schema_bytes,
+            max_tool_input_bytes,
             recordings_expose_url,
         } = self;
         f.debug_struct("Config")
@@ -150,6 +170,7 @@ impl fmt::Debug for Config {
             .field("password_hash_concurrency", password_hash_concurrency)
             .field("login_max_failures_per_email", login_max_failures_per_email)
             .field("login_max_failures_per_ip", login_max_failures_per_ip)
+            .field("trusted_proxies", trusted_proxies)
             .field("login_failure_window", login_failure_window)
             .field("http_body_limit_bytes", http_body_limit_bytes)
             .field("http_request_timeout", http_request_timeout)
@@ -166,6 +187,9 @@ impl fmt::Debug for Config {
                 "automation_integration_test_timeout",
                 automation_integration_test_timeout,
             )
+            .field("max_agent_config_bytes", max_agent_config_bytes)
+            .field("max_tool_schema_bytes", max_tool_schema_bytes)
+            .field("max_tool_input_bytes", max_tool_input_bytes)
             .field("recordings_expose_url", recordings_expose_url)
             .finish()
     }
@@ -327,6 +351,20 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_parse_from_a_comma_separated_list() {
+        assert!(parse(&[]).expect("parses").trusted_proxies.is_empty());
+        let config =
+            parse(&["--trusted-proxies", "10.0.0.0/8, 192.0.2.1,fd00::/8"]).expect("parses");
+        let printed: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(printed, ["10.0.0.0/8", "192.0.2.1/32", "fd00::/8"]);
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/8,lb.internal"]).is_err());
+    }
+
+    #[test]
     fn zero_timeouts_and_counts_are_refused() {
         assert!(parse(&[]).is_ok(), "the defaults are valid");
         for args in [
@@ -339,5 +377,11 @@ mod tests {
         ] {
             assert!(parse(&args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn every_setting_is_in_docs_configuration_md() {
+        use clap::CommandFactory;
+        shared::testing::configuration_doc::assert_documented(&Config::command(), "api");
     }
 }

@@ -1,7 +1,12 @@
 //! Login throttling: repeated failed logins for one email, or from one
 //! client address, are refused with 429 and `Retry-After` before any
 //! password work is done, so guessing is slow and a flood is cheap to turn
-//! away. Successful logins clear the email's failures.
+//! away. Successful logins clear the email's failures. First-admin
+//! registrations, which hash a password too, are counted per address the
+//! same way (every attempt counts: there is only ever one that succeeds).
+//!
+//! The address is the client's as [`crate::client_addr`] resolves it
+//! (through trusted proxies, IPv6 by /64).
 //!
 //! Per process, in memory: with several api instances behind a balancer each
 //! counts on its own, which bounds guessing at `instances x limit` per window.
@@ -27,6 +32,7 @@ pub struct ThrottleLimits {
 enum Key {
     Email(String),
     Ip(IpAddr),
+    Registration(IpAddr),
 }
 
 #[derive(Debug)]
@@ -43,10 +49,14 @@ impl LoginThrottle {
         }
     }
 
-    fn keys(email: &str, ip: Option<IpAddr>) -> Vec<(Key, bool)> {
-        let mut keys = vec![(Key::Email(email.trim().to_lowercase()), true)];
+    /// The counters a login attempt is checked against, with their limits.
+    fn login_keys(&self, email: &str, ip: Option<IpAddr>) -> Vec<(Key, usize)> {
+        let mut keys = vec![(
+            Key::Email(email.trim().to_lowercase()),
+            self.limits.max_failures_per_email,
+        )];
         if let Some(ip) = ip {
-            keys.push((Key::Ip(ip), false));
+            keys.push((Key::Ip(ip), self.limits.max_failures_per_ip));
         }
         keys
     }
@@ -61,11 +71,27 @@ impl LoginThrottle {
         ip: Option<IpAddr>,
         now: Instant,
     ) -> Result<(), Duration> {
+        self.admit(&self.login_keys(email, ip), now)
+    }
+
+    /// Admits a first-admin registration from `ip` and counts it, like
+    /// [`Self::begin_attempt`]; without an address there is nothing to count.
+    pub fn begin_registration(&self, ip: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+        match ip {
+            Some(ip) => self.admit(
+                &[(Key::Registration(ip), self.limits.max_failures_per_ip)],
+                now,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn admit(&self, keys: &[(Key, usize)], now: Instant) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(wait) = self.blocked_for(&map, email, ip, now) {
+        if let Some(wait) = self.blocked_for(&map, keys, now) {
             return Err(wait);
         }
-        self.push_failure(&mut map, email, ip, now);
+        self.push_failure(&mut map, keys, now);
         Ok(())
     }
 
@@ -74,25 +100,19 @@ impl LoginThrottle {
     #[cfg(test)]
     pub fn check(&self, email: &str, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        self.blocked_for(&map, email, ip, now)
+        self.blocked_for(&map, &self.login_keys(email, ip), now)
     }
 
     fn blocked_for(
         &self,
         map: &HashMap<Key, VecDeque<Instant>>,
-        email: &str,
-        ip: Option<IpAddr>,
+        keys: &[(Key, usize)],
         now: Instant,
     ) -> Option<Duration> {
-        Self::keys(email, ip)
-            .into_iter()
-            .filter_map(|(key, is_email)| {
-                let limit = if is_email {
-                    self.limits.max_failures_per_email
-                } else {
-                    self.limits.max_failures_per_ip
-                };
-                let times = map.get(&key)?;
+        keys.iter()
+            .filter_map(|(key, limit)| {
+                let limit = *limit;
+                let times = map.get(key)?;
                 let live: Vec<&Instant> = times
                     .iter()
                     .filter(|t| now.duration_since(**t) < self.limits.window)
@@ -116,14 +136,14 @@ impl LoginThrottle {
     #[cfg(test)]
     pub fn record_failure(&self, email: &str, ip: Option<IpAddr>, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        self.push_failure(&mut map, email, ip, now);
+        let keys = self.login_keys(email, ip);
+        self.push_failure(&mut map, &keys, now);
     }
 
     fn push_failure(
         &self,
         map: &mut HashMap<Key, VecDeque<Instant>>,
-        email: &str,
-        ip: Option<IpAddr>,
+        keys: &[(Key, usize)],
         now: Instant,
     ) {
         if map.len() >= MAX_KEYS {
@@ -137,16 +157,12 @@ impl LoginThrottle {
                 map.clear();
             }
         }
-        let cap = self
-            .limits
-            .max_failures_per_email
-            .max(self.limits.max_failures_per_ip);
-        for (key, _) in Self::keys(email, ip) {
-            let times = map.entry(key).or_default();
+        for (key, cap) in keys {
+            let times = map.entry(key.clone()).or_default();
             while times
                 .front()
                 .is_some_and(|t| now.duration_since(*t) >= self.limits.window)
-                || times.len() >= cap
+                || times.len() >= *cap
             {
                 times.pop_front();
             }
@@ -214,5 +230,23 @@ mod tests {
         t.record_success("c@x.io", None);
         t.record_failure("c@x.io", None, now);
         assert!(t.check("c@x.io", None, now).is_none());
+    }
+
+    #[test]
+    fn registrations_count_per_address_apart_from_logins() {
+        let t = throttle();
+        let now = Instant::now();
+        let ip: Option<IpAddr> = "10.0.0.7".parse().ok();
+        for i in 0..5 {
+            assert_eq!(t.begin_registration(ip, now), Ok(()), "attempt {i}");
+        }
+        assert!(t.begin_registration(ip, now).is_err());
+        assert_eq!(t.begin_registration("10.0.0.8".parse().ok(), now), Ok(()));
+        // Logins from the same address are not charged for registrations.
+        assert_eq!(t.check("a@x.io", ip, now), None);
+        assert_eq!(
+            t.begin_registration(ip, now + Duration::from_secs(61)),
+            Ok(())
+        );
     }
 }

@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use shared::auth::JwtKeys;
 use shared::crypto::SecretBox;
-use shared::http::{HttpLimits, Readiness};
+use shared::http::{HttpOptions, Readiness};
 use shared::nats::Subjects;
 use shared::password::PasswordHasher;
 use sqlx::PgPool;
@@ -97,6 +97,12 @@ pub fn settings(config: &Config) -> Settings {
             integration_test_timeout: config.automation_integration_test_timeout,
         },
         recordings_expose_url: config.recordings_expose_url,
+        trusted_proxies: config.trusted_proxies.clone(),
+        size_caps: crate::size_caps::SizeCaps {
+            agent_config: config.max_agent_config_bytes,
+            tool_schema: config.max_tool_schema_bytes,
+            tool_input: config.max_tool_input_bytes,
+        },
     }
 }
 
@@ -152,9 +158,10 @@ pub fn router(
     shared::http::with_common_layers(
         app,
         "api",
-        HttpLimits {
+        HttpOptions {
             body_bytes: config.http_body_limit_bytes,
             timeout: config.http_request_timeout,
+            access_log: true,
         },
     )
 }

@@ -24,6 +24,9 @@ pub struct Settings {
     pub automation: crate::automation::AutomationSettings,
     /// `RECORDINGS_EXPOSE_URL`: return recording media URLs to clients.
     pub recordings_expose_url: bool,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub size_caps: crate::size_caps::SizeCaps,
 }
 
 impl std::fmt::Debug for Settings {
@@ -35,6 +38,8 @@ impl std::fmt::Debug for Settings {
             jwt_ttl,
             automation,
             recordings_expose_url,
+            trusted_proxies,
+            size_caps,
         } = self;
         f.debug_struct("Settings")
             .field("is_production", is_production)
@@ -43,6 +48,8 @@ impl std::fmt::Debug for Settings {
             .field("jwt_ttl", jwt_ttl)
             .field("automation", automation)
             .field("recordings_expose_url", recordings_expose_url)
+            .field("trusted_proxies", trusted_proxies)
+            .field("size_caps", size_caps)
             .finish()
     }
 }

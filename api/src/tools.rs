@@ -257,6 +257,12 @@ async fn create_tool(
     claims.require_tenant(body.tenant_id)?;
     validate_tool_name(&body.name)?;
     let description = text_field("description", &body.description, 0, 2000)?;
+    crate::size_caps::check(
+        "input_schema",
+        &body.input_schema,
+        state.settings.size_caps.tool_schema,
+        "MAX_TOOL_SCHEMA_BYTES",
+    )?;
     validate_input_schema(&body.input_schema)?;
     let mut tx = state.pool.begin().await?;
     let inserted = sqlx::query_as::<_, Tool>(

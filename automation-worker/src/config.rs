@@ -146,4 +146,13 @@ mod tests {
         dev.automation.allow_private_networks = true;
         assert_eq!(dev.check_production(), Ok(()));
     }
+
+    #[test]
+    fn every_setting_is_in_docs_configuration_md() {
+        use clap::CommandFactory;
+        shared::testing::configuration_doc::assert_documented(
+            &Config::command(),
+            "automation-worker",
+        );
+    }
 }

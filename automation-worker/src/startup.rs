@@ -5,7 +5,6 @@
 //! flight and reply, then stop the reaper and the ops server.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use shared::automation::{
     ToolError, ToolExecuteReply, ToolExecuteRequest,
 };
 use shared::crypto::SecretBox;
-use shared::http::{HttpLimits, Readiness};
+use shared::http::{HttpOptions, Readiness};
 use shared::nats::Subjects;
 use shared::service::Connections;
 use shared::trace::TraceContext;
@@ -104,6 +103,24 @@ pub async fn run(
         signer: RequestSigner::new(&key),
     });
 
+    // Served first: while NATS is down, probes must see the worker alive and
+    // not ready rather than nothing at all.
+    let readiness = Readiness {
+        pool: pool.clone(),
+        nats: nats.clone(),
+        metrics: shared::telemetry::install_metrics(),
+    };
+    let app = shared::http::with_common_layers(
+        shared::http::ops_router(readiness),
+        "automation-worker",
+        HttpOptions::OPS,
+    );
+    let http_stop = CancellationToken::new();
+    let http_stop_wait = http_stop.clone();
+    let server = tokio::spawn(shared::http::serve(listener, app, async move {
+        http_stop_wait.cancelled().await;
+    }));
+
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let group = subjects.automation_queue_group();
     let execute_sub = nats
@@ -113,8 +130,16 @@ pub async fn run(
         .queue_subscribe(subjects.automation_integration_test(), group)
         .await?;
     // Make sure the server has the subscriptions before anyone is told we
-    // are up (tests send requests right after start).
-    nats.flush().await?;
+    // are up (tests send requests right after start). While NATS is down
+    // this waits for it, with `/health/ready` saying so, until shutdown.
+    tokio::select! {
+        flushed = nats.flush() => flushed?,
+        () = shutdown.cancelled() => {
+            http_stop.cancel();
+            server.await??;
+            return Ok(());
+        }
+    }
 
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
@@ -143,25 +168,6 @@ pub async fn run(
         a.reaper_grace,
         reaper_stop.clone(),
     ));
-
-    let readiness = Readiness {
-        pool,
-        nats: nats.clone(),
-        metrics: shared::telemetry::install_metrics(),
-    };
-    let app = shared::http::with_common_layers(
-        shared::http::ops_router(readiness),
-        "automation-worker",
-        HttpLimits {
-            body_bytes: 64 * 1024,
-            timeout: Duration::from_secs(10),
-        },
-    );
-    let http_stop = CancellationToken::new();
-    let http_stop_wait = http_stop.clone();
-    let server = tokio::spawn(shared::http::serve(listener, app, async move {
-        http_stop_wait.cancelled().await;
-    }));
 
     shutdown.cancelled().await;
     tracing::info!("automation-worker draining");

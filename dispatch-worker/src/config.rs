@@ -113,4 +113,13 @@ mod tests {
             assert!(parse(&args).is_err(), "{args:?} was accepted");
         }
     }
+
+    #[test]
+    fn every_setting_is_in_docs_configuration_md() {
+        use clap::CommandFactory;
+        shared::testing::configuration_doc::assert_documented(
+            &Config::command(),
+            "dispatch-worker",
+        );
+    }
 }

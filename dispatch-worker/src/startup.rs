@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::crypto::SecretBox;
-use shared::http::{HttpLimits, Readiness};
+use shared::http::{HttpOptions, Readiness};
 use shared::nats::Subjects;
 use shared::service::Connections;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +54,7 @@ pub async fn run(
     let app = shared::http::with_common_layers(
         shared::http::ops_router(readiness),
         "dispatch-worker",
-        HttpLimits {
-            body_bytes: 64 * 1024,
-            timeout: Duration::from_secs(10),
-        },
+        HttpOptions::OPS,
     );
     let tasks = TaskTracker::new();
     {

@@ -365,6 +365,8 @@ pub mod error_codes {
     pub const WORKER_UNAVAILABLE: &str = "worker_unavailable";
     pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
     pub const INVALID_OUTPUT: &str = "invalid_output";
+    /// The request would not fit in one NATS message; it was never sent.
+    pub const REQUEST_TOO_LARGE: &str = "request_too_large";
 }
 
 /// The outcome of an execution: automation-worker's reply, and the api's

@@ -92,11 +92,26 @@ struct SegmentData {
     end_ms: i32,
 }
 
+/// Largest `data` of a runtime event, in bytes of JSON: every event is a
+/// timeline row that each timeline read returns.
+pub const MAX_RUNTIME_EVENT_DATA_BYTES: usize = 64 * 1024;
+
+/// Longest transcript segment text, in bytes: an utterance is seconds of
+/// speech; a segment this long is a runtime bug or abuse, not a caller.
+pub const MAX_TRANSCRIPT_TEXT_BYTES: usize = 16 * 1024;
+
 impl RuntimeEvent {
     /// The typed data, or why the event is malformed.
     pub fn parse_data(&self) -> Result<RuntimeEventData, String> {
+        let data = serde_json::to_string(&self.data).unwrap_or_default();
+        if data.len() > MAX_RUNTIME_EVENT_DATA_BYTES {
+            return Err(format!(
+                "data is {} bytes of JSON; at most {MAX_RUNTIME_EVENT_DATA_BYTES}",
+                data.len()
+            ));
+        }
         // What Postgres cannot store would be retried forever: refuse it.
-        if serde_json::to_string(&self.data).is_ok_and(|d| d.contains("\\u0000")) {
+        if data.contains("\\u0000") {
             return Err("data contains a NUL character".into());
         }
         if !(1..=9999).contains(&chrono::Datelike::year(&self.occurred_at)) {
@@ -119,6 +134,12 @@ impl RuntimeEvent {
                 }
                 if d.start_ms < 0 || d.end_ms < d.start_ms {
                     return Err("need 0 <= start_ms <= end_ms".into());
+                }
+                if d.text.len() > MAX_TRANSCRIPT_TEXT_BYTES {
+                    return Err(format!(
+                        "transcript text is {} bytes; at most {MAX_TRANSCRIPT_TEXT_BYTES}",
+                        d.text.len()
+                    ));
                 }
                 Ok(RuntimeEventData::TranscriptSegment {
                     speaker: d.speaker,
@@ -376,6 +397,20 @@ mod tests {
             .is_err()
         );
         assert!(ev("nope", json!({})).parse_data().is_err());
+        // Size caps: the longest segment passes, one byte more does not, and
+        // no event carries more than its data cap.
+        let segment = |text: String| {
+            ev(
+                "transcript.segment",
+                json!({"speaker":"agent","text":text,"start_ms":0,"end_ms":1}),
+            )
+            .parse_data()
+        };
+        assert!(segment("a".repeat(MAX_TRANSCRIPT_TEXT_BYTES)).is_ok());
+        let refused = segment("a".repeat(MAX_TRANSCRIPT_TEXT_BYTES + 1)).expect_err("too long");
+        assert!(refused.contains("at most 16384"), "{refused}");
+        let huge = json!({"reason": "x".repeat(MAX_RUNTIME_EVENT_DATA_BYTES)});
+        assert!(ev("call.ended", huge).parse_data().is_err());
         // Nothing Postgres would refuse (and the consumer retry forever).
         assert!(
             ev("call.ended", json!({"reason":"hang\u{0}up"}))

@@ -38,19 +38,26 @@ pub struct Readiness {
 
 /// `/health`, `/health/ready` and `/metrics`.
 pub fn ops_router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/health", get(liveness))
+    liveness_router()
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .with_state(Arc::new(readiness))
+}
+
+/// `/health` alone: for a public port, where readiness details and metrics
+/// do not belong.
+pub fn liveness_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/health", get(liveness))
 }
 
 async fn liveness() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Checks Postgres with `SELECT 1` (bounded in time).
-pub async fn check_postgres(pool: &PgPool) -> Result<(), String> {
+/// Checks Postgres with `SELECT 1` (bounded in time). The answer names what
+/// failed in fixed words; the driver's error (host names, user names, server
+/// messages) goes to the log, never to whoever asked.
+pub async fn check_postgres(pool: &PgPool) -> Result<(), &'static str> {
     match tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(pool),
@@ -58,21 +65,28 @@ pub async fn check_postgres(pool: &PgPool) -> Result<(), String> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out after 2s".into()),
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "readiness: Postgres check failed");
+            Err("query failed")
+        }
+        Err(_) => Err("timed out after 2s"),
     }
 }
 
-async fn check_nats(nats: &async_nats::Client) -> Result<(), String> {
+async fn check_nats(nats: &async_nats::Client) -> Result<(), &'static str> {
     match nats.connection_state() {
         async_nats::connection::State::Connected => {
             match tokio::time::timeout(Duration::from_secs(2), nats.flush()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("flush timed out after 2s".into()),
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "readiness: NATS flush failed");
+                    Err("flush failed")
+                }
+                Err(_) => Err("flush timed out after 2s"),
             }
         }
-        other => Err(format!("{other:?}")),
+        async_nats::connection::State::Pending => Err("not connected yet"),
+        async_nats::connection::State::Disconnected => Err("disconnected"),
     }
 }
 
@@ -83,7 +97,7 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let describe = |r: &Result<(), String>| match r {
+    let describe = |r: &Result<(), &str>| match r {
         Ok(()) => json!({"status": "ok"}),
         Err(e) => json!({"status": "error", "message": e}),
     };
@@ -112,8 +126,11 @@ async fn track_metrics(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status().as_u16().to_string();
+    response
+        .extensions_mut()
+        .insert(MatchedRoute(route.clone()));
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
@@ -121,15 +138,68 @@ async fn track_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// Limits that every surface sets explicitly.
+/// What every surface sets explicitly.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
+pub struct HttpOptions {
     pub body_bytes: usize,
     pub timeout: Duration,
+    /// One info line per request ([`access_log`]); off where the request rate
+    /// would make the log the cost (the ingress's webhooks).
+    pub access_log: bool,
+}
+
+impl HttpOptions {
+    /// An ops listener: probes and scrapes only.
+    pub const OPS: Self = Self {
+        body_bytes: 64 * 1024,
+        timeout: Duration::from_secs(10),
+        access_log: false,
+    };
+}
+
+/// The route a request matched, handed from [`track_metrics`] (inside the
+/// router, where it is known) to [`access_log`] (outside, where the final
+/// status is).
+#[derive(Clone)]
+struct MatchedRoute(String);
+
+/// One info line per request, target `access`: method, route, status,
+/// latency and request id. Health probes and metrics scrapes are left out:
+/// they would drown the rest. Sits outside the timeout and panic layers, so
+/// their 503s and 500s are logged too (with route `-`; unknown routes are
+/// `unmatched`).
+async fn access_log(State(enabled): State<bool>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if !enabled || path.starts_with("/health") || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<MatchedRoute>()
+        .map_or("-", |r| r.0.as_str());
+    tracing::info!(
+        target: "access",
+        %method,
+        route,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id,
+        "request"
+    );
+    response
 }
 
 /// Wraps a binary's router with the layers every surface shares.
-pub fn with_common_layers(router: Router, service: &'static str, limits: HttpLimits) -> Router {
+pub fn with_common_layers(router: Router, service: &'static str, options: HttpOptions) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(move |request: &Request| {
         let request_id = request
             .headers()
@@ -158,6 +228,10 @@ pub fn with_common_layers(router: Router, service: &'static str, limits: HttpLim
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(trace)
+                .layer(middleware::from_fn_with_state(
+                    options.access_log,
+                    access_log,
+                ))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(|_| {
                     error_response(
@@ -168,9 +242,9 @@ pub fn with_common_layers(router: Router, service: &'static str, limits: HttpLim
                 }))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    limits.timeout,
+                    options.timeout,
                 ))
-                .layer(RequestBodyLimitLayer::new(limits.body_bytes)),
+                .layer(RequestBodyLimitLayer::new(options.body_bytes)),
         )
 }
 

@@ -52,6 +52,19 @@ impl PasswordHasher {
         Self::with_params(params, 4)
     }
 
+    /// Takes every hashing slot until the returned permit is dropped, so a
+    /// test can see which requests would wait for one (tests only).
+    pub async fn occupy_all_slots_for_tests(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, PasswordError> {
+        let slots = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        self.permits
+            .clone()
+            .acquire_many_owned(slots)
+            .await
+            .map_err(|_| PasswordError::Join)
+    }
+
     fn with_params(params: Params, max_concurrent: usize) -> Result<Self, PasswordError> {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let dummy = hex_random();

@@ -17,9 +17,14 @@ use shared::config::{
     about = "Voice agent control plane: public Twilio webhook ingress"
 )]
 pub struct Config {
-    /// Address for health, readiness and metrics and the Twilio webhooks.
+    /// Address of the Twilio webhooks (the public port): serves them and
+    /// `/health`, nothing else.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:4001")]
     pub listen_addr: SocketAddr,
+    /// Address of `/health`, `/health/ready` and `/metrics` for the
+    /// deployment's probes and Prometheus; keep it off the public network.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:4011")]
+    pub ops_listen_addr: SocketAddr,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -62,6 +67,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
+            .field("ops_listen_addr", &self.ops_listen_addr)
             .field("twilio", &self.twilio)
             .finish_non_exhaustive()
     }
@@ -210,5 +216,14 @@ mod tests {
             .find(|a| a.get_id() == "twilio_validate_signature")
             .expect("argument");
         assert_eq!(arg.get_default_values(), ["true"]);
+    }
+
+    #[test]
+    fn every_setting_is_in_docs_configuration_md() {
+        use clap::CommandFactory;
+        shared::testing::configuration_doc::assert_documented(
+            &Config::command(),
+            "webhook-ingress",
+        );
     }
 }

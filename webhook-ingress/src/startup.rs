@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::http::{HttpLimits, Readiness};
+use anyhow::Context;
+
+use shared::http::{HttpOptions, Readiness};
 use shared::nats::Subjects;
 use shared::service::Connections;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +33,20 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         config.listen_addr,
     )
     .await?;
-    run(config, io, shared::shutdown::token_on_signal()).await
+    let ops = tokio::net::TcpListener::bind(config.ops_listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.ops_listen_addr))?;
+    tracing::info!(addr = %config.ops_listen_addr, "webhook-ingress ops listening");
+    run(config, io, ops, shared::shutdown::token_on_signal()).await
 }
 
-/// Runs until `shutdown` is cancelled, then drains.
+/// Runs until `shutdown` is cancelled, then drains. Webhooks are served on
+/// `io.listener`, the port Twilio reaches; readiness details and metrics
+/// only on `ops`.
 pub async fn run(
     config: Config,
     io: Connections,
+    ops: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Connections {
@@ -95,16 +104,31 @@ pub async fn run(
         nats,
         metrics: shared::telemetry::install_metrics(),
     };
-    let app = shared::http::with_common_layers(
-        shared::http::ops_router(readiness).merge(webhooks::router(ingress)),
+    // No access log on the webhooks: at thousands per second it would cost
+    // more than the answer; each call's timeline is in the database.
+    let public = shared::http::with_common_layers(
+        shared::http::liveness_router().merge(webhooks::router(ingress)),
         "webhook-ingress",
-        HttpLimits {
+        HttpOptions {
             body_bytes: BODY_LIMIT_BYTES,
             timeout: Duration::from_secs(10),
+            access_log: false,
         },
     );
-    let stop = shutdown.clone();
-    shared::http::serve(listener, app, async move { stop.cancelled().await }).await?;
+    let ops_app = shared::http::with_common_layers(
+        shared::http::ops_router(readiness),
+        "webhook-ingress",
+        HttpOptions::OPS,
+    );
+    let (stop_public, stop_ops) = (shutdown.clone(), shutdown.clone());
+    tokio::try_join!(
+        shared::http::serve(
+            listener,
+            public,
+            async move { stop_public.cancelled().await }
+        ),
+        shared::http::serve(ops, ops_app, async move { stop_ops.cancelled().await }),
+    )?;
     tracing::info!("webhook-ingress stopped");
     Ok(())
 }

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use super::schema_cache::{self, CachedTool, ToolKey, Violation};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path};
+use crate::size_caps;
 use crate::state::AppState;
 
 /// Extra time the api waits past the execution's deadline for the worker's
@@ -80,6 +81,7 @@ pub struct InvalidInputDetail {
         (status = 401, body = shared::error::ErrorBody),
         (status = 403, description = "not an internal token, or the tool is not on the agent version's allowlist", body = shared::error::ErrorBody),
         (status = 404, description = "unknown call or tool", body = shared::error::ErrorBody),
+        (status = 413, description = "input_json over MAX_TOOL_INPUT_BYTES or too large for one NATS message", body = shared::error::ErrorBody),
         (status = 422, description = "the tool has no endpoint or its integration is disabled", body = shared::error::ErrorBody),
         (status = 429, description = "too many executions for this call in the last 60 s (Retry-After)", body = shared::error::ErrorBody),
         (status = 502, description = "the tool failed after its attempts", body = ExecutionResult),
@@ -107,6 +109,7 @@ pub async fn execute_tool_by_id(
         (status = 401, body = shared::error::ErrorBody),
         (status = 403, body = shared::error::ErrorBody),
         (status = 404, body = shared::error::ErrorBody),
+        (status = 413, body = shared::error::ErrorBody),
         (status = 422, body = shared::error::ErrorBody),
         (status = 429, body = shared::error::ErrorBody),
         (status = 502, body = ExecutionResult),
@@ -163,6 +166,7 @@ async fn execute(
     let trace = TraceContext::from_http(http_headers);
     let trace_id = trace_id(body.trace_id, &trace)?;
     let execution_id = Uuid::now_v7();
+    check_input_size(state, &body.input_json)?;
 
     // One round trip on the hot path: the tool (schema, compiled validator)
     // comes from memory, the input is validated here, and one SQL call
@@ -313,6 +317,24 @@ async fn execute(
         context: checked.context.map(|c| c.0),
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
+    // The check before recording leaves room for the context; a context
+    // larger still (headers near their caps) ends here, recorded as failed
+    // and answered 413, never sent to time out.
+    let max_payload = state.nats.server_info().max_payload;
+    if max_payload > 0 && payload.len() + NATS_HEADERS_ROOM > max_payload {
+        let error = ToolError {
+            code: error_codes::REQUEST_TOO_LARGE.into(),
+            message: format!(
+                "the request with its context is {} bytes; NATS carries at most {max_payload}",
+                payload.len()
+            ),
+        };
+        fail_unsent(&state.pool, &exec, execution_id, &trace_id, &error).await?;
+        return Err(size_caps::too_large(format!(
+            "{} (execution {execution_id} recorded as failed)",
+            error.message
+        )));
+    }
     let mut headers = nats_headers(&execution_id.to_string(), Some(&trace_id), &trace);
     headers.insert(
         REQUEST_SIGNATURE_HEADER,
@@ -352,18 +374,15 @@ async fn execute(
                 code: error_codes::WORKER_UNAVAILABLE.into(),
                 message: "no automation-worker is running; try again shortly".into(),
             };
-            fail_unsent(&state.pool, &exec, execution_id, &trace_id, &error).await?;
-            let result = ExecutionResult {
+            unsent(
+                state,
+                &exec,
                 execution_id,
                 trace_id,
-                status: ExecutionStatus::Failed,
-                output: None,
-                attempts: 0,
-                latency_ms: None,
-                http_status: None,
-                error: Some(error),
-            };
-            Ok((StatusCode::SERVICE_UNAVAILABLE, Json(result)).into_response())
+                error,
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await
         }
         Err(err) => {
             // Timed out (or NATS hiccup): the worker may still be running
@@ -439,6 +458,59 @@ struct Recorded {
 /// No worker took the request: the execution fails at once, recorded with
 /// its `tool.failed` event in one statement (and a commit that waits for
 /// the WAL flush: the 503 names it), so it never waits for the reaper.
+/// Room for the NATS headers (trace context, signature) beside the payload.
+const NATS_HEADERS_ROOM: usize = 1024;
+
+/// What the context adds to the input in the request to the worker, for the
+/// check made before anything is recorded: the endpoint, integration and
+/// call fields of a typical tool. Larger contexts are caught before sending.
+const CONTEXT_ROOM: usize = 16 * 1024;
+
+/// 413 before anything is recorded: an input over `MAX_TOOL_INPUT_BYTES`,
+/// or one that with its context would not fit in one NATS message (which
+/// would otherwise fail to send and look like a worker timeout).
+fn check_input_size(state: &AppState, input: &Value) -> AppResult<()> {
+    size_caps::check(
+        "input_json",
+        input,
+        state.settings.size_caps.tool_input,
+        "MAX_TOOL_INPUT_BYTES",
+    )?;
+    let max_payload = state.nats.server_info().max_payload;
+    let size = size_caps::json_len(input);
+    if max_payload > 0 && size + CONTEXT_ROOM + NATS_HEADERS_ROOM > max_payload {
+        return Err(size_caps::too_large(format!(
+            "input_json is {size} bytes of JSON; with its context it would not fit in one \
+             NATS message (the server's max_payload is {max_payload})"
+        )));
+    }
+    Ok(())
+}
+
+/// Records a queued execution that was never sent as failed with `error`,
+/// and answers `status` with it.
+async fn unsent(
+    state: &AppState,
+    exec: &Recorded,
+    execution_id: Uuid,
+    trace_id: String,
+    error: ToolError,
+    status: StatusCode,
+) -> AppResult<Response> {
+    fail_unsent(&state.pool, exec, execution_id, &trace_id, &error).await?;
+    let result = ExecutionResult {
+        execution_id,
+        trace_id,
+        status: ExecutionStatus::Failed,
+        output: None,
+        attempts: 0,
+        latency_ms: None,
+        http_status: None,
+        error: Some(error),
+    };
+    Ok((status, Json(result)).into_response())
+}
+
 async fn fail_unsent(
     pool: &PgPool,
     exec: &Recorded,

@@ -468,6 +468,13 @@ async fn readiness_names_the_failed_dependency(pool: PgPool) {
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["checks"]["postgres"]["status"], "error");
     assert_eq!(ready["checks"]["nats"]["status"], "ok");
+    // Which dependency, in fixed words: the driver's error (here "attempted
+    // to acquire a connection on a closed pool") stays in the log.
+    assert_eq!(ready["checks"]["postgres"]["message"], "query failed");
+    let (status, db) = status_json(app.get("/health/db", None).await).await;
+    assert_eq!(status, 503, "{db}");
+    assert_eq!(db["message"], "query failed");
+    assert!(!format!("{ready}{db}").contains("pool"), "{ready} {db}");
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -616,4 +623,85 @@ async fn a_concurrent_burst_of_bad_logins_cannot_pass_the_limit(pool: PgPool) {
     let throttled = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(unauthorized, 4, "{statuses:?}");
     assert_eq!(throttled, 26, "{statuses:?}");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn first_admin_after_set_up_is_refused_before_any_hashing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, _) = status_json(
+        app.post("/auth/register-first-admin", None, &first_admin_body())
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    // With every hashing slot taken, a registration that hashed first would
+    // wait for one and end in 503; checked first, it is refused at once.
+    let _slots = app
+        .passwords
+        .occupy_all_slots_for_tests()
+        .await
+        .expect("slots");
+    let again = json!({"email": "other@example.com", "password": "another long password", "tenant_name": "Evil"});
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let (status, body) =
+            status_json(app.post("/auth/register-first-admin", None, &again).await).await;
+        assert_eq!(status, 409, "{body}");
+    }
+    assert!(
+        started.elapsed() < shared::password::PERMIT_WAIT,
+        "refusals waited for a hashing slot"
+    );
+}
+
+/// `n` failed logins for distinct emails, sent with `X-Forwarded-For: forwarded`.
+async fn fail_logins(app: &crate::helpers::TestApp, forwarded: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let body = json!({"email": format!("u{i}-{forwarded}@example.com"), "password": "wrong password!!"});
+        let resp = app
+            .client
+            .post(app.url("/auth/login"))
+            .header("x-forwarded-for", forwarded)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        statuses.push(resp.status().as_u16());
+    }
+    statuses
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn behind_a_trusted_proxy_one_client_cannot_lock_out_the_others(pool: PgPool) {
+    let app = spawn_app_with(pool, |c| {
+        c.login_max_failures_per_email = 100;
+        c.login_max_failures_per_ip = 2;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    assert_eq!(fail_logins(&app, "203.0.113.1", 3).await, [401, 401, 429]);
+    // Another client through the same balancer is still served.
+    assert_eq!(fail_logins(&app, "203.0.113.2", 1).await, [401]);
+    // The attacker's own forged hop is ignored: the proxy's entry counts.
+    assert_eq!(
+        fail_logins(&app, "198.51.100.50, 203.0.113.1", 1).await,
+        [429]
+    );
+    // IPv6 clients count by /64: a new address in the same /64 is blocked.
+    assert_eq!(fail_logins(&app, "2001:db8:0:1::1", 2).await, [401, 401]);
+    assert_eq!(fail_logins(&app, "2001:db8:0:1::ffff", 1).await, [429]);
+    assert_eq!(fail_logins(&app, "2001:db8:0:2::1", 1).await, [401]);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored(pool: PgPool) {
+    let app = spawn_app_with(pool, |c| {
+        c.login_max_failures_per_email = 100;
+        c.login_max_failures_per_ip = 2;
+    })
+    .await;
+    assert_eq!(fail_logins(&app, "203.0.113.1", 2).await, [401, 401]);
+    // A new forged address does not buy new attempts.
+    assert_eq!(fail_logins(&app, "203.0.113.99", 1).await, [429]);
 }

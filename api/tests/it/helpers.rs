@@ -25,6 +25,8 @@ pub struct TestApp {
     pub nats: async_nats::Client,
     pub subjects: shared::nats::Subjects,
     pub config: Config,
+    /// The app's password hasher (its slots are shared with the app).
+    pub passwords: PasswordHasher,
 }
 
 pub use shared::testing::unique_prefix;
@@ -66,6 +68,7 @@ pub async fn spawn_app_with(pool: PgPool, customize: impl FnOnce(&mut Config)) -
     state.passwords = PasswordHasher::insecure_fast_for_tests().expect("hasher");
     let jwt = state.jwt.clone();
     let subjects = state.subjects.clone();
+    let passwords = state.passwords.clone();
     let app = api::startup::router(state, shared::telemetry::install_metrics(), &config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -83,6 +86,7 @@ pub async fn spawn_app_with(pool: PgPool, customize: impl FnOnce(&mut Config)) -
         nats,
         subjects,
         config,
+        passwords,
     }
 }
 

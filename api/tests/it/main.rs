@@ -2,6 +2,7 @@
 //! fresh Postgres database per test (`#[sqlx::test]`) and the local NATS
 //! server with a unique subject prefix.
 
+mod access_log;
 mod auth;
 mod automation;
 mod automation_bench;
@@ -16,4 +17,5 @@ mod helpers;
 mod mgmt;
 mod plans;
 mod runtime_dispatches;
+mod size_caps;
 mod startup_checks;

@@ -78,6 +78,9 @@ pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client)
             nats: ingress_client,
             listener,
         },
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the ops listener"),
         shutdown.clone(),
     ));
     let subjects = Subjects::new(&prefix);

@@ -8,3 +8,4 @@ mod e2e;
 mod helpers;
 mod lifecycle;
 mod plans;
+mod startup;

@@ -1,8 +1,10 @@
 //! Fixtures the binaries' integration tests share (feature `test-support`,
 //! enabled only in their dev-dependencies).
 
+pub mod configuration_doc;
 pub mod nats_server;
 pub mod plans;
+pub mod process;
 
 /// An encryption key for tests that is not the development key, so that a
 /// test may run its binary with `APP_ENV=production` (32 bytes, base64).

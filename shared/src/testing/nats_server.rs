@@ -38,6 +38,15 @@ impl SecuredNats {
     /// # Panics
     /// When nats-server cannot be started: a test set-up error.
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// [`Self::start`] with `extra` appended to the configuration (server
+    /// limits such as `max_payload`).
+    ///
+    /// # Panics
+    /// When nats-server cannot be started: a test set-up error.
+    pub async fn start_with(extra: &str) -> Self {
         // The NATS client builds its TLS settings even for nats:// URLs.
         crate::install_crypto_providers();
         let passwords: HashMap<&'static str, String> = BUS_USERS
@@ -48,7 +57,7 @@ impl SecuredNats {
             .collect();
         let mut last_error = String::new();
         for _ in 0..3 {
-            let mut server = Self::spawn(passwords.clone());
+            let mut server = Self::spawn(passwords.clone(), extra);
             let args = server.args("api");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             let mut up = false;
@@ -83,10 +92,15 @@ impl SecuredNats {
         panic!("the secured nats-server did not start: {last_error}");
     }
 
-    fn spawn(passwords: HashMap<&'static str, String>) -> Self {
+    fn spawn(passwords: HashMap<&'static str, String>, extra: &str) -> Self {
         let port = super::free_port();
         let store = std::env::temp_dir().join(format!("vcp-nats-{}", uuid::Uuid::new_v4()));
-        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf");
+        let mut config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf");
+        if !extra.is_empty() {
+            let shipped = std::fs::read_to_string(&config).expect("deploy/nats/nats.conf");
+            config = store.with_extension("conf");
+            std::fs::write(&config, format!("{shipped}\n{extra}\n")).expect("write config");
+        }
         let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -152,5 +166,6 @@ impl Drop for SecuredNats {
         let _ = std::fs::remove_dir_all(&self.store);
         let _ = std::fs::remove_file(self.store.with_extension("log"));
         let _ = std::fs::remove_file(self.store.with_extension("err"));
+        let _ = std::fs::remove_file(self.store.with_extension("conf"));
     }
 }

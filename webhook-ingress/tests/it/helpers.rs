@@ -14,6 +14,8 @@ pub const AUTH_TOKEN: &str = "test-twilio-auth-token";
 
 pub struct TestIngress {
     pub base: String,
+    /// The ops listener: readiness details and metrics.
+    pub ops: String,
     pub client: Client,
     pub pool: PgPool,
     pub nats: async_nats::Client,
@@ -52,6 +54,10 @@ pub async fn spawn_ingress_with(
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ops_base = format!("http://{}", ops.local_addr().expect("addr"));
     let prefix = unique_prefix();
     let mut config = config_for(&prefix, &base);
     config.nats.nats_url = nats_url.to_owned();
@@ -69,10 +75,12 @@ pub async fn spawn_ingress_with(
             nats: nats.clone(),
             listener,
         },
+        ops,
         shutdown.clone(),
     ));
     TestIngress {
         base,
+        ops: ops_base,
         client: Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -322,7 +322,7 @@ async fn concurrent_webhooks_share_commits_and_stay_exact(pool: PgPool) {
     // Commits were shared: the group-size histogram's sum exceeds its count.
     let metrics = app
         .client
-        .get(format!("{}/metrics", app.base))
+        .get(format!("{}/metrics", app.ops))
         .send()
         .await
         .expect("metrics")
@@ -433,4 +433,41 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
         .await
         .expect("count");
     assert_eq!((sessions, events), (2, 3));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn readiness_and_metrics_are_served_only_on_the_ops_listener(pool: PgPool) {
+    let app = spawn_ingress(pool).await;
+    let get = |url: String| {
+        let client = app.client.clone();
+        async move {
+            let resp = client.get(url).send().await.expect("send");
+            (resp.status().as_u16(), resp.text().await.expect("text"))
+        }
+    };
+    // The public port, which Twilio reaches, says it is alive and no more.
+    assert_eq!(get(format!("{}/health", app.base)).await.0, 200);
+    assert_eq!(get(format!("{}/health/ready", app.base)).await.0, 404);
+    assert_eq!(get(format!("{}/metrics", app.base)).await.0, 404);
+    // Ready once its NATS connection is up.
+    let ready_url = format!("{}/health/ready", app.ops);
+    assert!(
+        shared::testing::process::wait_for_status(&ready_url, 200, Duration::from_secs(10)).await
+    );
+    let (status, ready) = get(ready_url).await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("\"postgres\""), "{ready}");
+    let (status, metrics) = get(format!("{}/metrics", app.ops)).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    // Webhooks are not served on the ops port.
+    let resp = app
+        .client
+        .post(format!("{}{INBOUND}", app.ops))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("CallSid=CA00000000000000000000000000000077")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 404);
 }

@@ -1,4 +1,4 @@
-//! The internal management API (issue 3): tenants, agents and versions,
+//! The internal management API: tenants, agents and versions,
 //! phone numbers, tools, integrations, legal holds, call deletion, audit log,
 //! and the tenant-isolation matrix over all of them.
 
