@@ -354,7 +354,7 @@ impl Executor {
             nonce: nonce.clone(),
             key_id: key_id.clone(),
         };
-        open_integration_secret(&self.secrets, &sealed, integration_id).map(Some)
+        open_integration_secret(&self.secrets, &sealed, ctx.tenant_id, integration_id).map(Some)
     }
 
     /// Records the outcome and its timeline event in one transaction.

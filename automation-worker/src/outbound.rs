@@ -43,11 +43,13 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// Opens an integration's sealed secret (bound to its integration id) as
-/// text, for [`Auth::new`]: the one place a worker decrypts one.
+/// Opens an integration's sealed secret (bound to its tenant and
+/// integration id) as text, for [`Auth::new`]: the one place a worker
+/// decrypts one.
 pub fn open_integration_secret(
     secrets: &SecretBox,
     sealed: &Sealed,
+    tenant_id: Uuid,
     integration_id: Uuid,
 ) -> Result<String, ProbeFailure> {
     let failure = |message: String| ProbeFailure {
@@ -56,7 +58,7 @@ pub fn open_integration_secret(
         http_status: None,
     };
     let plain = secrets
-        .open(sealed, &integration_secret_aad(integration_id))
+        .open(sealed, &integration_secret_aad(tenant_id, integration_id))
         .map_err(|e| failure(e.to_string()))?;
     String::from_utf8(plain).map_err(|_| failure("the secret is not UTF-8".into()))
 }

@@ -8,9 +8,21 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The associated data binding a sealed integration secret to its row.
-/// The api seals with it and the worker opens with it: both must agree.
-pub fn integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
+/// The associated data binding a sealed integration secret to its tenant
+/// and its row, so a ciphertext copied into another row (or another
+/// tenant's) does not open. The api seals with it and the worker opens with
+/// it: both must agree.
+pub fn integration_secret_aad(tenant_id: Uuid, integration_id: Uuid) -> Vec<u8> {
+    format!("integrations:{tenant_id}:{integration_id}").into_bytes()
+}
+
+/// `integrations.secret_aad_version` of a secret sealed with
+/// [`integration_secret_aad`].
+pub const INTEGRATION_SECRET_AAD_VERSION: i16 = 2;
+
+/// The associated data of secrets sealed before the tenant was bound
+/// (`secret_aad_version` 1): only the api's reseal opens with it.
+pub fn legacy_integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
     format!("integrations:{integration_id}").into_bytes()
 }
 
@@ -427,9 +439,19 @@ mod tests {
         for t in ["none", "header", "basic", "bearer"] {
             assert_eq!(AuthType::parse(t).map(AuthType::as_str), Some(t));
         }
+        let (tenant, row, other) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         assert_eq!(
-            integration_secret_aad(Uuid::nil()),
-            b"integrations:00000000-0000-0000-0000-000000000000".to_vec()
+            integration_secret_aad(tenant, row),
+            b"integrations:00000000-0000-0000-0000-000000000001:00000000-0000-0000-0000-000000000002".to_vec()
+        );
+        assert_eq!(
+            legacy_integration_secret_aad(row),
+            b"integrations:00000000-0000-0000-0000-000000000002".to_vec()
+        );
+        // Another tenant: other associated data.
+        assert_ne!(
+            integration_secret_aad(other, row),
+            integration_secret_aad(tenant, row)
         );
     }
 }

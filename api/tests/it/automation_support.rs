@@ -310,12 +310,12 @@ pub async fn insert_integration(
     let key = app.config.encryption.key(&app.config.common).expect("key");
     let sealed = secret.map(|s| {
         SecretBox::new(&key)
-            .seal(s.as_bytes(), &integration_secret_aad(id))
+            .seal(s.as_bytes(), &integration_secret_aad(tenant_id, id))
             .expect("seal")
     });
     sqlx::query(
-        "INSERT INTO integrations (id, tenant_id, base_url, auth_type, header_name, secret_ciphertext, secret_nonce, secret_key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO integrations (id, tenant_id, base_url, auth_type, header_name, secret_ciphertext, secret_nonce, secret_key_id, secret_aad_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 2)",
     )
     .bind(id)
     .bind(tenant_id)

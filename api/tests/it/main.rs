@@ -16,4 +16,5 @@ mod helpers;
 mod mgmt;
 mod plans;
 mod runtime_dispatches;
+mod secrets;
 mod startup_checks;
