@@ -1,9 +1,11 @@
-//! Reseals secrets stored under an older binding, run by the api at start-up
+//! Reseals secrets stored under an older form, run by the api at start-up
 //! right after the migrations (and by `api migrate`): an integration secret
 //! sealed with the associated data `integrations:<id>` is opened with it and
-//! sealed again bound to its tenant. The automation-worker opens only the
-//! current binding, so nothing legacy is ever accepted on the execution
-//! path (docs/decisions/0040-secrets-bound-to-tenant-and-resealed.md).
+//! sealed again bound to its tenant, and an endpoint's header values still
+//! in clear in `headers_template` are sealed and the template emptied. The
+//! automation-worker opens only the current form, so nothing legacy is ever
+//! accepted on the execution path
+//! (docs/decisions/0040-secrets-bound-to-tenant-and-resealed.md).
 //!
 //! Rows are taken in id order, a batch per transaction, locked `FOR UPDATE`:
 //! api instances starting together reseal each row once (a row another
@@ -24,6 +26,8 @@ const BATCH: i64 = 200;
 pub struct Resealed {
     /// Integration secrets now bound to their tenant.
     pub integrations: u64,
+    /// Endpoints whose clear header values are now sealed.
+    pub endpoints: u64,
     /// Rows left as they were because they do not open (another key,
     /// tampered data); their executions fail with `secret` as before.
     pub skipped: u64,
@@ -33,9 +37,11 @@ pub struct Resealed {
 pub async fn reseal_legacy(pool: &PgPool, secrets: &SecretBox) -> Result<Resealed, sqlx::Error> {
     let mut done = Resealed::default();
     reseal_integrations(pool, secrets, &mut done).await?;
+    seal_clear_headers(pool, secrets, &mut done).await?;
     if done != Resealed::default() {
         tracing::info!(
             integrations = done.integrations,
+            endpoints = done.endpoints,
             skipped = done.skipped,
             "resealed legacy secrets"
         );
@@ -123,4 +129,70 @@ fn rebind(
 ) -> Result<Sealed, shared::crypto::CryptoError> {
     let plain = secrets.open(sealed, &legacy_integration_secret_aad(integration_id))?;
     secrets.seal(&plain, &integration_secret_aad(tenant_id, integration_id))
+}
+
+#[derive(sqlx::FromRow)]
+struct ClearHeaders {
+    id: Uuid,
+    tenant_id: Uuid,
+    tool_id: Uuid,
+    integration_id: Uuid,
+    headers_template: serde_json::Value,
+}
+
+async fn seal_clear_headers(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    done: &mut Resealed,
+) -> Result<(), sqlx::Error> {
+    let mut after = Uuid::nil();
+    loop {
+        let mut tx = pool.begin().await?;
+        let rows: Vec<ClearHeaders> = sqlx::query_as(
+            "SELECT id, tenant_id, tool_id, integration_id, headers_template
+             FROM tool_endpoints WHERE headers_template <> '{}'::jsonb AND id > $1
+             ORDER BY id LIMIT $2 FOR UPDATE",
+        )
+        .bind(after)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.id;
+        for row in rows {
+            let sealed = match crate::tools::seal_headers(
+                secrets,
+                row.tenant_id,
+                row.tool_id,
+                row.integration_id,
+                &row.headers_template,
+            ) {
+                Ok(sealed) => sealed,
+                Err(err) => {
+                    tracing::warn!(endpoint_id = %row.id, %err, "endpoint headers not sealed");
+                    done.skipped += 1;
+                    continue;
+                }
+            };
+            // Clear values written after sealed ones (an older api replacing
+            // the endpoint) are the newer: they replace the sealed ones.
+            sqlx::query(
+                "UPDATE tool_endpoints
+                 SET headers_template = '{}'::jsonb, header_names = $2,
+                     headers_ciphertext = $3, headers_nonce = $4, headers_key_id = $5
+                 WHERE id = $1",
+            )
+            .bind(row.id)
+            .bind(crate::tools::header_names(&row.headers_template))
+            .bind(sealed.as_ref().map(|s| &s.ciphertext))
+            .bind(sealed.as_ref().map(|s| &s.nonce))
+            .bind(sealed.as_ref().map(|s| &s.key_id))
+            .execute(&mut *tx)
+            .await?;
+            done.endpoints += 1;
+        }
+        tx.commit().await?;
+    }
 }
