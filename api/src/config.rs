@@ -103,7 +103,7 @@ pub struct Config {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations, reseal legacy secrets and exit.
     Migrate,
 }
 

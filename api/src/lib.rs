@@ -21,6 +21,7 @@ pub mod management;
 pub mod openapi;
 pub mod pagination;
 pub mod phone_numbers;
+pub mod reseal;
 pub mod runtime_dispatches;
 pub mod size_caps;
 pub mod startup;

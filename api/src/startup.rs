@@ -37,6 +37,10 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
         .await
         .context("migrations failed")?;
     tracing::info!("migrations applied");
+    // Before anything is served: the worker opens only the current binding.
+    crate::reseal::reseal_legacy(&pool, &SecretBox::new(&key))
+        .await
+        .context("resealing legacy secrets failed")?;
     if matches!(config.command, Some(Command::Migrate)) {
         return Ok(());
     }

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::auth::InternalPrincipal;
+use shared::automation::tool_endpoint_headers_aad;
+use shared::crypto::{CryptoError, Sealed, SecretBox};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -61,13 +63,73 @@ pub struct ToolEndpoint {
     /// Relative to the integration's `base_url` (e.g. `/webhook/lookup-order`).
     pub webhook_path: String,
     pub method: HttpMethod,
-    /// Header name to value; values may hold placeholders the worker fills.
-    #[schema(value_type = Object)]
-    pub headers_template: Value,
+    /// The headers the worker sends, by name only: their values may hold
+    /// credentials, so they are sealed at rest and never returned. To change
+    /// one, set the endpoint again with every header.
+    #[sqlx(rename = "header_names", try_from = "Vec<String>")]
+    #[schema(value_type = Vec<EndpointHeader>)]
+    pub headers: RedactedHeaders,
     pub timeout_ms: i32,
     pub max_retries: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// One header of an endpoint as the api shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EndpointHeader {
+    #[schema(example = "authorization")]
+    pub name: String,
+    /// Always true: the value is write-only.
+    pub redacted: bool,
+}
+
+/// An endpoint's header names, each shown as [`EndpointHeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RedactedHeaders(pub Vec<EndpointHeader>);
+
+impl From<Vec<String>> for RedactedHeaders {
+    fn from(names: Vec<String>) -> Self {
+        Self(
+            names
+                .into_iter()
+                .map(|name| EndpointHeader {
+                    name,
+                    redacted: true,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Seals an endpoint's header values (the whole object of name to value)
+/// bound to its tenant, tool and integration; none without headers. The
+/// api's handler and its start-up reseal both seal with this.
+pub fn seal_headers(
+    secrets: &SecretBox,
+    tenant_id: Uuid,
+    tool_id: Uuid,
+    integration_id: Uuid,
+    template: &Value,
+) -> Result<Option<Sealed>, CryptoError> {
+    if template.as_object().is_none_or(serde_json::Map::is_empty) {
+        return Ok(None);
+    }
+    secrets
+        .seal(
+            template.to_string().as_bytes(),
+            &tool_endpoint_headers_aad(tenant_id, tool_id, integration_id),
+        )
+        .map(Some)
+}
+
+/// The names of a template's headers, as given.
+pub fn header_names(template: &Value) -> Vec<String> {
+    template
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -98,7 +160,11 @@ pub struct SetToolEndpoint {
     pub webhook_path: String,
     /// Default `POST`.
     pub method: Option<HttpMethod>,
-    /// An object of header name to string value; default `{}`.
+    /// An object of header name to string value; default `{}`. Values may
+    /// hold placeholders the worker fills (`{{call_id}}`, `{{call_sid}}`,
+    /// `{{tenant_id}}`, `{{agent_id}}`, `{{trace_id}}`, `{{execution_id}}`).
+    /// Write-only: values are sealed at rest and answers show only the
+    /// names (`headers`).
     #[schema(value_type = Option<Object>)]
     pub headers_template: Option<Value>,
     /// 100 to 60000, default 8000.
@@ -216,7 +282,7 @@ fn validate_headers_template(template: &Value) -> AppResult<()> {
 
 const TOOL_COLUMNS_SELECT: &str =
     "SELECT id, tenant_id, name, description, input_schema, created_at, updated_at FROM tools";
-const ENDPOINT_COLUMNS: &str = "id, tenant_id, tool_id, integration_id, webhook_path, method, headers_template, timeout_ms, max_retries, created_at, updated_at";
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, tool_id, integration_id, webhook_path, method, header_names, timeout_ms, max_retries, created_at, updated_at";
 
 async fn attach_endpoints(
     pool: &sqlx::PgPool,
@@ -392,6 +458,15 @@ async fn set_tool_endpoint(
         ));
     }
     let method = body.method.unwrap_or(HttpMethod::Post);
+    let header_names = header_names(&headers_template);
+    let sealed = seal_headers(
+        &state.secrets,
+        claims.tenant_id,
+        path.tool_id,
+        body.integration_id,
+        &headers_template,
+    )
+    .map_err(anyhow::Error::from)?;
 
     let mut tx = state.pool.begin().await?;
     let tool: Option<Uuid> =
@@ -415,13 +490,18 @@ async fn set_tool_endpoint(
     }
     let sql = format!(
         "INSERT INTO tool_endpoints (id, tenant_id, tool_id, integration_id, webhook_path, method,
-                                     headers_template, timeout_ms, max_retries)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                     headers_template, header_names, headers_ciphertext,
+                                     headers_nonce, headers_key_id, timeout_ms, max_retries)
+         VALUES ($1, $2, $3, $4, $5, $6, '{{}}', $7, $8, $9, $10, $11, $12)
          ON CONFLICT (tool_id) DO UPDATE SET
              integration_id = EXCLUDED.integration_id,
              webhook_path = EXCLUDED.webhook_path,
              method = EXCLUDED.method,
              headers_template = EXCLUDED.headers_template,
+             header_names = EXCLUDED.header_names,
+             headers_ciphertext = EXCLUDED.headers_ciphertext,
+             headers_nonce = EXCLUDED.headers_nonce,
+             headers_key_id = EXCLUDED.headers_key_id,
              timeout_ms = EXCLUDED.timeout_ms,
              max_retries = EXCLUDED.max_retries,
              updated_at = now()
@@ -440,7 +520,10 @@ async fn set_tool_endpoint(
         .bind(body.integration_id)
         .bind(webhook_path)
         .bind(method)
-        .bind(&headers_template)
+        .bind(&header_names)
+        .bind(sealed.as_ref().map(|s| &s.ciphertext))
+        .bind(sealed.as_ref().map(|s| &s.nonce))
+        .bind(sealed.as_ref().map(|s| &s.key_id))
         .bind(timeout_ms)
         .bind(max_retries)
         .fetch_one(&mut *tx)
@@ -459,7 +542,7 @@ async fn set_tool_endpoint(
         // Header values may carry credentials: only their names are audited.
         json!({"tool_id": path.tool_id, "integration_id": endpoint.integration_id,
                "webhook_path": endpoint.webhook_path, "method": endpoint.method,
-               "header_names": headers_template.as_object().map(|m| m.keys().collect::<Vec<_>>()),
+               "header_names": header_names,
                "timeout_ms": timeout_ms, "max_retries": max_retries}),
     )
     .await?;

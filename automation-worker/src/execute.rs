@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::outbound::{Answer, Auth, Outbound, open_integration_secret};
+use crate::outbound::{Answer, Auth, Outbound, open_endpoint_headers, open_integration_secret};
 
 /// Time kept between the worker's own deadline and the execution's, to
 /// record the outcome and reply before the api gives up.
@@ -46,7 +46,8 @@ te AS (
     RETURNING id, tenant_id, call_id, tool_id, trace_id, input, deadline_at)
 SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.deadline_at,
        t.name AS tool_name,
-       e.webhook_path, e.method, e.headers_template, e.timeout_ms, e.max_retries,
+       e.webhook_path, e.method, e.headers_ciphertext, e.headers_nonce, e.headers_key_id,
+       e.headers_template <> '{}'::jsonb AS headers_unsealed, e.timeout_ms, e.max_retries,
        i.id AS integration_id, i.base_url, i.auth_type, i.header_name,
        i.secret_ciphertext, i.secret_nonce, i.secret_key_id, i.status AS integration_status,
        c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
@@ -308,7 +309,8 @@ impl Executor {
             ("trace_id", ctx.trace_id.clone()),
             ("execution_id", ctx.id.to_string()),
         ];
-        let headers = render_headers(ctx.headers_template.as_ref(), &vars)?;
+        let template = self.open_headers(ctx, integration_id)?;
+        let headers = render_headers(template.as_ref(), &vars)?;
         let body = json!({
             "tool": ctx.tool_name,
             "input": ctx.input,
@@ -354,7 +356,42 @@ impl Executor {
             nonce: nonce.clone(),
             key_id: key_id.clone(),
         };
-        open_integration_secret(&self.secrets, &sealed, integration_id).map(Some)
+        open_integration_secret(&self.secrets, &sealed, ctx.tenant_id, integration_id).map(Some)
+    }
+
+    /// The endpoint's header template, opened.
+    fn open_headers(
+        &self,
+        ctx: &ExecutionContext,
+        integration_id: Uuid,
+    ) -> Result<Option<Value>, ProbeFailure> {
+        if ctx.headers_unsealed == Some(true) {
+            return Err(ProbeFailure {
+                kind: FailureKind::Secret,
+                message: "the endpoint's header values are not sealed yet (the api reseals them at start-up)".into(),
+                http_status: None,
+            });
+        }
+        let (Some(ciphertext), Some(nonce), Some(key_id)) = (
+            &ctx.headers_ciphertext,
+            &ctx.headers_nonce,
+            &ctx.headers_key_id,
+        ) else {
+            return Ok(None);
+        };
+        let sealed = Sealed {
+            ciphertext: ciphertext.clone(),
+            nonce: nonce.clone(),
+            key_id: key_id.clone(),
+        };
+        open_endpoint_headers(
+            &self.secrets,
+            &sealed,
+            ctx.tenant_id,
+            ctx.tool_id,
+            integration_id,
+        )
+        .map(Some)
     }
 
     /// Records the outcome and its timeline event in one transaction.

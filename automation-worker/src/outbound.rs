@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, StatusCode};
-use shared::automation::{AuthType, FailureKind, ProbeFailure, integration_secret_aad};
+use shared::automation::{
+    AuthType, FailureKind, ProbeFailure, integration_secret_aad, tool_endpoint_headers_aad,
+};
 use shared::crypto::{Sealed, SecretBox};
 use tokio::time::Instant;
 use url::Url;
@@ -43,11 +45,13 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// Opens an integration's sealed secret (bound to its integration id) as
-/// text, for [`Auth::new`]: the one place a worker decrypts one.
+/// Opens an integration's sealed secret (bound to its tenant and
+/// integration id) as text, for [`Auth::new`]: the one place a worker
+/// decrypts one.
 pub fn open_integration_secret(
     secrets: &SecretBox,
     sealed: &Sealed,
+    tenant_id: Uuid,
     integration_id: Uuid,
 ) -> Result<String, ProbeFailure> {
     let failure = |message: String| ProbeFailure {
@@ -56,9 +60,36 @@ pub fn open_integration_secret(
         http_status: None,
     };
     let plain = secrets
-        .open(sealed, &integration_secret_aad(integration_id))
+        .open(sealed, &integration_secret_aad(tenant_id, integration_id))
         .map_err(|e| failure(e.to_string()))?;
     String::from_utf8(plain).map_err(|_| failure("the secret is not UTF-8".into()))
+}
+
+/// Opens an endpoint's sealed header values (bound to its tenant, tool and
+/// integration): the JSON object of header name to template value that the
+/// api validated and sealed.
+pub fn open_endpoint_headers(
+    secrets: &SecretBox,
+    sealed: &Sealed,
+    tenant_id: Uuid,
+    tool_id: Uuid,
+    integration_id: Uuid,
+) -> Result<serde_json::Value, ProbeFailure> {
+    let failure = |message: String| ProbeFailure {
+        kind: FailureKind::Secret,
+        message,
+        http_status: None,
+    };
+    let plain = secrets
+        .open(
+            sealed,
+            &tool_endpoint_headers_aad(tenant_id, tool_id, integration_id),
+        )
+        .map_err(|e| failure(format!("the endpoint's header values: {e}")))?;
+    serde_json::from_slice::<serde_json::Value>(&plain)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| failure("the endpoint's header values are not a JSON object".into()))
 }
 
 impl Auth {
@@ -371,6 +402,33 @@ fn error_chain(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_headers_open_only_as_a_json_object_under_their_binding() {
+        let secrets = SecretBox::new(&[7; 32]);
+        let (tenant, tool, integration) =
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let aad = tool_endpoint_headers_aad(tenant, tool, integration);
+        let sealed = secrets
+            .seal(br#"{"authorization":"Bearer t"}"#, &aad)
+            .expect("seal");
+        let opened =
+            open_endpoint_headers(&secrets, &sealed, tenant, tool, integration).expect("opens");
+        assert_eq!(opened, serde_json::json!({"authorization": "Bearer t"}));
+        for (t, o, i) in [
+            (tool, tool, integration),
+            (tenant, tenant, integration),
+            (tenant, tool, tool),
+        ] {
+            let failure =
+                open_endpoint_headers(&secrets, &sealed, t, o, i).expect_err("another row");
+            assert_eq!(failure.kind, FailureKind::Secret);
+        }
+        let not_an_object = secrets.seal(b"[1]", &aad).expect("seal");
+        let failure = open_endpoint_headers(&secrets, &not_an_object, tenant, tool, integration)
+            .expect_err("not an object");
+        assert_eq!(failure.kind, FailureKind::Secret);
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -57,7 +57,14 @@ async fn run(
     let secret = req
         .secret
         .as_ref()
-        .map(|sealed| open_integration_secret(secrets, &sealed.clone().into(), req.integration_id))
+        .map(|sealed| {
+            open_integration_secret(
+                secrets,
+                &sealed.clone().into(),
+                req.tenant_id,
+                req.integration_id,
+            )
+        })
         .transpose()
         .map_err(|f| (0, f))?;
     let auth = Auth::new(req.auth_type, req.header_name.as_deref(), secret).map_err(|f| (0, f))?;

@@ -2,16 +2,36 @@
 //! `automation.tool.execute` and `automation.integration.test`).
 //!
 //! Secrets never travel in clear: the api seals an integration's secret
-//! (AES-GCM, associated data [`integration_secret_aad`]) before it asks the
-//! worker to test it, and only the worker opens it.
+//! (AES-GCM, associated data [`integration_secret_aad`]) and an endpoint's
+//! header values ([`tool_endpoint_headers_aad`]), and only the worker opens
+//! them.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The associated data binding a sealed integration secret to its row.
-/// The api seals with it and the worker opens with it: both must agree.
-pub fn integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
+/// The associated data binding a sealed integration secret to its tenant
+/// and its row, so a ciphertext copied into another row (or another
+/// tenant's) does not open. The api seals with it and the worker opens with
+/// it: both must agree.
+pub fn integration_secret_aad(tenant_id: Uuid, integration_id: Uuid) -> Vec<u8> {
+    format!("integrations:{tenant_id}:{integration_id}").into_bytes()
+}
+
+/// `integrations.secret_aad_version` of a secret sealed with
+/// [`integration_secret_aad`].
+pub const INTEGRATION_SECRET_AAD_VERSION: i16 = 2;
+
+/// The associated data of secrets sealed before the tenant was bound
+/// (`secret_aad_version` 1): only the api's reseal opens with it.
+pub fn legacy_integration_secret_aad(integration_id: Uuid) -> Vec<u8> {
     format!("integrations:{integration_id}").into_bytes()
+}
+
+/// The associated data binding an endpoint's sealed header values to its
+/// tenant, its tool and the integration they are sent to: pointing the row
+/// at another integration (another host) leaves them unopenable.
+pub fn tool_endpoint_headers_aad(tenant_id: Uuid, tool_id: Uuid, integration_id: Uuid) -> Vec<u8> {
+    format!("tool_endpoints:{tenant_id}:{tool_id}:{integration_id}").into_bytes()
 }
 
 /// Headers an endpoint's `headers_template` may not set: they frame the
@@ -262,10 +282,10 @@ pub struct ToolExecuteRequest {
 }
 
 /// Everything needed to run an execution: the execution, its tool's
-/// endpoint and integration (the secret still sealed: only the worker opens
-/// it), and the call the tool works for. The api gets it from
-/// `execute_tool_checked` (migration 0008), the worker's fallback from its
-/// claim query; both name the columns as the fields here.
+/// endpoint and integration (the secret and the header values still sealed:
+/// only the worker opens them), and the call the tool works for. The api
+/// gets it from `execute_tool_checked` (migration 0014), the worker's
+/// fallback from its claim query; both name the columns as the fields here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ExecutionContext {
     pub id: Uuid,
@@ -278,7 +298,19 @@ pub struct ExecutionContext {
     pub tool_name: String,
     pub webhook_path: Option<String>,
     pub method: Option<String>,
-    pub headers_template: Option<serde_json::Value>,
+    /// The endpoint's header values, a JSON object of name to value, sealed
+    /// with [`tool_endpoint_headers_aad`]; none when it has no headers.
+    #[serde(default, with = "base64_bytes")]
+    pub headers_ciphertext: Option<Vec<u8>>,
+    #[serde(default, with = "base64_bytes")]
+    pub headers_nonce: Option<Vec<u8>>,
+    #[serde(default)]
+    pub headers_key_id: Option<String>,
+    /// The row still holds header values in clear (written by an older api
+    /// and not resealed yet): they are left out, and the worker fails the
+    /// execution rather than call without them.
+    #[serde(default)]
+    pub headers_unsealed: Option<bool>,
     pub timeout_ms: Option<i32>,
     pub max_retries: Option<i32>,
     pub integration_id: Option<Uuid>,
@@ -396,7 +428,8 @@ mod tests {
             "id": Uuid::nil(), "tenant_id": Uuid::nil(), "call_id": Uuid::nil(),
             "tool_id": Uuid::nil(), "trace_id": "t", "input": {"a": 1},
             "deadline_at": "2026-11-25T15:40:00.123456+00:00", "tool_name": "lookup",
-            "webhook_path": "p", "method": "POST", "headers_template": {},
+            "webhook_path": "p", "method": "POST", "headers_ciphertext": "AAE=",
+            "headers_nonce": "AgM=", "headers_key_id": "k", "headers_unsealed": false,
             "timeout_ms": 100, "max_retries": 0, "integration_id": null,
             "base_url": "https://n8n.example.com", "auth_type": "bearer", "header_name": null,
             "secret_ciphertext": "AAEC/w==", "secret_nonce": null, "secret_key_id": "k",
@@ -409,6 +442,8 @@ mod tests {
             Some(&[0u8, 1, 2, 255][..])
         );
         assert_eq!(ctx.secret_nonce, None);
+        assert_eq!(ctx.headers_ciphertext.as_deref(), Some(&[0u8, 1][..]));
+        assert_eq!(ctx.headers_nonce.as_deref(), Some(&[2u8, 3][..]));
         let again: ExecutionContext =
             serde_json::from_slice(&serde_json::to_vec(&ctx).expect("encode")).expect("decode");
         assert_eq!(again, ctx);
@@ -429,9 +464,27 @@ mod tests {
         for t in ["none", "header", "basic", "bearer"] {
             assert_eq!(AuthType::parse(t).map(AuthType::as_str), Some(t));
         }
+        let (tenant, row, other) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         assert_eq!(
-            integration_secret_aad(Uuid::nil()),
-            b"integrations:00000000-0000-0000-0000-000000000000".to_vec()
+            integration_secret_aad(tenant, row),
+            b"integrations:00000000-0000-0000-0000-000000000001:00000000-0000-0000-0000-000000000002".to_vec()
+        );
+        assert_eq!(
+            legacy_integration_secret_aad(row),
+            b"integrations:00000000-0000-0000-0000-000000000002".to_vec()
+        );
+        assert_eq!(
+            tool_endpoint_headers_aad(tenant, row, other),
+            b"tool_endpoints:00000000-0000-0000-0000-000000000001:00000000-0000-0000-0000-000000000002:00000000-0000-0000-0000-000000000003".to_vec()
+        );
+        assert_ne!(
+            tool_endpoint_headers_aad(tenant, row, tenant),
+            tool_endpoint_headers_aad(tenant, row, other)
+        );
+        // Another tenant: other associated data.
+        assert_ne!(
+            integration_secret_aad(other, row),
+            integration_secret_aad(tenant, row)
         );
     }
 }

@@ -14,7 +14,8 @@ use serde_json::json;
 use shared::audit::{self, AuditEntry};
 use shared::auth::InternalPrincipal;
 use shared::automation::{
-    AuthType, FailureKind, IntegrationTestReply, IntegrationTestRequest, integration_secret_aad,
+    AuthType, FailureKind, INTEGRATION_SECRET_AAD_VERSION, IntegrationTestReply,
+    IntegrationTestRequest, integration_secret_aad,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -186,7 +187,7 @@ pub async fn test_n8n_integration(
     let trace = shared::trace::TraceContext::from_http(&headers);
     let (base_url, header_name) = validate(&body, state.settings.is_production)?;
     let integration_id = Uuid::now_v7();
-    let aad = integration_secret_aad(integration_id);
+    let aad = integration_secret_aad(body.tenant_id, integration_id);
     let sealed = body
         .secret
         .as_deref()
@@ -251,8 +252,9 @@ pub async fn test_n8n_integration(
     let mut tx = state.pool.begin().await?;
     let view: Option<IntegrationView> = sqlx::query_as(
         "INSERT INTO integrations (id, tenant_id, kind, base_url, auth_type, header_name,
-                                   secret_ciphertext, secret_nonce, secret_key_id, last_tested_at)
-         SELECT $1, t.id, 'n8n', $3, $4, $5, $6, $7, $8, now() FROM tenants t WHERE t.id = $2
+                                   secret_ciphertext, secret_nonce, secret_key_id,
+                                   secret_aad_version, last_tested_at)
+         SELECT $1, t.id, 'n8n', $3, $4, $5, $6, $7, $8, $9, now() FROM tenants t WHERE t.id = $2
          RETURNING id, tenant_id, kind, base_url, auth_type, header_name,
                    secret_ciphertext IS NOT NULL AS has_secret, status, last_tested_at, created_at",
     )
@@ -264,6 +266,7 @@ pub async fn test_n8n_integration(
     .bind(sealed.as_ref().map(|s| s.ciphertext.clone()))
     .bind(sealed.as_ref().map(|s| s.nonce.clone()))
     .bind(sealed.as_ref().map(|s| s.key_id.clone()))
+    .bind(INTEGRATION_SECRET_AAD_VERSION)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(view) = view else {

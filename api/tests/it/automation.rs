@@ -895,7 +895,7 @@ async fn integration_is_stored_only_when_reachable_and_never_shows_its_secret(po
                     nonce,
                     key_id,
                 },
-                &shared::automation::integration_secret_aad(id),
+                &shared::automation::integration_secret_aad(s.tenant_id, id),
             )
             .expect("opens");
         assert_eq!(opened, secret.as_bytes());

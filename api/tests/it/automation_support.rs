@@ -310,12 +310,12 @@ pub async fn insert_integration(
     let key = app.config.encryption.key(&app.config.common).expect("key");
     let sealed = secret.map(|s| {
         SecretBox::new(&key)
-            .seal(s.as_bytes(), &integration_secret_aad(id))
+            .seal(s.as_bytes(), &integration_secret_aad(tenant_id, id))
             .expect("seal")
     });
     sqlx::query(
-        "INSERT INTO integrations (id, tenant_id, base_url, auth_type, header_name, secret_ciphertext, secret_nonce, secret_key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO integrations (id, tenant_id, base_url, auth_type, header_name, secret_ciphertext, secret_nonce, secret_key_id, secret_aad_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 2)",
     )
     .bind(id)
     .bind(tenant_id)
@@ -366,7 +366,14 @@ impl<'a> ToolSpec<'a> {
     }
 }
 
-/// A tool, with an endpoint on `integration_id` when given.
+/// The api's key (every test app uses the same).
+pub fn test_secrets() -> SecretBox {
+    let config = crate::helpers::test_config();
+    SecretBox::new(&config.encryption.key(&config.common).expect("key"))
+}
+
+/// A tool, with an endpoint on `integration_id` when given (its header
+/// values sealed as the api seals them).
 pub async fn insert_tool(
     pool: &PgPool,
     tenant_id: Uuid,
@@ -386,9 +393,19 @@ pub async fn insert_tool(
     .await
     .expect("tool");
     if let Some(integration_id) = integration_id {
+        let sealed = api::tools::seal_headers(
+            &test_secrets(),
+            tenant_id,
+            tool_id,
+            integration_id,
+            &spec.headers_template,
+        )
+        .expect("seal");
         sqlx::query(
-            "INSERT INTO tool_endpoints (id, tenant_id, tool_id, integration_id, webhook_path, method, headers_template, timeout_ms, max_retries)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO tool_endpoints (id, tenant_id, tool_id, integration_id, webhook_path, method,
+                                         header_names, headers_ciphertext, headers_nonce, headers_key_id,
+                                         timeout_ms, max_retries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(Uuid::now_v7())
         .bind(tenant_id)
@@ -396,7 +413,10 @@ pub async fn insert_tool(
         .bind(integration_id)
         .bind(spec.webhook_path)
         .bind(spec.method)
-        .bind(spec.headers_template)
+        .bind(api::tools::header_names(&spec.headers_template))
+        .bind(sealed.as_ref().map(|s| s.ciphertext.clone()))
+        .bind(sealed.as_ref().map(|s| s.nonce.clone()))
+        .bind(sealed.as_ref().map(|s| s.key_id.clone()))
         .bind(spec.timeout_ms)
         .bind(spec.max_retries)
         .execute(pool)

@@ -142,7 +142,10 @@ async fn the_request_carries_what_the_worker_needs_with_the_secret_sealed(pool: 
     let opened = shared::crypto::SecretBox::new(&key)
         .open(
             &sealed,
-            &shared::automation::integration_secret_aad(ctx.integration_id.expect("integration")),
+            &shared::automation::integration_secret_aad(
+                s.tenant_id,
+                ctx.integration_id.expect("integration"),
+            ),
         )
         .expect("opens");
     assert_eq!(opened, SEALED_SECRET.as_bytes());

@@ -60,16 +60,16 @@ async fn the_automation_worker_refuses_requests_the_api_did_not_sign(pool: PgPoo
     let attacker = FakeN8n::start().await;
     let worker = crate::automation_support::start_worker(&app).await;
     let key = app.config.encryption.key(&app.config.common).expect("key");
-    let integration_id = uuid::Uuid::now_v7();
+    let (tenant_id, integration_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let sealed = shared::crypto::SecretBox::new(&key)
         .seal(
             b"the-tenants-n8n-secret",
-            &integration_secret_aad(integration_id),
+            &integration_secret_aad(tenant_id, integration_id),
         )
         .expect("seal");
     let forged = serde_json::to_vec(&IntegrationTestRequest {
         integration_id,
-        tenant_id: uuid::Uuid::now_v7(),
+        tenant_id,
         base_url: format!("{}/bearer", attacker.base),
         auth_type: AuthType::Bearer,
         header_name: None,

@@ -17,5 +17,6 @@ mod helpers;
 mod mgmt;
 mod plans;
 mod runtime_dispatches;
+mod secrets;
 mod size_caps;
 mod startup_checks;

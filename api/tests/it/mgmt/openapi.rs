@@ -97,4 +97,25 @@ async fn openapi_documents_every_management_route(pool: PgPool) {
             "schema {schema}"
         );
     }
+    // An endpoint's header values are write-only: the answer's schema has
+    // the names, each marked redacted, and no values.
+    let endpoint = &doc["components"]["schemas"]["ToolEndpoint"];
+    assert!(
+        endpoint["properties"]["headers_template"].is_null(),
+        "{endpoint}"
+    );
+    assert_eq!(
+        endpoint["properties"]["headers"]["type"], "array",
+        "{endpoint}"
+    );
+    assert_eq!(
+        endpoint["properties"]["headers"]["items"]["$ref"],
+        "#/components/schemas/EndpointHeader"
+    );
+    let header = &doc["components"]["schemas"]["EndpointHeader"];
+    assert_eq!(
+        header["properties"]["redacted"]["type"], "boolean",
+        "{header}"
+    );
+    assert_eq!(header["properties"]["name"]["type"], "string", "{header}");
 }

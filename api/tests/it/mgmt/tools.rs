@@ -102,6 +102,13 @@ async fn endpoints_link_a_tool_to_the_tenants_integration(pool: PgPool) {
     )
     .await;
     assert_eq!(s, 201, "{e}");
+    // Header values are write-only: the answer names the headers only.
+    assert_eq!(
+        e["headers"],
+        json!([{"name": "x-call-id", "redacted": true}])
+    );
+    assert!(e.get("headers_template").is_none(), "{e}");
+    assert!(!e.to_string().contains("{{call_id}}"), "{e}");
     assert_eq!(
         (
             e["method"].as_str(),
@@ -122,6 +129,7 @@ async fn endpoints_link_a_tool_to_the_tenants_integration(pool: PgPool) {
     .await;
     assert_eq!(s, 200, "{e}");
     assert_eq!(id_of(&e), first_id);
+    assert_eq!(e["headers"], json!([]));
     assert_eq!(
         (e["webhook_path"].as_str(), e["method"].as_str()),
         (Some("/webhook/v2"), Some("GET"))
