@@ -82,6 +82,17 @@ pub struct Config {
     /// How long the api waits for automation-worker's n8n integration test.
     #[arg(long, env = "AUTOMATION_INTEGRATION_TEST_TIMEOUT", default_value = "20s", value_parser = shared::config::positive_duration)]
     pub automation_integration_test_timeout: Duration,
+    /// Connections of the client surface's own read pool (`/client/*`),
+    /// apart from the pool that serves claims and tool executions.
+    #[arg(long, env = "CLIENT_READ_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub client_read_max_connections: u32,
+    /// Longest a client read may run before Postgres cancels it (503
+    /// `read_timeout`).
+    #[arg(long, env = "CLIENT_READ_STATEMENT_TIMEOUT", default_value = "5s", value_parser = shared::config::positive_duration)]
+    pub client_read_statement_timeout: Duration,
+    /// Client reads one tenant may have in flight; more get 429.
+    #[arg(long, env = "CLIENT_READS_PER_TENANT", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub client_reads_per_tenant: usize,
     /// Largest agent version `config`, in bytes of JSON; larger gets 413.
     #[arg(long, env = "MAX_AGENT_CONFIG_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 * 1024 * 1024))]
     pub max_agent_config_bytes: usize,
@@ -151,6 +162,9 @@ impl fmt::Debug for Config {
             automation_max_executions_per_minute,
             automation_execute_timeout,
             automation_integration_test_timeout,
+            client_read_max_connections,
+            client_read_statement_timeout,
+            client_reads_per_tenant,
             max_agent_config_bytes,
             max_tool_schema_bytes,
             max_tool_input_bytes,
@@ -187,6 +201,12 @@ impl fmt::Debug for Config {
                 "automation_integration_test_timeout",
                 automation_integration_test_timeout,
             )
+            .field("client_read_max_connections", client_read_max_connections)
+            .field(
+                "client_read_statement_timeout",
+                client_read_statement_timeout,
+            )
+            .field("client_reads_per_tenant", client_reads_per_tenant)
             .field("max_agent_config_bytes", max_agent_config_bytes)
             .field("max_tool_schema_bytes", max_tool_schema_bytes)
             .field("max_tool_input_bytes", max_tool_input_bytes)
@@ -371,6 +391,8 @@ mod tests {
             ["--automation-execute-timeout", "0s"],
             ["--automation-integration-test-timeout", "0s"],
             ["--password-hash-concurrency", "0"],
+            ["--client-reads-per-tenant", "0"],
+            ["--client-read-statement-timeout", "0s"],
             ["--login-max-failures-per-ip", "0"],
             ["--http-body-limit-bytes", "10"],
             ["--database-max-connections", "0"],

@@ -104,7 +104,17 @@ impl IntoResponse for AppError {
                 error_response(status, code, message)
             }
             AppError::Database(err) => {
-                if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+                if is_statement_timeout(&err) {
+                    // Only the client reads run under a statement_timeout:
+                    // the same read would run out of time again.
+                    tracing::warn!(error = %err, "read cancelled by statement_timeout");
+                    error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "read_timeout",
+                        "the read took longer than CLIENT_READ_STATEMENT_TIMEOUT allows; \
+                         narrow the time range or the filters",
+                    )
+                } else if matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
                     tracing::error!(error = %err, "database unavailable");
                     error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +140,11 @@ impl IntoResponse for AppError {
             }
         }
     }
+}
+
+/// Postgres cancelled the statement (SQLSTATE 57014, `query_canceled`).
+fn is_statement_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 /// Extractor rejections keep their status (413, 415) except that a body or

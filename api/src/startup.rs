@@ -65,8 +65,17 @@ pub fn build_state(
     jwt_secret: &[u8],
     key: &[u8; 32],
 ) -> anyhow::Result<AppState> {
+    let client_reads = crate::client::reads::ClientReads::open(
+        &pool,
+        crate::client::reads::ClientReadLimits {
+            max_connections: config.client_read_max_connections,
+            statement_timeout: config.client_read_statement_timeout,
+            per_tenant: config.client_reads_per_tenant,
+        },
+    );
     Ok(AppState {
         pool,
+        client_reads,
         nats,
         subjects: Subjects::new(&config.nats.nats_subject_prefix),
         jwt: Arc::new(JwtKeys::new(

@@ -57,6 +57,8 @@ impl std::fmt::Debug for Settings {
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The client surface's own pool and per-tenant share of it.
+    pub client_reads: crate::client::reads::ClientReads,
     pub nats: async_nats::Client,
     pub subjects: Subjects,
     pub jwt: Arc<JwtKeys>,

@@ -57,16 +57,25 @@ struct Service {
     env: Vec<(String, String)>,
     child: Option<Child>,
     port: u16,
+    /// Where readiness and metrics are served: the ingress has a port of
+    /// its own for them (`OPS_LISTEN_ADDR`), the others serve them on `port`.
+    ops_port: u16,
 }
 
 impl Service {
     fn new(name: &'static str, env: Vec<(String, String)>) -> Self {
         let port = free_port();
+        let ops_port = if name == "webhook-ingress" {
+            free_port()
+        } else {
+            port
+        };
         Self {
             name,
             env,
             child: None,
             port,
+            ops_port,
         }
     }
 
@@ -78,6 +87,7 @@ impl Service {
         let child = Command::new(bin(self.name))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", self.ops_port))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -88,7 +98,7 @@ impl Service {
     }
 
     async fn wait_ready(&self) {
-        let url = format!("http://127.0.0.1:{}/health/ready", self.port);
+        let url = format!("http://127.0.0.1:{}/health/ready", self.ops_port);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(resp) = reqwest::get(&url).await
@@ -476,7 +486,7 @@ fn report(line: String) {
 }
 
 async fn metrics_text(service: &Service) -> String {
-    let url = format!("http://127.0.0.1:{}/metrics", service.port);
+    let url = format!("http://127.0.0.1:{}/metrics", service.ops_port);
     reqwest::get(&url)
         .await
         .expect("metrics")

@@ -2,16 +2,15 @@
 //! `GET /client/calls/{call_id}` (one call with its agent, version,
 //! durations and timeline).
 
-use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::auth::Principal;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::reads::ClientRead;
 use super::{CALL_STATUSES, parse_limit, parse_time, parse_uuid};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
@@ -172,12 +171,11 @@ const LIST_SELECT: &str =
         (status = 401, body = shared::error::ErrorBody),
     ))]
 async fn list_calls(
-    State(state): State<AppState>,
-    Principal(claims): Principal,
+    ClientRead { claims, pool, .. }: ClientRead,
     Query(query): Query<CallListQuery>,
 ) -> AppResult<Json<Page<CallSummary>>> {
     let filter = query.validate()?;
-    Ok(Json(list(&state.pool, claims.tenant_id, &filter).await?))
+    Ok(Json(list(&pool, claims.tenant_id, &filter).await?))
 }
 
 pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<Page<CallSummary>> {
@@ -347,11 +345,10 @@ struct CallRow {
         (status = 404, description = "no such call in the token's tenant", body = shared::error::ErrorBody),
     ))]
 async fn get_call(
-    State(state): State<AppState>,
-    Principal(claims): Principal,
+    ClientRead { claims, pool, .. }: ClientRead,
     Path(call_id): Path<Uuid>,
 ) -> AppResult<Json<CallDetail>> {
-    Ok(Json(detail(&state.pool, claims.tenant_id, call_id).await?))
+    Ok(Json(detail(&pool, claims.tenant_id, call_id).await?))
 }
 
 pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<CallDetail> {

@@ -18,16 +18,15 @@
 //! - the series has one point per day (in `tz`, default UTC) from the day of
 //!   `from` to the day of the end of the period, days without calls included.
 
-use axum::extract::State;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use shared::auth::Principal;
 use sqlx::types::Json as SqlJson;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::reads::ClientRead;
 use super::{parse_time, parse_uuid};
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Query};
@@ -291,12 +290,11 @@ fn kpi_sql(with_agent: bool) -> String {
         (status = 401, body = shared::error::ErrorBody),
     ))]
 async fn kpis(
-    State(state): State<AppState>,
-    Principal(claims): Principal,
+    ClientRead { claims, pool, .. }: ClientRead,
     Query(query): Query<KpiQuery>,
 ) -> AppResult<Json<Kpis>> {
     let params = query.validate(Utc::now())?;
-    Ok(Json(compute(&state.pool, claims.tenant_id, &params).await?))
+    Ok(Json(compute(&pool, claims.tenant_id, &params).await?))
 }
 
 pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> AppResult<Kpis> {

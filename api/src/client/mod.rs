@@ -4,11 +4,14 @@
 //!
 //! One module per endpoint group: `kpis` (the dashboard figures), `calls`
 //! (the list and one call with its timeline), `transcript`, `recording`.
+//! Every handler reads through [`reads::ClientRead`]: the surface's own
+//! pool, a statement timeout, and a per-tenant share.
 //! This module holds the query-parameter parsing they share, so every bad
 //! value is a 400 that names its parameter.
 
 pub mod calls;
 pub mod kpis;
+pub mod reads;
 pub mod recording;
 pub mod transcript;
 

@@ -5,13 +5,13 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::auth::Principal;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::ensure_call;
+use super::reads::ClientRead;
 use crate::error::AppResult;
 use crate::extract::{Json, Path};
 use crate::state::AppState;
@@ -70,10 +70,10 @@ struct RecordingRow {
     ))]
 async fn get_recording(
     State(state): State<AppState>,
-    Principal(claims): Principal,
+    ClientRead { claims, pool, .. }: ClientRead,
     Path(call_id): Path<Uuid>,
 ) -> AppResult<Json<RecordingInfo>> {
-    ensure_call(&state.pool, claims.tenant_id, call_id).await?;
+    ensure_call(&pool, claims.tenant_id, call_id).await?;
     let rows: Vec<RecordingRow> = sqlx::query_as(
         "SELECT recording_sid, url, duration_seconds, channels, status, created_at, updated_at
          FROM recordings WHERE tenant_id = $1 AND call_id = $2
@@ -81,7 +81,7 @@ async fn get_recording(
     )
     .bind(claims.tenant_id)
     .bind(call_id)
-    .fetch_all(&state.pool)
+    .fetch_all(&pool)
     .await?;
     let expose = state.settings.recordings_expose_url;
     let recordings: Vec<Recording> = rows

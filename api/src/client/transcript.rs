@@ -3,18 +3,17 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::auth::Principal;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::ensure_call;
+use super::reads::ClientRead;
 use crate::error::{AppError, AppResult};
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -61,8 +60,7 @@ pub struct Segment {
         (status = 404, description = "no such call in the token's tenant", body = shared::error::ErrorBody),
     ))]
 async fn get_transcript(
-    State(state): State<AppState>,
-    Principal(claims): Principal,
+    ClientRead { claims, pool, .. }: ClientRead,
     Path(call_id): Path<Uuid>,
     Query(query): Query<TranscriptQuery>,
 ) -> AppResult<Response> {
@@ -71,7 +69,7 @@ async fn get_transcript(
         Some("text") => true,
         Some(_) => return Err(AppError::bad_request("format must be json or text")),
     };
-    ensure_call(&state.pool, claims.tenant_id, call_id).await?;
+    ensure_call(&pool, claims.tenant_id, call_id).await?;
     let segments: Vec<Segment> = sqlx::query_as(
         "SELECT id, speaker, text, start_ms, end_ms, occurred_at
          FROM transcript_segments WHERE tenant_id = $1 AND call_id = $2
@@ -79,7 +77,7 @@ async fn get_transcript(
     )
     .bind(claims.tenant_id)
     .bind(call_id)
-    .fetch_all(&state.pool)
+    .fetch_all(&pool)
     .await?;
     if as_text {
         Ok((

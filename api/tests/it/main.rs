@@ -13,6 +13,7 @@ mod automation_trace;
 mod bus;
 mod client;
 mod client_kpis;
+mod client_reads;
 mod helpers;
 mod mgmt;
 mod plans;

@@ -1,0 +1,167 @@
+//! What keeps one tenant's reads from starving everyone else.
+//!
+//! The client surface reads through its own small pool, so however many
+//! dashboards a tenant opens, the pool that claims dispatches and executes
+//! tools for every tenant is never touched by them. Each of its connections
+//! carries a `statement_timeout`, so no single read holds one for long; and
+//! each tenant may have only `CLIENT_READS_PER_TENANT` reads in flight, so
+//! one tenant cannot take the whole read pool either: past its share it gets
+//! 429 at once instead of queueing behind itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use shared::auth::{Claims, Principal};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The client surface's pool and each tenant's reads in flight.
+#[derive(Clone)]
+pub struct ClientReads {
+    pool: PgPool,
+    per_tenant: usize,
+    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl std::fmt::Debug for ClientReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientReads")
+            .field("per_tenant", &self.per_tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the client surface reads (`CLIENT_READ_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientReadLimits {
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+    pub per_tenant: usize,
+}
+
+impl ClientReads {
+    /// Opens the read pool (lazily, like the main one) on the main pool's
+    /// database.
+    pub fn open(main: &PgPool, limits: ClientReadLimits) -> Self {
+        // Set at connection start-up: no extra round trip per read, and no
+        // statement on this pool can run without it.
+        let timeout_ms = limits.statement_timeout.as_millis().max(1).to_string();
+        let options: PgConnectOptions = main
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name("api-client-reads")
+            .options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = shared::db::pool_options(limits.max_connections).connect_lazy_with(options);
+        Self::with_pool(pool, limits.per_tenant)
+    }
+
+    pub fn with_pool(pool: PgPool, per_tenant: usize) -> Self {
+        Self {
+            pool,
+            per_tenant: per_tenant.max(1),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Takes one of the tenant's read slots until the returned guard drops;
+    /// 429 when they are all taken.
+    pub fn admit(&self, tenant_id: Uuid) -> Result<ReadSlot, AppError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = in_flight.entry(tenant_id).or_default();
+        if *taken >= self.per_tenant {
+            metrics::counter!("client_reads_refused_total").increment(1);
+            return Err(AppError::TooManyRequests {
+                message: format!(
+                    "this tenant already has {} reads in progress (CLIENT_READS_PER_TENANT); \
+                     try again when one finishes",
+                    self.per_tenant
+                ),
+                retry_after_secs: 1,
+            });
+        }
+        *taken += 1;
+        Ok(ReadSlot {
+            tenant_id,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+}
+
+/// One tenant read in flight; given back on drop, whatever the outcome.
+pub struct ReadSlot {
+    tenant_id: Uuid,
+    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl Drop for ReadSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(taken) = in_flight.get_mut(&self.tenant_id) {
+            *taken = taken.saturating_sub(1);
+            if *taken == 0 {
+                in_flight.remove(&self.tenant_id);
+            }
+        }
+    }
+}
+
+/// A client read: the token's claims, the read pool, and the tenant's slot
+/// held for as long as the handler runs.
+pub struct ClientRead {
+    pub claims: Claims,
+    pub pool: PgPool,
+    _slot: ReadSlot,
+}
+
+impl FromRequestParts<AppState> for ClientRead {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Principal(claims) = Principal::from_request_parts(parts, state).await?;
+        let slot = state.client_reads.admit(claims.tenant_id)?;
+        Ok(Self {
+            claims,
+            pool: state.client_reads.pool().clone(),
+            _slot: slot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_tenant_gets_its_share_and_slots_come_back_on_drop() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("lazy pool");
+        let reads = ClientReads::with_pool(pool, 2);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = reads.admit(a).expect("first");
+        let _second = reads.admit(a).expect("second");
+        assert!(matches!(
+            reads.admit(a),
+            Err(AppError::TooManyRequests { .. })
+        ));
+        // Another tenant is unaffected.
+        let _other = reads.admit(b).expect("b");
+        drop(first);
+        assert!(reads.admit(a).is_ok());
+    }
+}
