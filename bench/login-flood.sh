@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Login-flood benchmark (issue 7): a release api against a database of its
+# Login-flood benchmark: a release api against a database of its
 # own; `login-flood` times GET /health with no load, then during a flood of
 # bad logins (distinct emails, one client address), twice:
 #   1. throttling as configured (LOGIN_MAX_FAILURES_PER_IP=20 by default:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of the client read API (issue 6): loads one tenant with 1,000,000
+# Benchmark of the client read API: loads one tenant with 1,000,000
 # calls and 10 tenants with 100,000 into its own database, starts a release
 # build of the api against it, and prints p50/p99 latency of GET /client/kpis
 # (30 days) and of the first and a deep page of GET /client/calls.

@@ -1,4 +1,4 @@
-//! `client-bench`: the benchmark of the client read API (issue 6).
+//! `client-bench`: the benchmark of the client read API.
 //!
 //! `client-bench load` fills a database with one tenant of 1,000,000 calls
 //! and 10 tenants of 100,000 (spread over the last 365 days, about one call
@@ -7,7 +7,10 @@
 //! sequential requests of the big tenant: the KPIs of the last 30 days, the
 //! first page of the calls list and a deep page (a cursor 900,000 calls
 //! down), and prints p50/p99. `scripts/bench-client-api.sh` runs both around
-//! a release build of the api.
+//! a release build of the api. `client-bench noisy` (module [`noisy`]) runs
+//! a noisy tenant's reads beside a quiet tenant's runtime work.
+
+mod noisy;
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +19,7 @@ use api::pagination::Cursor;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use shared::auth::{JwtKeys, Role};
-use shared::config::{AuthArgs, CommonArgs, DbArgs};
+use shared::config::{AuthArgs, CommonArgs, DbArgs, EncryptionArgs};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -34,6 +37,8 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +61,22 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         samples: usize,
     },
+    /// Tenant A's full-year KPI reads beside tenant B's claims and tool
+    /// executions, against a running api and automation-worker.
+    Noisy {
+        /// Base URL of the api.
+        #[arg(long)]
+        api_url: String,
+        /// Length of each phase (B alone, then B beside A).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Tenant A's concurrent KPI requests.
+        #[arg(long, default_value_t = 50)]
+        readers: usize,
+        /// Tenant B's requests per second (half claims, half executions).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+    },
 }
 
 #[tokio::main]
@@ -77,6 +98,23 @@ async fn main() -> anyhow::Result<()> {
             let secret = args.auth.secret(&args.common)?;
             let keys = JwtKeys::new(&secret, &args.auth.jwt_issuer, &args.auth.jwt_audience);
             measure(&pool, &keys, &api_url, samples).await
+        }
+        Command::Noisy {
+            api_url,
+            duration,
+            readers,
+            rate,
+        } => {
+            let secret = args.auth.secret(&args.common)?;
+            let keys = JwtKeys::new(&secret, &args.auth.jwt_issuer, &args.auth.jwt_audience);
+            let secrets = shared::crypto::SecretBox::new(&args.encryption.key(&args.common)?);
+            let settings = noisy::Settings {
+                api_url,
+                duration,
+                readers,
+                rate,
+            };
+            noisy::run(&pool, &keys, &secrets, settings).await
         }
     }
 }
