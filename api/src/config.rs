@@ -90,8 +90,9 @@ pub struct Config {
     /// `read_timeout`).
     #[arg(long, env = "CLIENT_READ_STATEMENT_TIMEOUT", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub client_read_statement_timeout: Duration,
-    /// Client reads one tenant may have in flight; more get 429.
-    #[arg(long, env = "CLIENT_READS_PER_TENANT", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    /// Client reads one tenant may have in flight; one more waits 250 ms for
+    /// a slot, then gets 429.
+    #[arg(long, env = "CLIENT_READS_PER_TENANT", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub client_reads_per_tenant: usize,
     /// Largest agent version `config`, in bytes of JSON; larger gets 413.
     #[arg(long, env = "MAX_AGENT_CONFIG_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 * 1024 * 1024))]

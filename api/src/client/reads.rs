@@ -3,14 +3,18 @@
 //! The client surface reads through its own small pool, so however many
 //! dashboards a tenant opens, the pool that claims dispatches and executes
 //! tools for every tenant is never touched by them. Each of its connections
-//! carries a `statement_timeout`, so no single read holds one for long; and
+//! carries a `statement_timeout`, so no single read holds one for long, and
+//! runs without parallel workers, so one read takes at most one core; and
 //! each tenant may have only `CLIENT_READS_PER_TENANT` reads in flight, so
-//! one tenant cannot take the whole read pool either: past its share it gets
-//! 429 at once instead of queueing behind itself.
+//! one tenant cannot take the read pool, nor Postgres's cores, from the
+//! others: a read past its share waits briefly ([`SHARE_WAIT`], long enough
+//! for a dashboard's quick reads to follow one another) and then gets 429.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -22,12 +26,17 @@ use uuid::Uuid;
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// The client surface's pool and each tenant's reads in flight.
+/// How long a read past its tenant's share waits for a slot before 429.
+pub const SHARE_WAIT: Duration = Duration::from_millis(250);
+
+/// The client surface's pool and each tenant's share of it.
 #[derive(Clone)]
 pub struct ClientReads {
     pool: PgPool,
     per_tenant: usize,
-    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// One semaphore per tenant that has read, never removed: a few bytes
+    /// per tenant, and no race between a slot given back and one taken.
+    shares: Arc<Mutex<HashMap<Uuid, Arc<Semaphore>>>>,
 }
 
 impl std::fmt::Debug for ClientReads {
@@ -58,7 +67,10 @@ impl ClientReads {
             .as_ref()
             .clone()
             .application_name("api-client-reads")
-            .options([("statement_timeout", timeout_ms.as_str())]);
+            .options([
+                ("statement_timeout", timeout_ms.as_str()),
+                ("max_parallel_workers_per_gather", "0"),
+            ]);
         let pool = shared::db::pool_options(limits.max_connections).connect_lazy_with(options);
         Self::with_pool(pool, limits.per_tenant)
     }
@@ -67,7 +79,7 @@ impl ClientReads {
         Self {
             pool,
             per_tenant: per_tenant.max(1),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            shares: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -75,43 +87,29 @@ impl ClientReads {
         &self.pool
     }
 
-    /// Takes one of the tenant's read slots until the returned guard drops;
-    /// 429 when they are all taken.
-    pub fn admit(&self, tenant_id: Uuid) -> Result<ReadSlot, AppError> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = in_flight.entry(tenant_id).or_default();
-        if *taken >= self.per_tenant {
-            metrics::counter!("client_reads_refused_total").increment(1);
-            return Err(AppError::TooManyRequests {
-                message: format!(
-                    "this tenant already has {} reads in progress (CLIENT_READS_PER_TENANT); \
-                     try again when one finishes",
-                    self.per_tenant
-                ),
-                retry_after_secs: 1,
-            });
-        }
-        *taken += 1;
-        Ok(ReadSlot {
-            tenant_id,
-            in_flight: self.in_flight.clone(),
-        })
-    }
-}
-
-/// One tenant read in flight; given back on drop, whatever the outcome.
-pub struct ReadSlot {
-    tenant_id: Uuid,
-    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
-}
-
-impl Drop for ReadSlot {
-    fn drop(&mut self) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(taken) = in_flight.get_mut(&self.tenant_id) {
-            *taken = taken.saturating_sub(1);
-            if *taken == 0 {
-                in_flight.remove(&self.tenant_id);
+    /// Takes one of the tenant's read slots until the returned permit
+    /// drops, waiting at most [`SHARE_WAIT`] for one; 429 after that.
+    pub async fn admit(&self, tenant_id: Uuid) -> Result<OwnedSemaphorePermit, AppError> {
+        let share = {
+            let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+            shares
+                .entry(tenant_id)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                .clone()
+        };
+        match tokio::time::timeout(SHARE_WAIT, share.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Timed out (a closed semaphore cannot happen: none is closed).
+            _ => {
+                metrics::counter!("client_reads_refused_total").increment(1);
+                Err(AppError::TooManyRequests {
+                    message: format!(
+                        "this tenant already has {} reads in progress (CLIENT_READS_PER_TENANT); \
+                         try again when one finishes",
+                        self.per_tenant
+                    ),
+                    retry_after_secs: 1,
+                })
             }
         }
     }
@@ -122,7 +120,7 @@ impl Drop for ReadSlot {
 pub struct ClientRead {
     pub claims: Claims,
     pub pool: PgPool,
-    _slot: ReadSlot,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl FromRequestParts<AppState> for ClientRead {
@@ -133,7 +131,7 @@ impl FromRequestParts<AppState> for ClientRead {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Principal(claims) = Principal::from_request_parts(parts, state).await?;
-        let slot = state.client_reads.admit(claims.tenant_id)?;
+        let slot = state.client_reads.admit(claims.tenant_id).await?;
         Ok(Self {
             claims,
             pool: state.client_reads.pool().clone(),
@@ -153,15 +151,21 @@ mod tests {
             .expect("lazy pool");
         let reads = ClientReads::with_pool(pool, 2);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let first = reads.admit(a).expect("first");
-        let _second = reads.admit(a).expect("second");
+        let first = reads.admit(a).await.expect("first");
+        let _second = reads.admit(a).await.expect("second");
         assert!(matches!(
-            reads.admit(a),
+            reads.admit(a).await,
             Err(AppError::TooManyRequests { .. })
         ));
         // Another tenant is unaffected.
-        let _other = reads.admit(b).expect("b");
+        let _other = reads.admit(b).await.expect("b");
+        // A read that waits gets the slot given back meanwhile.
+        let waiting = tokio::spawn({
+            let reads = reads.clone();
+            async move { reads.admit(a).await.is_ok() }
+        });
+        tokio::time::sleep(SHARE_WAIT / 5).await;
         drop(first);
-        assert!(reads.admit(a).is_ok());
+        assert!(waiting.await.expect("task"));
     }
 }

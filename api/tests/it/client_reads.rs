@@ -1,5 +1,5 @@
 //! One tenant's reads cannot starve the others: past its share of the read
-//! pool a tenant gets 429 at once, other tenants' reads and every tenant's
+//! pool a tenant gets 429 after a short wait, other tenants' reads and every tenant's
 //! runtime work go on, and a read that runs too long is cancelled by
 //! Postgres and answered 503 `read_timeout`.
 
@@ -71,7 +71,8 @@ async fn a_tenant_past_its_share_gets_429_while_others_are_served(pool: PgPool) 
         .collect();
     wait_for_blocked_reads(&app, 2).await;
 
-    // A third read of the same tenant is refused at once, not queued.
+    // A third read of the same tenant is refused after a short wait, not
+    // queued behind the others.
     let started = Instant::now();
     let resp = app.get("/client/calls", Some(&a_token)).await;
     assert_eq!(resp.status().as_u16(), 429);

@@ -103,14 +103,15 @@ pub async fn run(
             tokio::spawn(async move {
                 let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let status = match client.get(&url).bearer_auth(&token).send().await {
-                        Ok(resp) => resp.status().as_u16(),
-                        Err(_) => 0,
-                    };
+                    let (status, retry_after) =
+                        match client.get(&url).bearer_auth(&token).send().await {
+                            Ok(resp) => (resp.status().as_u16(), retry_after(&resp)),
+                            Err(_) => (0, None),
+                        };
                     *statuses.entry(status).or_default() += 1;
-                    if status == 429 {
-                        // As a client honouring Retry-After would.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    // As a client honouring Retry-After would.
+                    if let Some(wait) = retry_after {
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 statuses
@@ -147,6 +148,16 @@ pub async fn run(
     println!("load average after: {}", load_average());
     n8n.abort();
     Ok(())
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// B's open-loop load for `duration`: requests start on schedule whether or
