@@ -56,7 +56,7 @@ pub struct Config {
     /// Proxies (CIDRs or addresses, comma-separated) whose `X-Forwarded-For`
     /// names the client for login throttling; empty: the TCP peer is the
     /// client and the header is ignored.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::client_addr::parse_trusted_proxy)]
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::auth::client_addr::parse_trusted_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Window over which failed logins are counted.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = shared::config::positive_duration)]

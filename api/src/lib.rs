@@ -1,30 +1,22 @@
 //! The authenticated HTTP API for ops staff (`/internal`), tenants' staff
 //! (`/client`) and the voice runtime (dispatch claims, tool calls).
 //!
-//! One module per resource or flow, each owning its routes, handlers, SQL and
-//! the types it speaks; `startup` wires them together.
+//! Grouped by who calls it: `auth` (login, first admin, tokens),
+//! `management` (ops staff's resources), `client` (tenants' staff's reads),
+//! `runtime` (the voice runtime's claims), `automation` (tool calls through
+//! the automation-worker), and `http` for what every route shares (the error
+//! type, extractors, paging, size caps, the OpenAPI document). Each resource
+//! module owns its routes, handlers, SQL and the types it speaks; `startup`
+//! wires them together.
 
-pub mod agents;
-pub mod audit_log;
-pub mod auth_routes;
+pub mod audit;
+pub mod auth;
 pub mod automation;
-pub mod calls_admin;
 pub mod client;
-pub mod client_addr;
 pub mod config;
-pub mod error;
-pub mod extract;
-pub mod integrations;
-pub mod legal_holds;
-pub mod login_throttle;
+pub mod http;
 pub mod management;
-pub mod openapi;
-pub mod pagination;
-pub mod phone_numbers;
 pub mod reseal;
-pub mod runtime_dispatches;
-pub mod size_caps;
+pub mod runtime;
 pub mod startup;
 pub mod state;
-pub mod tenants;
-pub mod tools;

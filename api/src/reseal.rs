@@ -162,7 +162,7 @@ async fn seal_clear_headers(
         };
         after = last.id;
         for row in rows {
-            let sealed = match crate::tools::seal_headers(
+            let sealed = match crate::management::tools::seal_headers(
                 secrets,
                 row.tenant_id,
                 row.tool_id,
@@ -185,7 +185,9 @@ async fn seal_clear_headers(
                  WHERE id = $1",
             )
             .bind(row.id)
-            .bind(crate::tools::header_names(&row.headers_template))
+            .bind(crate::management::tools::header_names(
+                &row.headers_template,
+            ))
             .bind(sealed.as_ref().map(|s| &s.ciphertext))
             .bind(sealed.as_ref().map(|s| &s.nonce))
             .bind(sealed.as_ref().map(|s| &s.key_id))

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::password::PasswordHasher;
 use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -9,14 +10,13 @@ use shared::auth::JwtKeys;
 use shared::crypto::SecretBox;
 use shared::http::{HttpOptions, Readiness};
 use shared::nats::Subjects;
-use shared::password::PasswordHasher;
 use sqlx::PgPool;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::login_throttle::{LoginThrottle, ThrottleLimits};
 use crate::config::{Command, Config};
-use crate::login_throttle::{LoginThrottle, ThrottleLimits};
-use crate::openapi::{ApiDoc, CommonResponses};
+use crate::http::openapi::{ApiDoc, CommonResponses};
 use crate::state::{AppState, Settings};
 
 /// The binary's entry point after argument parsing.
@@ -111,7 +111,7 @@ pub fn settings(config: &Config) -> Settings {
         },
         recordings_expose_url: config.recordings_expose_url,
         trusted_proxies: config.trusted_proxies.clone(),
-        size_caps: crate::size_caps::SizeCaps {
+        size_caps: crate::http::size_caps::SizeCaps {
             agent_config: config.max_agent_config_bytes,
             tool_schema: config.max_tool_schema_bytes,
             tool_input: config.max_tool_input_bytes,
@@ -122,18 +122,18 @@ pub fn settings(config: &Config) -> Settings {
 /// Every documented route, with its OpenAPI description.
 pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(crate::auth_routes::routes(settings))
-        .merge(crate::tenants::routes())
-        .merge(crate::agents::routes())
-        .merge(crate::phone_numbers::routes())
-        .merge(crate::tools::routes())
-        .merge(crate::integrations::routes())
-        .merge(crate::legal_holds::routes())
-        .merge(crate::calls_admin::routes())
-        .merge(crate::audit_log::routes())
+        .merge(crate::auth::routes::routes(settings))
+        .merge(crate::management::tenants::routes())
+        .merge(crate::management::agents::routes())
+        .merge(crate::management::phone_numbers::routes())
+        .merge(crate::management::tools::routes())
+        .merge(crate::management::integrations::routes())
+        .merge(crate::management::legal_holds::routes())
+        .merge(crate::management::calls_admin::routes())
+        .merge(crate::management::audit_log::routes())
         .merge(crate::automation::routes())
         .merge(crate::client::routes())
-        .merge(crate::runtime_dispatches::routes())
+        .merge(crate::runtime::dispatches::routes())
 }
 
 /// The OpenAPI document alone (for snapshots and clients).

@@ -7,10 +7,10 @@ use axum::extract::FromRef;
 use shared::auth::JwtKeys;
 use shared::config::redacted;
 
-use crate::login_throttle::LoginThrottle;
+use crate::auth::login_throttle::LoginThrottle;
+use crate::auth::password::PasswordHasher;
 use shared::crypto::SecretBox;
 use shared::nats::Subjects;
-use shared::password::PasswordHasher;
 use sqlx::PgPool;
 
 /// Settings handlers read at request time. Debug by hand: the bootstrap keys
@@ -26,7 +26,7 @@ pub struct Settings {
     pub recordings_expose_url: bool,
     /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub size_caps: crate::size_caps::SizeCaps,
+    pub size_caps: crate::http::size_caps::SizeCaps,
 }
 
 impl std::fmt::Debug for Settings {

@@ -14,7 +14,7 @@ use shared::automation::{
     ToolError, ToolExecuteReply, ToolExecuteRequest,
 };
 use shared::crypto::SecretBox;
-use shared::http::{HttpOptions, Readiness};
+use shared::http::Readiness;
 use shared::nats::Subjects;
 use shared::service::Connections;
 use shared::trace::TraceContext;
@@ -110,16 +110,14 @@ pub async fn run(
         nats: nats.clone(),
         metrics: shared::telemetry::install_metrics(),
     };
-    let app = shared::http::with_common_layers(
-        shared::http::ops_router(readiness),
-        "automation-worker",
-        HttpOptions::OPS,
-    );
     let http_stop = CancellationToken::new();
     let http_stop_wait = http_stop.clone();
-    let server = tokio::spawn(shared::http::serve(listener, app, async move {
-        http_stop_wait.cancelled().await;
-    }));
+    let server = tokio::spawn(shared::http::serve_ops(
+        listener,
+        readiness,
+        "automation-worker",
+        async move { http_stop_wait.cancelled().await },
+    ));
 
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let group = subjects.automation_queue_group();

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::crypto::SecretBox;
-use shared::http::{HttpOptions, Readiness};
+use shared::http::Readiness;
 use shared::nats::Subjects;
 use shared::service::Connections;
 use tokio_util::sync::CancellationToken;
@@ -51,17 +51,13 @@ pub async fn run(
         nats,
         metrics: shared::telemetry::install_metrics(),
     };
-    let app = shared::http::with_common_layers(
-        shared::http::ops_router(readiness),
-        "dispatch-worker",
-        HttpOptions::OPS,
-    );
     let tasks = TaskTracker::new();
     {
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            let stopped = async move { stop.cancelled().await };
             if let Err(err) =
-                shared::http::serve(listener, app, async move { stop.cancelled().await }).await
+                shared::http::serve_ops(listener, readiness, "dispatch-worker", stopped).await
             {
                 tracing::error!(%err, "ops server failed");
             }

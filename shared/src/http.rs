@@ -248,6 +248,18 @@ pub fn with_common_layers(router: Router, service: &'static str, options: HttpOp
         )
 }
 
+/// Serves a binary's ops listener (`/health`, `/health/ready`, `/metrics`)
+/// until `shutdown` resolves.
+pub async fn serve_ops(
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    service: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = with_common_layers(ops_router(readiness), service, HttpOptions::OPS);
+    serve(listener, app, shutdown).await
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish.
 pub async fn serve(

@@ -1,11 +1,10 @@
 //! Code more than one binary needs: settings, telemetry, the HTTP scaffolding
 //! every binary serves (health, readiness, metrics, request ids, shutdown),
-//! auth (JWT claims and guards, passwords), crypto for secrets at rest,
+//! auth (JWT claims and guards), crypto for secrets at rest,
 //! Postgres access and migrations, and the NATS subjects and message types.
 //!
 //! Code used by a single binary lives in that binary.
 
-pub mod audit;
 pub mod auth;
 pub mod automation;
 pub mod calls;
@@ -15,7 +14,6 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod nats;
-pub mod password;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -115,11 +115,6 @@ pub async fn run(
             access_log: false,
         },
     );
-    let ops_app = shared::http::with_common_layers(
-        shared::http::ops_router(readiness),
-        "webhook-ingress",
-        HttpOptions::OPS,
-    );
     let (stop_public, stop_ops) = (shutdown.clone(), shutdown.clone());
     tokio::try_join!(
         shared::http::serve(
@@ -127,7 +122,9 @@ pub async fn run(
             public,
             async move { stop_public.cancelled().await }
         ),
-        shared::http::serve(ops, ops_app, async move { stop_ops.cancelled().await }),
+        shared::http::serve_ops(ops, readiness, "webhook-ingress", async move {
+            stop_ops.cancelled().await
+        }),
     )?;
     tracing::info!("webhook-ingress stopped");
     Ok(())

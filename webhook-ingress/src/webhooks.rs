@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::twiml::{TWIML_CONTENT_TYPE, Twiml};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{OriginalUri, State};
@@ -14,7 +15,6 @@ use chrono::Utc;
 use shared::calls::event_type;
 use shared::error::error_response;
 use shared::trace::TraceContext;
-use shared::twilio::{TWIML_CONTENT_TYPE, Twiml};
 use uuid::Uuid;
 
 use crate::config::SignatureCheck;

@@ -8,8 +8,8 @@ use shared::auth::InternalPrincipal;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::error::AppResult;
-use crate::extract::{Json, Query};
+use crate::http::error::AppResult;
+use crate::http::extract::{Json, Query};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]

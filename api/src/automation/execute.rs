@@ -30,9 +30,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::schema_cache::{self, CachedTool, ToolKey, Violation};
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path};
-use crate::size_caps;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path};
+use crate::http::size_caps;
 use crate::state::AppState;
 
 /// Extra time the api waits past the execution's deadline for the worker's

@@ -9,9 +9,9 @@ use shared::automation::ToolError;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path, Query};
-use crate::pagination::{Cursor, Page, limit};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{Cursor, Page, limit};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -5,13 +5,13 @@
 //! The api seals the secret before asking, so it never crosses NATS in
 //! clear and only the worker opens it.
 
+use crate::audit::{self, AuditEntry};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::audit::{self, AuditEntry};
 use shared::auth::InternalPrincipal;
 use shared::automation::{
     AuthType, FailureKind, INTEGRATION_SECRET_AAD_VERSION, IntegrationTestReply,
@@ -20,8 +20,8 @@ use shared::automation::{
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::Json;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Json;
 use crate::state::AppState;
 
 const MAX_SECRET_BYTES: usize = 4096;

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::reads::ClientRead;
 use super::{CALL_STATUSES, parse_limit, parse_time, parse_uuid};
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path, Query};
-use crate::pagination::{Cursor, Page};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{Cursor, Page};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use super::reads::ClientRead;
 use super::{parse_time, parse_uuid};
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Query};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Query};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

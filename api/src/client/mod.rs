@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -83,7 +83,7 @@ pub(crate) fn parse_limit(value: Option<&str>) -> AppResult<i64> {
                 .map_err(|_| AppError::bad_request("limit must be between 1 and 200"))?,
         ),
     };
-    crate::pagination::limit(parsed)
+    crate::http::pagination::limit(parsed)
 }
 
 /// 404 unless the call exists in the tenant; the same answer either way.

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 use crate::state::AppState;
 
 /// How long a read past its tenant's share waits for a slot before 429.

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::ensure_call;
 use super::reads::ClientRead;
-use crate::error::AppResult;
-use crate::extract::{Json, Path};
+use crate::http::error::AppResult;
+use crate::http::extract::{Json, Path};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

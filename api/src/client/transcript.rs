@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::ensure_call;
 use super::reads::ClientRead;
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path, Query};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path, Query};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -649,7 +649,7 @@ async fn first_admin_after_set_up_is_refused_before_any_hashing(pool: PgPool) {
         assert_eq!(status, 409, "{body}");
     }
     assert!(
-        started.elapsed() < shared::password::PERMIT_WAIT,
+        started.elapsed() < api::auth::password::PERMIT_WAIT,
         "refusals waited for a hashing slot"
     );
 }

@@ -393,7 +393,7 @@ pub async fn insert_tool(
     .await
     .expect("tool");
     if let Some(integration_id) = integration_id {
-        let sealed = api::tools::seal_headers(
+        let sealed = api::management::tools::seal_headers(
             &test_secrets(),
             tenant_id,
             tool_id,
@@ -413,7 +413,7 @@ pub async fn insert_tool(
         .bind(integration_id)
         .bind(spec.webhook_path)
         .bind(spec.method)
-        .bind(api::tools::header_names(&spec.headers_template))
+        .bind(api::management::tools::header_names(&spec.headers_template))
         .bind(sealed.as_ref().map(|s| s.ciphertext.clone()))
         .bind(sealed.as_ref().map(|s| s.nonce.clone()))
         .bind(sealed.as_ref().map(|s| s.key_id.clone()))

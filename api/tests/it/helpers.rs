@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::auth::password::PasswordHasher;
 use api::config::Config;
 use clap::Parser;
 use reqwest::{Client, Response};
 use serde_json::Value;
 use shared::auth::{JwtKeys, Role};
-use shared::password::PasswordHasher;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -12,8 +12,6 @@ mod automation_support;
 mod automation_trace;
 mod bus;
 mod client;
-mod client_kpis;
-mod client_reads;
 mod helpers;
 mod mgmt;
 mod plans;

@@ -15,7 +15,7 @@ mod noisy;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use api::pagination::Cursor;
+use api::http::pagination::Cursor;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use shared::auth::{JwtKeys, Role};

@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 const NUL_MESSAGE: &str = "text must not contain NUL (\\u0000) characters";
 

@@ -6,13 +6,13 @@
 //! Concurrent claims serialise on the row lock and re-check `pending`, so
 //! exactly one wins.
 
+use crate::audit::{self, AuditEntry};
 use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::audit::{self, AuditEntry};
 use shared::auth::InternalPrincipal;
 use shared::crypto::Sealed;
 use utoipa::ToSchema;
@@ -20,8 +20,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::Json;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Json;
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -14,10 +14,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path, Query};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{Cursor, Page};
 use crate::management::{TenantListQuery, audit, is_unique_violation, nullable, text_field};
-use crate::pagination::{Cursor, Page};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

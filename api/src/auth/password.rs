@@ -128,7 +128,7 @@ impl PasswordHasher {
 }
 
 fn hex_random() -> String {
-    crate::crypto::random_bytes::<16>()
+    shared::crypto::random_bytes::<16>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

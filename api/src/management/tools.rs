@@ -14,10 +14,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path, Query};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{Cursor, Page};
 use crate::management::{TenantListQuery, audit, is_unique_violation, text_field};
-use crate::pagination::{Cursor, Page};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -323,7 +323,7 @@ async fn create_tool(
     claims.require_tenant(body.tenant_id)?;
     validate_tool_name(&body.name)?;
     let description = text_field("description", &body.description, 0, 2000)?;
-    crate::size_caps::check(
+    crate::http::size_caps::check(
         "input_schema",
         &body.input_schema,
         state.settings.size_caps.tool_schema,

@@ -12,10 +12,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::extract::{Json, Path};
-use crate::legal_holds::{active_hold_for_call, lock_tenant_holds};
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::{Json, Path};
 use crate::management::audit;
+use crate::management::legal_holds::{active_hold_for_call, lock_tenant_holds};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

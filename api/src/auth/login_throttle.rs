@@ -5,7 +5,7 @@
 //! registrations, which hash a password too, are counted per address the
 //! same way (every attempt counts: there is only ever one that succeeds).
 //!
-//! The address is the client's as [`crate::client_addr`] resolves it
+//! The address is the client's as [`crate::auth::client_addr`] resolves it
 //! (through trusted proxies, IPv6 by /64).
 //!
 //! Per process, in memory: with several api instances behind a balancer each

@@ -11,10 +11,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::AppResult;
-use crate::extract::{Json, Query};
+use crate::http::error::AppResult;
+use crate::http::extract::{Json, Query};
+use crate::http::pagination::{Cursor, Page};
 use crate::management::PageRequest;
-use crate::pagination::{Cursor, Page};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use crate::error::{AppError, AppResult};
+use crate::http::error::{AppError, AppResult};
 
 /// The caps, in bytes of compact JSON (`MAX_*_BYTES`).
 #[derive(Debug, Clone, Copy)]

@@ -1,18 +1,28 @@
-//! Pieces the internal management modules (tenants, agents, phone numbers,
-//! tools, integrations, legal holds, audit log, call deletion) share: list
-//! parameters, the audit helper, input checks and constraint mapping.
+//! The internal management API for ops staff: one module per resource
+//! (tenants, agents and versions, phone numbers, tools, integrations, legal
+//! holds, call deletion, the audit log). This module holds what they share:
+//! list parameters, the audit helper, input checks and constraint mapping.
 
+pub mod agents;
+pub mod audit_log;
+pub mod calls_admin;
+pub mod integrations;
+pub mod legal_holds;
+pub mod phone_numbers;
+pub mod tenants;
+pub mod tools;
+
+use crate::audit::{self, AuditEntry};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use shared::audit::{self, AuditEntry};
 use shared::auth::Claims;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
-use crate::pagination::{self, Cursor, Page};
+use crate::http::error::{AppError, AppResult};
+use crate::http::pagination::{self, Cursor, Page};
 
 /// `?tenant_id=&limit=&cursor=` of every tenant-scoped list.
 #[derive(Debug, Deserialize, IntoParams)]

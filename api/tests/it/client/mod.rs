@@ -2,6 +2,9 @@
 //! parameter, isolation between two tenants with overlapping data, and keyset
 //! pages that neither skip nor repeat while calls keep arriving.
 
+mod kpis;
+mod reads;
+
 use serde_json::Value;
 use shared::auth::Role;
 use sqlx::PgPool;

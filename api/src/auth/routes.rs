@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::audit::{self, AuditEntry};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::audit::{self, AuditEntry};
 use shared::auth::{Principal, Role};
 use shared::crypto::constant_time_eq;
 use sqlx::PgPool;
@@ -16,9 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::client_addr::ClientAddr;
-use crate::error::{AppError, AppResult};
-use crate::extract::Json;
+use crate::auth::client_addr::ClientAddr;
+use crate::http::error::{AppError, AppResult};
+use crate::http::extract::Json;
 use crate::state::{AppState, Settings};
 
 pub fn routes(settings: &Settings) -> OpenApiRouter<AppState> {
@@ -107,7 +107,7 @@ fn hashing_busy() -> AppError {
 async fn hash_password(state: &AppState, password: String) -> AppResult<String> {
     match state.passwords.hash(password).await {
         Ok(hash) => Ok(hash),
-        Err(shared::password::PasswordError::Busy) => Err(hashing_busy()),
+        Err(crate::auth::password::PasswordError::Busy) => Err(hashing_busy()),
         Err(err) => Err(anyhow::Error::from(err).into()),
     }
 }
@@ -293,7 +293,7 @@ async fn login(
     };
     let matched = match state.passwords.verify(body.password, stored).await {
         Ok(matched) => matched,
-        Err(shared::password::PasswordError::Busy) => return Err(hashing_busy()),
+        Err(crate::auth::password::PasswordError::Busy) => return Err(hashing_busy()),
         Err(err) => return Err(anyhow::Error::from(err).into()),
     };
     let Some(user_id) = user_id.filter(|_| matched) else {
