@@ -83,8 +83,11 @@ pub async fn run(
     );
 
     // Streams and consumers, idempotently; waits for NATS if it is down.
-    let consumers = loop {
-        let attempt = async {
+    let consumers = shared::shutdown::retry_until_cancelled(
+        "set up JetStream",
+        Duration::from_secs(2),
+        &shutdown,
+        || async {
             shared::nats::ensure_streams(&js, &subjects, config.nats.nats_stream_replicas).await?;
             let calls = crate::consumer::ensure_consumer(
                 &js,
@@ -101,16 +104,9 @@ pub async fn run(
             )
             .await?;
             anyhow::Ok((calls, events))
-        };
-        match attempt.await {
-            Ok(consumers) => break Some(consumers),
-            Err(err) => tracing::warn!(%err, "cannot set up JetStream yet; retrying"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break None,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-    };
+        },
+    )
+    .await;
 
     if let Some((calls, events)) = consumers {
         let concurrency = usize::from(config.concurrency);

@@ -65,16 +65,13 @@ pub async fn run(
         let replicas = config.nats.nats_stream_replicas;
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            loop {
-                match shared::nats::ensure_streams(&js, &subjects, replicas).await {
-                    Ok(()) => break,
-                    Err(err) => tracing::warn!(%err, "cannot ensure streams yet; retrying"),
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
+            shared::shutdown::retry_until_cancelled(
+                "ensure streams",
+                Duration::from_secs(2),
+                &stop,
+                || shared::nats::ensure_streams(&js, &subjects, replicas),
+            )
+            .await;
         });
     }
     let routes = PhoneRoutes::new(pool.clone(), config.phone_number_cache_ttl);
