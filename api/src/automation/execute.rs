@@ -18,12 +18,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::auth::{Claims, InternalPrincipal};
 use shared::automation::{
     ExecutionContext, ExecutionStatus, REQUEST_SIGNATURE_HEADER, RequestKind, ToolError,
     ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
+use shared::tool_executions::{self, OpenExecution};
 use shared::trace::TraceContext;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -298,7 +299,6 @@ async fn execute(
     };
     let exec = Recorded {
         tenant_id,
-        call_id: body.call_id,
         tool_id: tool.id,
         tool_name,
     };
@@ -329,7 +329,7 @@ async fn execute(
                 payload.len()
             ),
         };
-        fail_unsent(&state.pool, &exec, execution_id, &trace_id, &error).await?;
+        fail_unsent(&state.pool, &exec, execution_id, &error).await?;
         return Err(size_caps::too_large(format!(
             "{} (execution {execution_id} recorded as failed)",
             error.message
@@ -450,7 +450,6 @@ async fn load_tool(
 /// The execution as recorded, for the failure path.
 struct Recorded {
     tenant_id: Uuid,
-    call_id: Uuid,
     tool_id: Uuid,
     tool_name: String,
 }
@@ -497,7 +496,7 @@ async fn unsent(
     error: ToolError,
     status: StatusCode,
 ) -> AppResult<Response> {
-    fail_unsent(&state.pool, exec, execution_id, &trace_id, &error).await?;
+    fail_unsent(&state.pool, exec, execution_id, &error).await?;
     let result = ExecutionResult {
         execution_id,
         trace_id,
@@ -515,32 +514,16 @@ async fn fail_unsent(
     pool: &PgPool,
     exec: &Recorded,
     execution_id: Uuid,
-    trace_id: &str,
     error: &ToolError,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH failed AS (
-             UPDATE tool_executions
-             SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
-             WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $4 AND status = 'queued'
-             RETURNING id)
-         INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-         SELECT $5, $4, $6, 'tool.failed', 'tool:' || $1 || ':failed', $7, $8 FROM failed
-         ON CONFLICT (call_id, idempotency_key) DO NOTHING",
-    )
-    .bind(execution_id)
-    .bind(&error.code)
-    .bind(&error.message)
-    .bind(exec.tenant_id)
-    .bind(Uuid::now_v7())
-    .bind(exec.call_id)
-    .bind(
-        json!({"execution_id": execution_id, "tool_id": exec.tool_id, "tool": exec.tool_name,
-                 "status": "failed", "attempts": 0, "error": error}),
-    )
-    .bind(trace_id)
-    .execute(pool)
-    .await?;
+    let execution = OpenExecution {
+        id: execution_id,
+        tenant_id: exec.tenant_id,
+        tool_id: exec.tool_id,
+        tool_name: exec.tool_name.clone(),
+        attempts: 0,
+    };
+    tool_executions::fail_open(pool, &execution, error, None).await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::auth::Role;
+use shared::tool_executions::{EventKind, ToolEvent, event_key};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -731,6 +732,47 @@ async fn no_worker_is_503_and_recorded_failed(pool: PgPool) {
         .map(|e| e.0)
         .collect();
     assert_eq!(kinds, vec!["tool.requested", "tool.failed"]);
+    // `tool.requested`'s key is built in SQL (`execute_tool_checked`),
+    // `tool.failed`'s in Rust: both are the key builder's.
+    let execution_id: Uuid = out["execution_id"]
+        .as_str()
+        .expect("execution_id")
+        .parse()
+        .expect("uuid");
+    let keys: Vec<String> = events(&app.pool, s.call_id)
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            event_key(execution_id, EventKind::Requested),
+            event_key(execution_id, EventKind::Failed)
+        ]
+    );
+    let event = failed_event(&app.pool, s.call_id).await;
+    assert_eq!(event.execution_id, execution_id);
+    assert_eq!(event.tool_id, tool_id);
+    assert_eq!(event.tool, "lookup");
+    assert_eq!(
+        event.error.map(|e| e.code).as_deref(),
+        Some("worker_unavailable")
+    );
+    assert_eq!(event.worker_id, None);
+}
+
+/// The payload of the call's `tool.failed` event, which must parse as the
+/// one payload type (it refuses unknown fields).
+async fn failed_event(pool: &PgPool, call_id: Uuid) -> ToolEvent {
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload FROM call_events WHERE call_id = $1 AND type = 'tool.failed'",
+    )
+    .bind(call_id)
+    .fetch_one(pool)
+    .await
+    .expect("tool.failed");
+    serde_json::from_value(payload).expect("a ToolEvent")
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -787,6 +829,11 @@ async fn a_worker_missing_the_deadline_gives_504_and_the_reaper_closes_it(pool: 
         .map(|e| e.0)
         .collect();
     assert_eq!(kinds, vec!["tool.requested", "tool.failed"]);
+    // The reaper's event has the one payload shape, the tool's name included.
+    let event = failed_event(&app.pool, s.call_id).await;
+    assert_eq!(event.tool, "lookup");
+    assert_eq!(event.worker_id, None);
+    assert_eq!(event.error.map(|e| e.code).as_deref(), Some("worker_lost"));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
