@@ -9,6 +9,10 @@
 //! attempts, latency, output or error with a `tool.succeeded` /
 //! `tool.failed` event in one statement, then replies. The statements are
 //! `shared::tool_executions`'.
+//!
+//! A request must carry its context: one without it (from an api older than
+//! the context) is refused, its execution failed `context_missing`, and
+//! nothing is sent to n8n.
 
 use std::time::Duration;
 
@@ -31,35 +35,6 @@ use crate::outbound::{Answer, Auth, Outbound, open_endpoint_headers, open_integr
 /// Time kept between the worker's own deadline and the execution's, to
 /// record the outcome and reply before the api gives up.
 const REPLY_MARGIN: Duration = Duration::from_millis(250);
-
-/// For a request without its context (sent by an older api): claims the
-/// execution (queued -> running) and reads everything needed to run it, in
-/// one statement.
-///
-/// Claims never wait for the WAL flush: the outcome's commit (which
-/// does, with `AUTOMATION_SYNCHRONOUS_COMMIT=true`) flushes it too, and a
-/// claim lost to a Postgres crash only puts the row back to `queued`, which
-/// the outcome's update and the reaper both accept.
-const CLAIM_SQL: &str = "
-WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc),
-te AS (
-    UPDATE tool_executions SET status = 'running', started_at = now()
-    WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND status = 'queued'
-    RETURNING id, tenant_id, call_id, tool_id, trace_id, input, deadline_at)
-SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.deadline_at,
-       t.name AS tool_name,
-       e.webhook_path, e.method, e.headers_ciphertext, e.headers_nonce, e.headers_key_id,
-       e.headers_template <> '{}'::jsonb AS headers_unsealed, e.timeout_ms, e.max_retries,
-       i.id AS integration_id, i.base_url, i.auth_type, i.header_name,
-       i.secret_ciphertext, i.secret_nonce, i.secret_key_id, i.status AS integration_status,
-       c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
-FROM te
-CROSS JOIN cfg
-JOIN tools t ON t.id = te.tool_id AND t.tenant_id IS NOT DISTINCT FROM te.tenant_id
-JOIN call_sessions c ON c.id = te.call_id AND c.tenant_id IS NOT DISTINCT FROM te.tenant_id
-LEFT JOIN tool_endpoints e ON e.tool_id = te.tool_id AND e.tenant_id IS NOT DISTINCT FROM te.tenant_id
-LEFT JOIN integrations i ON i.id = e.integration_id AND i.tenant_id IS NOT DISTINCT FROM e.tenant_id
-LEFT JOIN agent_versions av ON av.id = c.agent_version_id AND av.tenant_id IS NOT DISTINCT FROM c.tenant_id";
 
 /// How long an n8n call runs before its execution is marked running: a
 /// slow tool shows `running` while it runs, and a fast one goes from
@@ -86,30 +61,24 @@ impl Executor {
     /// Postgres fails or the execution vanished.
     pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
         let started_at = Utc::now();
-        let (ctx, finished) = match req.context {
-            // The hot path: no Postgres round trip before the n8n call.
-            Some(ctx) if ctx.id == req.execution_id && ctx.tenant_id == req.tenant_id => {
-                let finished = self.run_marking_slow(&ctx).await;
-                (ctx, finished)
+        let ToolExecuteRequest {
+            execution_id,
+            tenant_id,
+            context,
+        } = req;
+        let ctx = match context {
+            // No Postgres round trip before the n8n call.
+            Some(ctx) if ctx.id == execution_id && ctx.tenant_id == tenant_id => ctx,
+            Some(_) => {
+                let why = "the request's context is for another execution";
+                return self.refuse(execution_id, tenant_id, why).await;
             }
-            _ => {
-                let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
-                    .bind(req.execution_id)
-                    .bind(req.tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(ctx) = ctx else {
-                    // Not queued (already run, or closed by the reaper) or unknown.
-                    tracing::warn!(execution_id = %req.execution_id, "execution not queued; answering its record");
-                    return self
-                        .recorded(req.execution_id, req.tenant_id)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("execution {} unknown", req.execution_id));
-                };
-                let finished = self.run(&ctx).await;
-                (ctx, finished)
+            None => {
+                let why = "the request carried no execution context (sent by an older api)";
+                return self.refuse(execution_id, tenant_id, why).await;
             }
         };
+        let finished = self.run_marking_slow(&ctx).await;
         metrics::counter!("automation_tool_executions_total", "status" => finished.status.as_str())
             .increment(1);
         metrics::histogram!("automation_tool_execution_seconds")
@@ -151,6 +120,38 @@ impl Executor {
             attempts: finished.attempts,
             latency_ms: Some(finished.latency_ms),
         })
+    }
+
+    /// Refuses a request it cannot run as sent: the execution, if still
+    /// open, fails `context_missing` with its event, and the answer is its
+    /// record (an execution already finished keeps its outcome).
+    async fn refuse(
+        &self,
+        execution_id: Uuid,
+        tenant_id: Uuid,
+        why: &str,
+    ) -> anyhow::Result<ToolExecuteReply> {
+        let error = ToolError {
+            code: error_codes::CONTEXT_MISSING.into(),
+            message: format!("{why}; refused without calling n8n"),
+        };
+        tracing::warn!(%execution_id, reason = why, "tool execution request refused");
+        if let Some(open) = tool_executions::find_open(&self.pool, execution_id, tenant_id).await? {
+            tool_executions::fail_open(&self.pool, &open, &error, Some(&self.worker_id)).await?;
+        }
+        Ok(self
+            .recorded(execution_id, tenant_id)
+            .await?
+            .unwrap_or_else(|| ToolExecuteReply {
+                execution_id,
+                trace_id: String::new(),
+                status: ExecutionStatus::Failed,
+                output: None,
+                error: Some(error),
+                http_status: None,
+                attempts: 0,
+                latency_ms: None,
+            }))
     }
 
     /// [`Self::run`], marking the execution running if its n8n call takes
