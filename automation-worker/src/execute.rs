@@ -7,11 +7,16 @@
 //! execution running if that takes more than a moment), retries
 //! within the execution's deadline, and records status, HTTP status,
 //! attempts, latency, output or error with a `tool.succeeded` /
-//! `tool.failed` event in one transaction, then replies.
+//! `tool.failed` event in one statement, then replies. The statements are
+//! `shared::tool_executions`'.
+//!
+//! A request must carry its context: one without it (from an api older than
+//! the context) is refused, its execution failed `context_missing`, and
+//! nothing is sent to n8n.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
@@ -20,6 +25,7 @@ use shared::automation::{
     ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
 use shared::crypto::{Sealed, SecretBox};
+use shared::tool_executions::{self, Outcome};
 use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -30,91 +36,13 @@ use crate::outbound::{Answer, Auth, Outbound, open_endpoint_headers, open_integr
 /// record the outcome and reply before the api gives up.
 const REPLY_MARGIN: Duration = Duration::from_millis(250);
 
-/// For a request without its context (sent by an older api): claims the
-/// execution (queued -> running) and reads everything needed to run it, in
-/// one statement.
-///
-/// Claims never wait for the WAL flush: the outcome's commit (which
-/// does, with `AUTOMATION_SYNCHRONOUS_COMMIT=true`) flushes it too, and a
-/// claim lost to a Postgres crash only puts the row back to `queued`, which
-/// the outcome's update and the reaper both accept.
-const CLAIM_SQL: &str = "
-WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc),
-te AS (
-    UPDATE tool_executions SET status = 'running', started_at = now()
-    WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND status = 'queued'
-    RETURNING id, tenant_id, call_id, tool_id, trace_id, input, deadline_at)
-SELECT te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.input, te.deadline_at,
-       t.name AS tool_name,
-       e.webhook_path, e.method, e.headers_ciphertext, e.headers_nonce, e.headers_key_id,
-       e.headers_template <> '{}'::jsonb AS headers_unsealed, e.timeout_ms, e.max_retries,
-       i.id AS integration_id, i.base_url, i.auth_type, i.header_name,
-       i.secret_ciphertext, i.secret_nonce, i.secret_key_id, i.status AS integration_status,
-       c.call_sid, c.from_number, c.to_number, c.agent_id, av.version AS agent_version
-FROM te
-CROSS JOIN cfg
-JOIN tools t ON t.id = te.tool_id AND t.tenant_id IS NOT DISTINCT FROM te.tenant_id
-JOIN call_sessions c ON c.id = te.call_id AND c.tenant_id IS NOT DISTINCT FROM te.tenant_id
-LEFT JOIN tool_endpoints e ON e.tool_id = te.tool_id AND e.tenant_id IS NOT DISTINCT FROM te.tenant_id
-LEFT JOIN integrations i ON i.id = e.integration_id AND i.tenant_id IS NOT DISTINCT FROM e.tenant_id
-LEFT JOIN agent_versions av ON av.id = c.agent_version_id AND av.tenant_id IS NOT DISTINCT FROM c.tenant_id";
-
-/// Marks an execution whose context came with the request running, once its
-/// n8n call has taken [`MARK_RUNNING_AFTER`]: a slow tool shows `running`
-/// while it runs, and a fast one goes from `queued` straight to its outcome
-/// (with `started_at` all the same) without a write on its path. The mark is
-/// not what keeps a tool from running twice: the api sends each execution
-/// once, as a core NATS request that one member of the queue group receives
-/// at most once.
-const MARK_RUNNING_SQL: &str = "
-WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc)
-UPDATE tool_executions SET status = 'running', started_at = now()
-WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND status = 'queued' AND EXISTS (SELECT 1 FROM cfg)";
-
+/// How long an n8n call runs before its execution is marked running: a
+/// slow tool shows `running` while it runs, and a fast one goes from
+/// `queued` straight to its outcome (with `started_at` all the same)
+/// without a write on its path. The mark is not what keeps a tool from
+/// running twice: the api sends each execution once, as a core NATS request
+/// that one member of the queue group receives at most once.
 const MARK_RUNNING_AFTER: Duration = Duration::from_millis(25);
-
-/// Records the outcome and its timeline event in one statement (atomic).
-const RECORD_SQL: &str = "
-WITH cfg AS (SELECT set_config('synchronous_commit', $13, true) AS sc),
-done AS (
-    UPDATE tool_executions
-    SET status = $2, output = $3, error_code = $4, error_message = $5,
-        http_status = $6, attempts = $7, latency_ms = $8, finished_at = now(),
-        started_at = COALESCE(started_at, $14)
-    WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $15 AND status IN ('queued', 'running')
-    RETURNING id, tenant_id, call_id, trace_id),
-event AS (
-    INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-    SELECT $9, tenant_id, call_id, $10, $11, $12, trace_id FROM done
-    ON CONFLICT (call_id, idempotency_key) DO NOTHING)
-SELECT (SELECT count(*) FROM done) AS n, (SELECT sc FROM cfg) AS sc";
-
-/// What an execution ended with.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub status: ExecutionStatus,
-    pub output: Option<Value>,
-    pub error: Option<ToolError>,
-    pub http_status: Option<u16>,
-    pub attempts: u32,
-    pub latency_ms: u64,
-}
-
-impl Finished {
-    fn failed(code: &str, message: impl Into<String>, attempts: u32, latency_ms: u64) -> Self {
-        Self {
-            status: ExecutionStatus::Failed,
-            output: None,
-            error: Some(ToolError {
-                code: code.to_owned(),
-                message: message.into(),
-            }),
-            http_status: None,
-            attempts,
-            latency_ms,
-        }
-    }
-}
 
 pub struct Executor {
     pub pool: PgPool,
@@ -129,43 +57,48 @@ pub struct Executor {
 }
 
 impl Executor {
-    fn synchronous_commit(&self) -> &'static str {
-        if self.synchronous_commit { "on" } else { "off" }
-    }
-
     /// Runs the execution and answers what was recorded. `Err` only when
-    /// the execution cannot be found or Postgres fails.
+    /// Postgres fails or the execution vanished.
     pub async fn handle(&self, req: ToolExecuteRequest) -> anyhow::Result<ToolExecuteReply> {
         let started_at = Utc::now();
-        let (ctx, finished) = match req.context {
-            // The hot path: no Postgres round trip before the n8n call.
-            Some(ctx) if ctx.id == req.execution_id && ctx.tenant_id == req.tenant_id => {
-                let finished = self.run_marking_slow(&ctx).await;
-                (ctx, finished)
+        let ToolExecuteRequest {
+            execution_id,
+            tenant_id,
+            context,
+        } = req;
+        let ctx = match context {
+            // No Postgres round trip before the n8n call.
+            Some(ctx) if ctx.id == execution_id && ctx.tenant_id == tenant_id => ctx,
+            Some(_) => {
+                let why = "the request's context is for another execution";
+                return self.refuse(execution_id, tenant_id, why).await;
             }
-            _ => {
-                let ctx: Option<ExecutionContext> = sqlx::query_as(CLAIM_SQL)
-                    .bind(req.execution_id)
-                    .bind(req.tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(ctx) = ctx else {
-                    // Not queued (already run, or closed by the reaper) or unknown.
-                    tracing::warn!(execution_id = %req.execution_id, "execution not queued; answering its record");
-                    return self.recorded(req.execution_id, req.tenant_id).await;
-                };
-                let finished = self.run(&ctx).await;
-                (ctx, finished)
+            None => {
+                let why = "the request carried no execution context (sent by an older api)";
+                return self.refuse(execution_id, tenant_id, why).await;
             }
         };
+        let finished = self.run_marking_slow(&ctx).await;
         metrics::counter!("automation_tool_executions_total", "status" => finished.status.as_str())
             .increment(1);
         metrics::histogram!("automation_tool_execution_seconds")
             .record(Duration::from_millis(finished.latency_ms).as_secs_f64());
-        if !self.record(&ctx, &finished, started_at).await? {
+        let recorded = tool_executions::record_outcome(
+            &self.pool,
+            &ctx,
+            &finished,
+            started_at,
+            &self.worker_id,
+            self.synchronous_commit,
+        )
+        .await?;
+        if !recorded {
             // The reaper got there first (the worker was too slow): answer
             // what is recorded, so nobody is told two different stories.
-            return self.recorded(ctx.id, ctx.tenant_id).await;
+            return self
+                .recorded(ctx.id, ctx.tenant_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("execution {} vanished", ctx.id));
         }
         tracing::info!(
             execution_id = %ctx.id,
@@ -189,19 +122,48 @@ impl Executor {
         })
     }
 
+    /// Refuses a request it cannot run as sent: the execution, if still
+    /// open, fails `context_missing` with its event, and the answer is its
+    /// record (an execution already finished keeps its outcome).
+    async fn refuse(
+        &self,
+        execution_id: Uuid,
+        tenant_id: Uuid,
+        why: &str,
+    ) -> anyhow::Result<ToolExecuteReply> {
+        let error = ToolError {
+            code: error_codes::CONTEXT_MISSING.into(),
+            message: format!("{why}; refused without calling n8n"),
+        };
+        tracing::warn!(%execution_id, reason = why, "tool execution request refused");
+        if let Some(open) = tool_executions::find_open(&self.pool, execution_id, tenant_id).await? {
+            tool_executions::fail_open(&self.pool, &open, &error, Some(&self.worker_id)).await?;
+        }
+        Ok(self
+            .recorded(execution_id, tenant_id)
+            .await?
+            .unwrap_or_else(|| ToolExecuteReply {
+                execution_id,
+                trace_id: String::new(),
+                status: ExecutionStatus::Failed,
+                output: None,
+                error: Some(error),
+                http_status: None,
+                attempts: 0,
+                latency_ms: None,
+            }))
+    }
+
     /// [`Self::run`], marking the execution running if its n8n call takes
     /// longer than [`MARK_RUNNING_AFTER`].
-    async fn run_marking_slow(&self, ctx: &ExecutionContext) -> Finished {
+    async fn run_marking_slow(&self, ctx: &ExecutionContext) -> Outcome {
         let run = self.run(ctx);
         tokio::pin!(run);
         tokio::select! {
             finished = &mut run => return finished,
             () = tokio::time::sleep(MARK_RUNNING_AFTER) => {}
         }
-        let mark = sqlx::query(MARK_RUNNING_SQL)
-            .bind(ctx.id)
-            .bind(ctx.tenant_id)
-            .execute(&self.pool);
+        let mark = tool_executions::mark_running(&self.pool, ctx.id, ctx.tenant_id);
         let (marked, finished) = tokio::join!(mark, run);
         if let Err(err) = marked {
             // The outcome is recorded all the same (from `queued`).
@@ -210,7 +172,7 @@ impl Executor {
         finished
     }
 
-    async fn run(&self, ctx: &ExecutionContext) -> Finished {
+    async fn run(&self, ctx: &ExecutionContext) -> Outcome {
         let started = Instant::now();
         let until_deadline = (ctx.deadline_at - Utc::now())
             .to_std()
@@ -219,10 +181,10 @@ impl Executor {
         let deadline = started + until_deadline;
         let prepared = match self.prepare(ctx) {
             Ok(p) => p,
-            Err(f) => return Finished::failed(f.kind.as_str(), f.message, 0, 0),
+            Err(f) => return Outcome::failed(f.kind.as_str(), f.message, 0, 0),
         };
         if until_deadline.is_zero() {
-            return Finished::failed(
+            return Outcome::failed(
                 error_codes::DEADLINE_EXCEEDED,
                 "the execution's deadline passed before it could start",
                 0,
@@ -268,7 +230,7 @@ impl Executor {
                 } else {
                     failure.kind.as_str()
                 };
-                Finished::failed(code, failure.message, attempts, latency_ms)
+                Outcome::failed(code, failure.message, attempts, latency_ms)
             }
         }
     }
@@ -394,59 +356,21 @@ impl Executor {
         .map(Some)
     }
 
-    /// Records the outcome and its timeline event in one transaction.
-    /// False when the execution was no longer open (the reaper closed it).
-    async fn record(
+    /// The execution as recorded; none when it is unknown.
+    async fn recorded(
         &self,
-        ctx: &ExecutionContext,
-        f: &Finished,
-        started_at: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
-        let (event, suffix) = match f.status {
-            ExecutionStatus::Succeeded => ("tool.succeeded", "succeeded"),
-            _ => ("tool.failed", "failed"),
-        };
-        let (updated, _): (i64, String) = sqlx::query_as(RECORD_SQL)
-            .bind(ctx.id)
-            .bind(f.status.as_str())
-            .bind(&f.output)
-            .bind(f.error.as_ref().map(|e| e.code.as_str()))
-            .bind(f.error.as_ref().map(|e| e.message.as_str()))
-            .bind(f.http_status.map(i32::from))
-            .bind(i32::try_from(f.attempts).unwrap_or(i32::MAX))
-            .bind(i32::try_from(f.latency_ms).unwrap_or(i32::MAX))
-            .bind(Uuid::now_v7())
-            .bind(event)
-            .bind(format!("tool:{}:{suffix}", ctx.id))
-            .bind(json!({
-                "execution_id": ctx.id,
-                "tool_id": ctx.tool_id,
-                "tool": ctx.tool_name,
-                "status": f.status.as_str(),
-                "attempts": f.attempts,
-                "latency_ms": f.latency_ms,
-                "http_status": f.http_status,
-                "error": f.error,
-                "worker_id": self.worker_id,
-            }))
-            .bind(self.synchronous_commit())
-            .bind(started_at)
-            .bind(ctx.tenant_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(updated > 0)
-    }
-
-    async fn recorded(&self, id: Uuid, tenant_id: Uuid) -> anyhow::Result<ToolExecuteReply> {
-        let row: RecordedRow = sqlx::query_as(
+        id: Uuid,
+        tenant_id: Uuid,
+    ) -> anyhow::Result<Option<ToolExecuteReply>> {
+        let row: Option<RecordedRow> = sqlx::query_as(
             "SELECT id, trace_id, status, output, error_code, error_message, http_status, attempts, latency_ms
              FROM tool_executions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
         )
         .bind(id)
         .bind(tenant_id)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.into_reply())
+        Ok(row.map(RecordedRow::into_reply))
     }
 }
 
@@ -562,15 +486,15 @@ fn interpret(
     latency_ms: u64,
     method: &Method,
     ctx: &ExecutionContext,
-) -> Finished {
+) -> Outcome {
     let status = answer.status.as_u16();
-    let with_status = |mut f: Finished| {
+    let with_status = |mut f: Outcome| {
         f.http_status = Some(status);
         f
     };
     if answer.status.is_success() {
         if answer.truncated {
-            return with_status(Finished::failed(
+            return with_status(Outcome::failed(
                 error_codes::OUTPUT_TOO_LARGE,
                 "n8n's answer is larger than AUTOMATION_MAX_OUTPUT_BYTES",
                 attempts,
@@ -580,7 +504,7 @@ fn interpret(
         // Postgres' jsonb cannot hold U+0000: such an answer could never be
         // recorded, so it fails here with a clear code instead.
         if answer.body.contains(&0) || answer.body.windows(6).any(|w| w == b"\\u0000") {
-            return with_status(Finished::failed(
+            return with_status(Outcome::failed(
                 error_codes::INVALID_OUTPUT,
                 "n8n's answer contains a NUL character, which cannot be stored",
                 attempts,
@@ -596,7 +520,7 @@ fn interpret(
                 Err(_) => Value::String(String::from_utf8_lossy(&answer.body).into_owned()),
             }
         };
-        return Finished {
+        return Outcome {
             status: ExecutionStatus::Succeeded,
             output: Some(output),
             error: None,
@@ -607,7 +531,7 @@ fn interpret(
     }
     let text = String::from_utf8_lossy(&answer.body);
     if status == 404 && text.contains("not registered") {
-        return with_status(Finished::failed(
+        return with_status(Outcome::failed(
             error_codes::ENDPOINT_INACTIVE,
             format!(
                 "n8n has no active workflow for {method} webhook/{}: activate the workflow in n8n",
@@ -623,7 +547,7 @@ fn interpret(
         s if s >= 500 => format!("n8n failed (HTTP {s}) after {attempts} attempts"),
         s => format!("n8n answered HTTP {s}"),
     };
-    with_status(Finished::failed(
+    with_status(Outcome::failed(
         FailureKind::HttpStatus.as_str(),
         message,
         attempts,

@@ -4,41 +4,35 @@
 
 use std::time::Duration;
 
+use shared::automation::{ToolError, error_codes};
+use shared::tool_executions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-const REAP_SQL: &str = "
-WITH lost AS (
-    UPDATE tool_executions te
-    SET status = 'failed', error_code = 'worker_lost',
-        error_message = 'no worker finished the execution before its deadline',
-        finished_at = now()
-    WHERE te.id IN (
-        SELECT id FROM tool_executions
-        WHERE status IN ('queued', 'running') AND deadline_at < now() - make_interval(secs => $1)
-        ORDER BY deadline_at
-        LIMIT 500
-        FOR UPDATE SKIP LOCKED)
-    RETURNING te.id, te.tenant_id, te.call_id, te.tool_id, te.trace_id, te.attempts),
-events AS (
-INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-SELECT gen_random_uuid(), tenant_id, call_id, 'tool.failed', 'tool:' || id || ':failed',
-       jsonb_build_object('execution_id', id, 'tool_id', tool_id, 'status', 'failed',
-                          'attempts', attempts,
-                          'error', jsonb_build_object('code', 'worker_lost',
-                              'message', 'no worker finished the execution before its deadline')),
-       trace_id
-FROM lost
-ON CONFLICT (call_id, idempotency_key) DO NOTHING)
-SELECT count(*) FROM lost";
-
-/// One pass; returns how many executions were closed.
+/// One pass (at most 500 executions; a longer backlog takes more passes);
+/// returns how many were closed. The overdue rows are locked and failed in
+/// one transaction, so two reapers never take the same execution, and a
+/// worker's outcome recorded meanwhile either comes first or finds it
+/// closed.
 pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<u64, sqlx::Error> {
-    let reaped: i64 = sqlx::query_scalar(REAP_SQL)
-        .bind(grace.as_secs_f64())
-        .fetch_one(pool)
-        .await?;
-    Ok(u64::try_from(reaped).unwrap_or(0))
+    let mut tx = pool.begin().await?;
+    let overdue = tool_executions::lock_overdue(&mut *tx, grace).await?;
+    if overdue.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let error = ToolError {
+        code: error_codes::WORKER_LOST.into(),
+        message: "no worker finished the execution before its deadline".into(),
+    };
+    let mut reaped = 0;
+    for execution in &overdue {
+        if tool_executions::fail_open(&mut *tx, execution, &error, None).await? {
+            reaped += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(reaped)
 }
 
 pub async fn run(pool: PgPool, interval: Duration, grace: Duration, stop: CancellationToken) {

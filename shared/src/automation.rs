@@ -275,8 +275,10 @@ pub struct IntegrationTestReply {
 pub struct ToolExecuteRequest {
     pub execution_id: Uuid,
     pub tenant_id: Uuid,
-    /// What the api read when it queued the execution. Without it (an
-    /// older api) the worker reads the same from Postgres.
+    /// What the api read when it queued the execution; the api always
+    /// sends it. Optional on the wire only so that a request without it (an
+    /// older api) still parses, to be refused and recorded as failed
+    /// (`context_missing`) rather than dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ExecutionContext>,
 }
@@ -284,9 +286,9 @@ pub struct ToolExecuteRequest {
 /// Everything needed to run an execution: the execution, its tool's
 /// endpoint and integration (the secret and the header values still sealed:
 /// only the worker opens them), and the call the tool works for. The api
-/// gets it from `execute_tool_checked` (migration 0014), the worker's
-/// fallback from its claim query; both name the columns as the fields here.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+/// gets it from `execute_tool_checked` (migration 0014), which names its
+/// keys as the fields here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionContext {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -399,6 +401,9 @@ pub mod error_codes {
     pub const INVALID_OUTPUT: &str = "invalid_output";
     /// The request would not fit in one NATS message; it was never sent.
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// The request came without the execution's context (an older api):
+    /// the worker refused it and nothing was sent to n8n.
+    pub const CONTEXT_MISSING: &str = "context_missing";
 }
 
 /// The outcome of an execution: automation-worker's reply, and the api's

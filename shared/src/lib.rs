@@ -1,7 +1,8 @@
 //! Code more than one binary needs: settings, telemetry, the HTTP scaffolding
 //! every binary serves (health, readiness, metrics, request ids, shutdown),
 //! auth (JWT claims and guards), crypto for secrets at rest,
-//! Postgres access and migrations, and the NATS subjects and message types.
+//! Postgres access and migrations, the NATS subjects and message types, and
+//! the lifecycle of a tool execution (`tool_executions`).
 //!
 //! Code used by a single binary lives in that binary.
 
@@ -19,6 +20,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tool_executions;
 pub mod trace;
 pub mod twilio;
 

@@ -5,11 +5,16 @@
 //! when required (403), the input against the tool's JSON Schema (400 with
 //! every violation), the tool's endpoint (422), the per-call rate (429).
 //! All of them, and the queued execution, are one SQL call
-//! (`execute_tool_checked`, migrations 0006 and 0008) with the tool's
-//! schema cached here; the rate check and the insert hold a per-call
-//! advisory lock, so concurrent requests for one call are counted one after
-//! the other: never more than the limit. Then automation-worker runs it over
-//! NATS request/reply, from the execution context that call returned.
+//! (`execute_tool_checked`, migration 0014) with the tool's schema cached
+//! here; the rate check and the insert hold a per-call advisory lock, so
+//! concurrent requests for one call are counted one after the other: never
+//! more than the limit. Then automation-worker runs it over NATS
+//! request/reply, from the execution context that call returned.
+//!
+//! Three steps: [`check_and_enqueue`] (the SQL call, typed as [`Checked`]),
+//! [`request`] (NATS, typed as [`Sent`]) and [`answer`] (HTTP, closing the
+//! execution when it was never sent); [`refusal`] answers what the checks
+//! refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +23,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::auth::{Claims, InternalPrincipal};
 use shared::automation::{
     ExecutionContext, ExecutionStatus, REQUEST_SIGNATURE_HEADER, RequestKind, ToolError,
     ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
+use shared::tool_executions::{self, OpenExecution};
 use shared::trace::TraceContext;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -138,9 +144,9 @@ fn trace_id(given: Option<String>, trace: &TraceContext) -> AppResult<String> {
     }
 }
 
-/// What `execute_tool_checked` (migration 0008) answered.
+/// What `execute_tool_checked` (migration 0014) answered, as it comes.
 #[derive(Debug, sqlx::FromRow)]
-struct Checked {
+struct CheckedRow {
     outcome: String,
     retry_after: Option<f64>,
     tool_name: Option<String>,
@@ -152,36 +158,103 @@ struct Checked {
 /// (a tool edited over and over meanwhile) the request is refused.
 const MAX_STALE_RETRIES: usize = 3;
 
+/// The verdict of the checks, typed.
+enum Checked {
+    /// Boxed: the context is far larger than any refusal.
+    Queued(Box<Queued>),
+    Refused(Refusal),
+}
+
+/// Why the checks refused a request; nothing was recorded.
+enum Refusal {
+    CallNotFound,
+    ToolNotFound,
+    ToolNotAllowed {
+        tool_name: String,
+    },
+    /// The tool's stored `input_schema` does not compile.
+    SchemaInvalid {
+        error: String,
+    },
+    InvalidInput {
+        tool_name: String,
+        violations: Vec<Violation>,
+    },
+    IntegrationDisabled {
+        tool_name: String,
+    },
+    EndpointMissing {
+        tool_name: String,
+    },
+    RateLimited {
+        retry_after: Option<f64>,
+    },
+    /// The tool was edited under every retry.
+    ToolChanged,
+}
+
+/// A queued execution: the record the failure paths close, and the context
+/// the worker runs it from.
+struct Queued {
+    execution: OpenExecution,
+    context: ExecutionContext,
+}
+
 async fn execute(
     state: &AppState,
     claims: &Claims,
     http_headers: &HeaderMap,
     key: ToolKey,
-    body: ExecuteTool,
+    mut body: ExecuteTool,
 ) -> AppResult<Response> {
-    let settings = &state.settings.automation;
-    let tenant_id = claims.tenant_id;
     // The caller's trace continued (or a new one); it travels to the
     // worker in the NATS headers so both services' logs join up.
     let trace = TraceContext::from_http(http_headers);
-    let trace_id = trace_id(body.trace_id, &trace)?;
+    let trace_id = trace_id(body.trace_id.take(), &trace)?;
     let execution_id = Uuid::now_v7();
     check_input_size(state, &body.input_json)?;
+    let checked = check_and_enqueue(
+        state,
+        claims.tenant_id,
+        &key,
+        &body,
+        execution_id,
+        &trace_id,
+    )
+    .await?;
+    let Queued { execution, context } = match checked {
+        Checked::Queued(queued) => *queued,
+        Checked::Refused(refused) => return refusal(state, refused),
+    };
+    let sent = request(state, &execution, context, &trace_id, &trace).await?;
+    answer(state, &execution, trace_id, &trace, sent).await
+}
 
-    // One round trip on the hot path: the tool (schema, compiled validator)
-    // comes from memory, the input is validated here, and one SQL call
-    // makes every check in order and records the queued execution.
+/// Makes every check and records the queued execution with its
+/// `tool.requested` event, in one round trip on the hot path: the tool
+/// (schema, compiled validator) comes from memory, the input is validated
+/// here, and one SQL call does the rest. A cached tool found stale is read
+/// again and the call repeated.
+async fn check_and_enqueue(
+    state: &AppState,
+    tenant_id: Uuid,
+    key: &ToolKey,
+    body: &ExecuteTool,
+    execution_id: Uuid,
+    trace_id: &str,
+) -> AppResult<Checked> {
+    let settings = &state.settings.automation;
     let mut tries = 0;
-    let (tool, checked, violations) = loop {
+    let (tool, row, violations) = loop {
         tries += 1;
         let cached = if tries == 1 {
-            schema_cache::cached_tool(tenant_id, &key)
+            schema_cache::cached_tool(tenant_id, key)
         } else {
             None
         };
         let tool = match cached {
             Some(tool) => Some(tool),
-            None => load_tool(&state.pool, tenant_id, &key).await?,
+            None => load_tool(&state.pool, tenant_id, key).await?,
         };
         let violations = match tool.as_deref().map(|t| &t.validator) {
             Some(Ok(validator)) => schema_cache::violations(validator, &body.input_json),
@@ -189,7 +262,7 @@ async fn execute(
         };
         let input_valid =
             matches!(tool.as_deref().map(|t| &t.validator), Some(Ok(_))) && violations.is_empty();
-        let checked: Checked = sqlx::query_as(
+        let row: CheckedRow = sqlx::query_as(
             "SELECT outcome, retry_after, tool_name, context
              FROM execute_tool_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
@@ -197,62 +270,101 @@ async fn execute(
         .bind(tenant_id)
         .bind(body.call_id)
         .bind(tool.as_ref().map(|t| t.id))
-        .bind(match &key {
+        .bind(match key {
             ToolKey::Name(name) => Some(name.as_str()),
             ToolKey::Id(_) => None,
         })
         .bind(tool.as_ref().map(|t| &t.input_schema))
         .bind(input_valid)
         .bind(settings.require_agent_tool_mapping)
-        .bind(&trace_id)
+        .bind(trace_id)
         .bind(&body.input_json)
         .bind(settings.execute_timeout.as_secs_f64() * 1000.0)
         .bind(i64::from(settings.max_executions_per_minute))
         .bind(Uuid::now_v7())
         .fetch_one(&state.pool)
         .await?;
-        if checked.outcome == "stale" || checked.outcome == "tool_not_found" {
-            schema_cache::forget_tool(tenant_id, &key);
+        if row.outcome == "stale" || row.outcome == "tool_not_found" {
+            schema_cache::forget_tool(tenant_id, key);
         }
-        if checked.outcome != "stale" {
-            break (tool, checked, violations);
+        if row.outcome != "stale" {
+            break (tool, row, violations);
         }
         if tries >= MAX_STALE_RETRIES {
-            return Err(AppError::Status {
-                status: StatusCode::CONFLICT,
-                code: "tool_changed",
-                message: "the tool changed while the request was checked; try again".into(),
-            });
+            return Ok(Checked::Refused(Refusal::ToolChanged));
         }
     };
-    let tool_name = checked
+    let tool_name = row
         .tool_name
         .clone()
         .or_else(|| tool.as_ref().map(|t| t.name.clone()))
         .unwrap_or_default();
-    match checked.outcome.as_str() {
-        "queued" => {}
-        // Another tenant's call exactly like a missing one.
-        "call_not_found" => return Err(AppError::NotFound("call")),
-        "tool_not_found" => return Err(AppError::NotFound("tool")),
-        "tool_not_allowed" => {
-            return Err(AppError::Status {
-                status: StatusCode::FORBIDDEN,
-                code: "tool_not_allowed",
-                message: format!(
-                    "tool {tool_name} is not on the allowlist of the call's agent version \
-                     (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)"
-                ),
-            });
+    let refused = match row.outcome.as_str() {
+        "queued" => {
+            let (Some(tool), Some(context)) = (tool, row.context) else {
+                return Err(anyhow::anyhow!("queued without a tool or a context").into());
+            };
+            return Ok(Checked::Queued(Box::new(Queued {
+                execution: OpenExecution {
+                    id: execution_id,
+                    tenant_id,
+                    tool_id: tool.id,
+                    tool_name,
+                    attempts: 0,
+                },
+                context: context.0,
+            })));
         }
-        "invalid_input" => {
-            if let Some(Err(e)) = tool.as_deref().map(|t| &t.validator) {
-                return Err(AppError::Status {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    code: "tool_schema_invalid",
-                    message: format!("the tool's input_schema does not compile: {e}"),
-                });
-            }
+        "call_not_found" => Refusal::CallNotFound,
+        "tool_not_found" => Refusal::ToolNotFound,
+        "tool_not_allowed" => Refusal::ToolNotAllowed { tool_name },
+        "invalid_input" => match tool.as_deref().map(|t| &t.validator) {
+            Some(Err(e)) => Refusal::SchemaInvalid { error: e.clone() },
+            _ => Refusal::InvalidInput {
+                tool_name,
+                violations,
+            },
+        },
+        "integration_disabled" => Refusal::IntegrationDisabled { tool_name },
+        "tool_endpoint_missing" => Refusal::EndpointMissing { tool_name },
+        "rate_limited" => Refusal::RateLimited {
+            retry_after: row.retry_after,
+        },
+        other => {
+            return Err(anyhow::anyhow!("execute_tool_checked answered {other:?}").into());
+        }
+    };
+    Ok(Checked::Refused(refused))
+}
+
+/// The HTTP answer to a request the checks refused (nothing was recorded).
+fn refusal(state: &AppState, refused: Refusal) -> AppResult<Response> {
+    let status = |status, code, message| AppError::Status {
+        status,
+        code,
+        message,
+    };
+    Err(match refused {
+        // Another tenant's call exactly like a missing one.
+        Refusal::CallNotFound => AppError::NotFound("call"),
+        Refusal::ToolNotFound => AppError::NotFound("tool"),
+        Refusal::ToolNotAllowed { tool_name } => status(
+            StatusCode::FORBIDDEN,
+            "tool_not_allowed",
+            format!(
+                "tool {tool_name} is not on the allowlist of the call's agent version \
+                 (AUTOMATION_REQUIRE_AGENT_TOOL_MAPPING=true)"
+            ),
+        ),
+        Refusal::SchemaInvalid { error } => status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tool_schema_invalid",
+            format!("the tool's input_schema does not compile: {error}"),
+        ),
+        Refusal::InvalidInput {
+            tool_name,
+            violations,
+        } => {
             let body = InvalidInputBody {
                 error: InvalidInputDetail {
                     code: "invalid_input".into(),
@@ -266,76 +378,81 @@ async fn execute(
             };
             return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
         }
-        "integration_disabled" => {
-            return Err(AppError::Status {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "integration_disabled",
-                message: format!("the n8n integration of tool {tool_name} is disabled"),
-            });
-        }
-        "tool_endpoint_missing" => {
-            return Err(AppError::Status {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "tool_endpoint_missing",
-                message: format!("tool {tool_name} has no endpoint to call"),
-            });
-        }
-        "rate_limited" => {
-            return Err(AppError::TooManyRequests {
-                message: format!(
-                    "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
-                    settings.max_executions_per_minute
-                ),
-                retry_after_secs: checked.retry_after.unwrap_or(1.0).ceil().max(1.0) as u64,
-            });
-        }
-        other => {
-            return Err(anyhow::anyhow!("execute_tool_checked answered {other:?}").into());
-        }
-    }
-    let Some(tool) = tool else {
-        return Err(anyhow::anyhow!("queued without a tool").into());
-    };
-    let exec = Recorded {
-        tenant_id,
-        call_id: body.call_id,
-        tool_id: tool.id,
-        tool_name,
-    };
+        Refusal::IntegrationDisabled { tool_name } => status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "integration_disabled",
+            format!("the n8n integration of tool {tool_name} is disabled"),
+        ),
+        Refusal::EndpointMissing { tool_name } => status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tool_endpoint_missing",
+            format!("tool {tool_name} has no endpoint to call"),
+        ),
+        Refusal::RateLimited { retry_after } => AppError::TooManyRequests {
+            message: format!(
+                "at most {} tool executions per call per minute (AUTOMATION_MAX_EXECUTIONS_PER_MINUTE)",
+                state.settings.automation.max_executions_per_minute
+            ),
+            retry_after_secs: retry_after.unwrap_or(1.0).ceil().max(1.0) as u64,
+        },
+        Refusal::ToolChanged => status(
+            StatusCode::CONFLICT,
+            "tool_changed",
+            "the tool changed while the request was checked; try again".into(),
+        ),
+    })
+}
 
-    // Run it. The queued row was committed without waiting for the WAL
-    // flush: every answer below follows a commit that waits (the worker's
-    // outcome, or `fail_unsent`), and a WAL flush is a prefix flush, so the
-    // row is on disk before any answer names it. The 504 comes seconds
-    // later, long after Postgres' WAL writer flushed it (within 3 x
-    // wal_writer_delay). A crash before any of that loses a queued row
-    // nobody was told about. The context the check read goes along, so the
-    // worker starts the n8n call without reading Postgres first.
+/// What became of the request to the workers.
+enum Sent {
+    Replied(ToolExecuteReply),
+    /// With its context the request is larger than one NATS message; it
+    /// was not sent.
+    TooLarge {
+        size: usize,
+        max_payload: usize,
+    },
+    /// No worker is subscribed.
+    NoWorker,
+    /// No reply within the deadline (or NATS failed meanwhile).
+    NoReply(async_nats::RequestError),
+}
+
+/// Sends the queued execution to the workers' queue group, once, and waits
+/// for the reply until its deadline plus [`REPLY_GRACE`].
+///
+/// The queued row was committed without waiting for the WAL flush: every
+/// answer follows a commit that waits (the worker's outcome, or a failure
+/// recorded by [`answer`]), and a WAL flush is a prefix flush, so the row
+/// is on disk before any answer names it. The 504 comes seconds later, long
+/// after Postgres' WAL writer flushed it (within 3 x wal_writer_delay). A
+/// crash before any of that loses a queued row nobody was told about. The
+/// context the check read goes along, so the worker starts the n8n call
+/// without reading Postgres first.
+async fn request(
+    state: &AppState,
+    execution: &OpenExecution,
+    context: ExecutionContext,
+    trace_id: &str,
+    trace: &TraceContext,
+) -> AppResult<Sent> {
     let request = ToolExecuteRequest {
-        execution_id,
-        tenant_id,
-        context: checked.context.map(|c| c.0),
+        execution_id: execution.id,
+        tenant_id: execution.tenant_id,
+        context: Some(context),
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
     // The check before recording leaves room for the context; a context
-    // larger still (headers near their caps) ends here, recorded as failed
-    // and answered 413, never sent to time out.
+    // larger still (headers near their caps) ends here, never sent to time
+    // out.
     let max_payload = state.nats.server_info().max_payload;
     if max_payload > 0 && payload.len() + NATS_HEADERS_ROOM > max_payload {
-        let error = ToolError {
-            code: error_codes::REQUEST_TOO_LARGE.into(),
-            message: format!(
-                "the request with its context is {} bytes; NATS carries at most {max_payload}",
-                payload.len()
-            ),
-        };
-        fail_unsent(&state.pool, &exec, execution_id, &trace_id, &error).await?;
-        return Err(size_caps::too_large(format!(
-            "{} (execution {execution_id} recorded as failed)",
-            error.message
-        )));
+        return Ok(Sent::TooLarge {
+            size: payload.len(),
+            max_payload,
+        });
     }
-    let mut headers = nats_headers(&execution_id.to_string(), Some(&trace_id), &trace);
+    let mut headers = nats_headers(&execution.id.to_string(), Some(trace_id), trace);
     headers.insert(
         REQUEST_SIGNATURE_HEADER,
         state
@@ -350,13 +467,35 @@ async fn execute(
             async_nats::Request::new()
                 .headers(headers)
                 .payload(payload.into())
-                .timeout(Some(settings.execute_timeout + REPLY_GRACE)),
+                .timeout(Some(
+                    state.settings.automation.execute_timeout + REPLY_GRACE,
+                )),
         )
         .await;
-    match sent {
+    Ok(match sent {
         Ok(msg) => {
-            let reply: ToolExecuteReply =
-                serde_json::from_slice(&msg.payload).map_err(anyhow::Error::from)?;
+            Sent::Replied(serde_json::from_slice(&msg.payload).map_err(anyhow::Error::from)?)
+        }
+        Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            Sent::NoWorker
+        }
+        Err(err) => Sent::NoReply(err),
+    })
+}
+
+/// The HTTP answer to a queued execution: the worker's reply (200 or 502),
+/// or, when it was never sent, the execution failed at once (413, 503) so
+/// it never waits for the reaper, or 504 with what is recorded so far.
+async fn answer(
+    state: &AppState,
+    execution: &OpenExecution,
+    trace_id: String,
+    trace: &TraceContext,
+    sent: Sent,
+) -> AppResult<Response> {
+    let execution_id = execution.id;
+    match sent {
+        Sent::Replied(reply) => {
             let status = if reply.status == ExecutionStatus::Succeeded {
                 StatusCode::OK
             } else {
@@ -369,30 +508,46 @@ async fn execute(
             };
             Ok((status, Json(result)).into_response())
         }
-        Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+        Sent::TooLarge { size, max_payload } => {
+            let error = ToolError {
+                code: error_codes::REQUEST_TOO_LARGE.into(),
+                message: format!(
+                    "the request with its context is {size} bytes; NATS carries at most {max_payload}"
+                ),
+            };
+            tool_executions::fail_open(&state.pool, execution, &error, None).await?;
+            Err(size_caps::too_large(format!(
+                "{} (execution {execution_id} recorded as failed)",
+                error.message
+            )))
+        }
+        Sent::NoWorker => {
             let error = ToolError {
                 code: error_codes::WORKER_UNAVAILABLE.into(),
                 message: "no automation-worker is running; try again shortly".into(),
             };
-            unsent(
-                state,
-                &exec,
+            tool_executions::fail_open(&state.pool, execution, &error, None).await?;
+            let result = ExecutionResult {
                 execution_id,
                 trace_id,
-                error,
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .await
+                status: ExecutionStatus::Failed,
+                output: None,
+                attempts: 0,
+                latency_ms: None,
+                http_status: None,
+                error: Some(error),
+            };
+            Ok((StatusCode::SERVICE_UNAVAILABLE, Json(result)).into_response())
         }
-        Err(err) => {
-            // Timed out (or NATS hiccup): the worker may still be running
-            // it and will record its outcome, or the reaper will close it.
+        Sent::NoReply(err) => {
+            // The worker may still be running it and will record its
+            // outcome, or the reaper will close it.
             tracing::warn!(%execution_id, %trace_id, w3c_trace_id = %trace.trace_id_hex(), error = %err, "tool execution: no reply in time");
             let status: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM tool_executions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
             )
             .bind(execution_id)
-            .bind(tenant_id)
+            .bind(execution.tenant_id)
             .fetch_optional(&state.pool)
             .await?;
             let result = ExecutionResult {
@@ -447,17 +602,6 @@ async fn load_tool(
     Ok(row.map(|(id, name, schema)| schema_cache::remember_tool(tenant_id, key, id, name, schema)))
 }
 
-/// The execution as recorded, for the failure path.
-struct Recorded {
-    tenant_id: Uuid,
-    call_id: Uuid,
-    tool_id: Uuid,
-    tool_name: String,
-}
-
-/// No worker took the request: the execution fails at once, recorded with
-/// its `tool.failed` event in one statement (and a commit that waits for
-/// the WAL flush: the 503 names it), so it never waits for the reaper.
 /// Room for the NATS headers (trace context, signature) beside the payload.
 const NATS_HEADERS_ROOM: usize = 1024;
 
@@ -484,63 +628,6 @@ fn check_input_size(state: &AppState, input: &Value) -> AppResult<()> {
              NATS message (the server's max_payload is {max_payload})"
         )));
     }
-    Ok(())
-}
-
-/// Records a queued execution that was never sent as failed with `error`,
-/// and answers `status` with it.
-async fn unsent(
-    state: &AppState,
-    exec: &Recorded,
-    execution_id: Uuid,
-    trace_id: String,
-    error: ToolError,
-    status: StatusCode,
-) -> AppResult<Response> {
-    fail_unsent(&state.pool, exec, execution_id, &trace_id, &error).await?;
-    let result = ExecutionResult {
-        execution_id,
-        trace_id,
-        status: ExecutionStatus::Failed,
-        output: None,
-        attempts: 0,
-        latency_ms: None,
-        http_status: None,
-        error: Some(error),
-    };
-    Ok((status, Json(result)).into_response())
-}
-
-async fn fail_unsent(
-    pool: &PgPool,
-    exec: &Recorded,
-    execution_id: Uuid,
-    trace_id: &str,
-    error: &ToolError,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH failed AS (
-             UPDATE tool_executions
-             SET status = 'failed', error_code = $2, error_message = $3, finished_at = now()
-             WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $4 AND status = 'queued'
-             RETURNING id)
-         INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, trace_id)
-         SELECT $5, $4, $6, 'tool.failed', 'tool:' || $1 || ':failed', $7, $8 FROM failed
-         ON CONFLICT (call_id, idempotency_key) DO NOTHING",
-    )
-    .bind(execution_id)
-    .bind(&error.code)
-    .bind(&error.message)
-    .bind(exec.tenant_id)
-    .bind(Uuid::now_v7())
-    .bind(exec.call_id)
-    .bind(
-        json!({"execution_id": execution_id, "tool_id": exec.tool_id, "tool": exec.tool_name,
-                 "status": "failed", "attempts": 0, "error": error}),
-    )
-    .bind(trace_id)
-    .execute(pool)
-    .await?;
     Ok(())
 }
 

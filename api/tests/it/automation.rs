@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::auth::Role;
+use shared::tool_executions::{EventKind, ToolEvent, event_key};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -731,6 +732,150 @@ async fn no_worker_is_503_and_recorded_failed(pool: PgPool) {
         .map(|e| e.0)
         .collect();
     assert_eq!(kinds, vec!["tool.requested", "tool.failed"]);
+    // `tool.requested`'s key is built in SQL (`execute_tool_checked`),
+    // `tool.failed`'s in Rust: both are the key builder's.
+    let execution_id: Uuid = out["execution_id"]
+        .as_str()
+        .expect("execution_id")
+        .parse()
+        .expect("uuid");
+    let keys: Vec<String> = events(&app.pool, s.call_id)
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            event_key(execution_id, EventKind::Requested),
+            event_key(execution_id, EventKind::Failed)
+        ]
+    );
+    let event = failed_event(&app.pool, s.call_id).await;
+    assert_eq!(event.execution_id, execution_id);
+    assert_eq!(event.tool_id, tool_id);
+    assert_eq!(event.tool, "lookup");
+    assert_eq!(
+        event.error.map(|e| e.code).as_deref(),
+        Some("worker_unavailable")
+    );
+    assert_eq!(event.worker_id, None);
+}
+
+/// The payload of the call's `tool.failed` event, which must parse as the
+/// one payload type (it refuses unknown fields).
+async fn failed_event(pool: &PgPool, call_id: Uuid) -> ToolEvent {
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload FROM call_events WHERE call_id = $1 AND type = 'tool.failed'",
+    )
+    .bind(call_id)
+    .fetch_one(pool)
+    .await
+    .expect("tool.failed");
+    serde_json::from_value(payload).expect("a ToolEvent")
+}
+
+/// Sends `request` as the api would, signed, and returns the reply and the
+/// `worker-id` header that came with it.
+async fn send_signed(
+    app: &TestApp,
+    request: &shared::automation::ToolExecuteRequest,
+) -> (shared::automation::ToolExecuteReply, Option<String>) {
+    let payload = serde_json::to_vec(request).expect("json");
+    let key = app.config.encryption.key(&app.config.common).expect("key");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        shared::automation::REQUEST_SIGNATURE_HEADER,
+        shared::automation::RequestSigner::new(&key)
+            .sign(shared::automation::RequestKind::ToolExecute, &payload)
+            .as_str(),
+    );
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.nats.request_with_headers(
+            app.subjects.automation_tool_execute(),
+            headers,
+            payload.into(),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("a worker answers");
+    let worker = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(automation_worker::startup::WORKER_ID_HEADER))
+        .map(|v| v.as_str().to_owned());
+    (
+        serde_json::from_slice(&reply.payload).expect("a reply"),
+        worker,
+    )
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_request_without_its_context_is_refused_and_recorded_failed(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let n8n = FakeN8n::start().await;
+    let worker =
+        start_worker_with(&app, |c| c.automation.worker_id = Some("aw-strict".into())).await;
+    let s = seed(&app.pool).await;
+    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
+    let tool_id = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("lookup", "ok"),
+    )
+    .await;
+    // Queued as the api queues it, then sent without its context, as an
+    // older api sent it.
+    let execution_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tool_executions (id, tenant_id, call_id, tool_id, trace_id, status, input, deadline_at)
+         VALUES ($1, $2, $3, $4, 'trace-old-api', 'queued', '{}', now() + interval '1 minute')",
+    )
+    .bind(execution_id)
+    .bind(s.tenant_id)
+    .bind(s.call_id)
+    .bind(tool_id)
+    .execute(&app.pool)
+    .await
+    .expect("queued execution");
+    let request = shared::automation::ToolExecuteRequest {
+        execution_id,
+        tenant_id: s.tenant_id,
+        context: None,
+    };
+    let (reply, worker_id) = send_signed(&app, &request).await;
+    assert_eq!(worker_id.as_deref(), Some("aw-strict"));
+    assert_eq!(reply.execution_id, execution_id);
+    assert_eq!(reply.status, shared::automation::ExecutionStatus::Failed);
+    assert_eq!(
+        reply.error.as_ref().map(|e| e.code.as_str()),
+        Some("context_missing")
+    );
+    assert_eq!(reply.attempts, 0);
+    let (st, code, attempts, _) = row(&app.pool, &json!(execution_id)).await;
+    assert_eq!(
+        (st.as_str(), code.as_deref(), attempts),
+        ("failed", Some("context_missing"), 0)
+    );
+    let event = failed_event(&app.pool, s.call_id).await;
+    assert_eq!(event.tool, "lookup");
+    assert_eq!(event.worker_id.as_deref(), Some("aw-strict"));
+    assert_eq!(
+        event.error.map(|e| e.code).as_deref(),
+        Some("context_missing")
+    );
+    // Refused before any n8n call; asked again, it answers the record.
+    let (again, _) = send_signed(&app, &request).await;
+    assert_eq!(
+        again.error.as_ref().map(|e| e.code.as_str()),
+        Some("context_missing")
+    );
+    assert_eq!(events(&app.pool, s.call_id).await.len(), 1);
+    assert!(n8n.received().is_empty());
+    worker.shutdown().await;
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -787,6 +932,11 @@ async fn a_worker_missing_the_deadline_gives_504_and_the_reaper_closes_it(pool: 
         .map(|e| e.0)
         .collect();
     assert_eq!(kinds, vec!["tool.requested", "tool.failed"]);
+    // The reaper's event has the one payload shape, the tool's name included.
+    let event = failed_event(&app.pool, s.call_id).await;
+    assert_eq!(event.tool, "lookup");
+    assert_eq!(event.worker_id, None);
+    assert_eq!(event.error.map(|e| e.code).as_deref(), Some("worker_lost"));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

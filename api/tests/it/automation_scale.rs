@@ -134,7 +134,8 @@ async fn two_workers_share_the_queue_and_nothing_runs_twice(pool: PgPool) {
     let integration_req = shared::automation::ToolExecuteRequest {
         execution_id: ids[0],
         tenant_id: s.tenant_id,
-        // Without the context, as an older api sends it.
+        // Without the context, as an older api sent it: refused, and a
+        // finished execution keeps its outcome.
         context: None,
     };
     let payload = serde_json::to_vec(&integration_req).expect("json");
