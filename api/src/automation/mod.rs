@@ -1,8 +1,9 @@
-//! Flow 2, the automation gateway: n8n integration tests
-//! ([`integrations_test`]), the tool catalog of a call ([`catalog`]), tool
-//! execution through automation-worker ([`execute`]) and what happened
-//! ([`executions`]). The api checks and records; automation-worker (over
-//! NATS request/reply) is the only one to decrypt secrets and call n8n.
+//! Flow 2, the automation gateway: the tool catalog of a call
+//! ([`catalog`]), tool execution through automation-worker ([`execute`]) and
+//! what happened ([`executions`]). The api checks and records;
+//! automation-worker (over NATS request/reply) is the only one to decrypt
+//! secrets and call n8n. The n8n integration test, which goes the same way,
+//! lives beside the integrations (`crate::management::integrations_test`).
 
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use crate::state::AppState;
 pub mod catalog;
 pub mod execute;
 pub mod executions;
-pub mod integrations_test;
 pub mod schema_cache;
 
 /// The api's automation settings (see `config.rs` for their flags).
@@ -30,7 +30,6 @@ pub struct AutomationSettings {
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(integrations_test::test_n8n_integration))
         .routes(routes!(catalog::tool_catalog))
         .routes(routes!(execute::execute_tool_by_id))
         .routes(routes!(execute::execute_tool_by_name))

@@ -22,6 +22,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_integrations))
         .routes(routes!(get_integration))
+        // Beside the resource it tests; it runs through the automation-worker.
+        .routes(routes!(super::integrations_test::test_n8n_integration))
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]

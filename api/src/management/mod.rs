@@ -7,6 +7,7 @@ pub mod agents;
 pub mod audit_log;
 pub mod calls_admin;
 pub mod integrations;
+pub mod integrations_test;
 pub mod legal_holds;
 pub mod phone_numbers;
 pub mod tenants;

@@ -8,7 +8,7 @@ use shared::auth::Role;
 use shared::testing::nats_server::SecuredNats;
 use sqlx::PgPool;
 
-use crate::automation_support::{
+use crate::automation::support::{
     FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker_with,
 };
 use crate::helpers::{spawn_app_with, status_json};
@@ -58,7 +58,7 @@ async fn the_automation_worker_refuses_requests_the_api_did_not_sign(pool: PgPoo
     };
     let app = crate::helpers::spawn_app(pool).await;
     let attacker = FakeN8n::start().await;
-    let worker = crate::automation_support::start_worker(&app).await;
+    let worker = crate::automation::support::start_worker(&app).await;
     let key = app.config.encryption.key(&app.config.common).expect("key");
     let (tenant_id, integration_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let sealed = shared::crypto::SecretBox::new(&key)

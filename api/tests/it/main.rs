@@ -5,11 +5,6 @@
 mod access_log;
 mod auth;
 mod automation;
-mod automation_bench;
-mod automation_faults;
-mod automation_scale;
-mod automation_support;
-mod automation_trace;
 mod bus;
 mod client;
 mod helpers;

@@ -11,7 +11,7 @@ use shared::auth::Role;
 use shared::testing::plans;
 use sqlx::PgPool;
 
-use crate::automation_support::{
+use crate::automation::support::{
     FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker,
 };
 use crate::helpers::{spawn_app, status_json};

@@ -15,7 +15,7 @@ use shared::crypto::{Sealed, SecretBox};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::automation_support::{
+use crate::automation::support::{
     BEARER_SECRET, FakeN8n, Seed, ToolSpec, insert_integration, insert_tool, seed, start_worker,
 };
 use crate::helpers::{TestApp, spawn_app, status_json};

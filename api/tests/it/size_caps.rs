@@ -7,7 +7,7 @@ use shared::auth::Role;
 use shared::testing::nats_server::SecuredNats;
 use sqlx::PgPool;
 
-use crate::automation_support::{ToolSpec, insert_integration, insert_tool, seed};
+use crate::automation::support::{ToolSpec, insert_integration, insert_tool, seed};
 use crate::helpers::{TestApp, spawn_app_with, status_json};
 
 const CAP: usize = 2048;

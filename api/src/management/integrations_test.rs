@@ -1,6 +1,7 @@
 //! `POST /internal/integrations/n8n/test`: automation-worker probes the n8n
 //! instance; only when it is reachable is the integration stored, its
-//! secret sealed (AES-GCM, bound to the row by `integrations:<id>`).
+//! secret sealed (AES-GCM, bound to its tenant and row by
+//! `integrations:<tenant_id>:<id>`).
 //!
 //! The api seals the secret before asking, so it never crosses NATS in
 //! clear and only the worker opens it.
@@ -205,7 +206,8 @@ pub async fn test_n8n_integration(
     };
     let payload = serde_json::to_vec(&request).map_err(anyhow::Error::from)?;
     let timeout = state.settings.automation.integration_test_timeout;
-    let mut headers = super::execute::nats_headers(&integration_id.to_string(), None, &trace);
+    let mut headers =
+        crate::automation::execute::nats_headers(&integration_id.to_string(), None, &trace);
     headers.insert(
         shared::automation::REQUEST_SIGNATURE_HEADER,
         state

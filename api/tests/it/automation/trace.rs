@@ -12,7 +12,7 @@ use shared::automation::{ExecutionStatus, ToolExecuteReply, ToolExecuteRequest};
 use shared::trace::{TRACEPARENT, TraceContext};
 use sqlx::PgPool;
 
-use crate::automation_support::{Seed, ToolSpec, insert_integration, insert_tool, seed};
+use crate::automation::support::{Seed, ToolSpec, insert_integration, insert_tool, seed};
 use crate::helpers::{TestApp, spawn_app};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -209,10 +209,10 @@ async fn an_explicit_trace_id_is_kept_beside_the_traceparent(pool: PgPool) {
 /// execution's own `trace_id`.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn the_worker_logs_the_execution_in_the_callers_trace(pool: PgPool) {
-    let db_url = crate::automation_faults::database_url(&pool);
+    let db_url = crate::automation::faults::database_url(&pool);
     let app = spawn_app(pool).await;
-    let n8n = crate::automation_support::FakeN8n::start().await;
-    let mut worker = crate::automation_faults::WorkerProcess::new(&app, db_url, "info");
+    let n8n = crate::automation::support::FakeN8n::start().await;
+    let mut worker = crate::automation::faults::WorkerProcess::new(&app, db_url, "info");
     worker.start("aw-traced").await;
     let s = seed(&app.pool).await;
     let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;

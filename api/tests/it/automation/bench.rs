@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
 
-use crate::automation_support::{
+use crate::automation::support::{
     FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker_with,
 };
 use crate::helpers::spawn_app_with;

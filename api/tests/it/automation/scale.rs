@@ -11,7 +11,7 @@ use shared::auth::Role;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::automation_support::{
+use crate::automation::support::{
     FakeN8n, ToolSpec, insert_integration, insert_tool, seed, start_worker_with,
 };
 use crate::helpers::{spawn_app_with, status_json};

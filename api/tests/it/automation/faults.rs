@@ -34,7 +34,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::automation_support::{FakeN8n, ToolSpec, insert_integration, insert_tool, seed};
+use crate::automation::support::{FakeN8n, ToolSpec, insert_integration, insert_tool, seed};
 use crate::helpers::{TestApp, spawn_app_with, status_json};
 
 const RATE_PER_SECOND: u64 = 20;

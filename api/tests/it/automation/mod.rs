@@ -1,6 +1,12 @@
 //! Flow 2 end to end: api + NATS + automation-worker (in-process) against a
 //! fake n8n on 127.0.0.1. Rows the management API would create are
-//! inserted with SQL (`automation_support`).
+//! inserted with SQL (`support`).
+
+mod bench;
+mod faults;
+mod scale;
+pub mod support;
+mod trace;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +16,7 @@ use shared::tool_executions::{EventKind, ToolEvent, event_key};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::automation_support::{
+use crate::automation::support::{
     BASIC_SECRET, BEARER_SECRET, FakeN8n, HEADER_SECRET, Seed, ToolSpec, allow, events,
     insert_integration, insert_tool, seed, start_worker, start_worker_with,
 };
