@@ -120,7 +120,9 @@ async fn each_service_is_its_own_nats_user_and_the_runtime_gets_no_more(pool: Pg
 
     // Nothing more: a forged call event, a forged tool execution, and
     // listening to tool executions (integration secrets travel there).
-    let calls_before = w.stream_messages(&w.subjects.calls_stream()).await;
+    // The last stored sequence, not the count: the dispatch-worker's acks
+    // remove messages meanwhile.
+    let calls_before = w.stream_last_sequence(&w.subjects.calls_stream()).await;
     runtime
         .publish(w.subjects.calls_inbound(handoff.tenant_id), "{}".into())
         .await
@@ -151,7 +153,7 @@ async fn each_service_is_its_own_nats_user_and_the_runtime_gets_no_more(pool: Pg
         refused.lock().expect("lock")
     );
     assert_eq!(
-        w.stream_messages(&w.subjects.calls_stream()).await,
+        w.stream_last_sequence(&w.subjects.calls_stream()).await,
         calls_before,
         "no forged call event reached the stream"
     );

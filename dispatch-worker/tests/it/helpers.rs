@@ -197,6 +197,10 @@ impl World {
         shared::testing::stream_messages(&self.nats, stream).await
     }
 
+    pub async fn stream_last_sequence(&self, stream: &str) -> u64 {
+        shared::testing::stream_last_sequence(&self.nats, stream).await
+    }
+
     pub async fn delete_streams(&self) {
         shared::testing::delete_streams(&self.nats, &self.subjects).await;
     }

@@ -107,6 +107,17 @@ pub async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
     }
 }
 
+/// The sequence number of the last message `stream` stored, or 0: unlike
+/// the message count it never goes down when acknowledged messages are
+/// removed, so it shows whether anything was stored since.
+pub async fn stream_last_sequence(nats: &async_nats::Client, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// Deletes the test's call and runtime streams (its prefix's), so a run
 /// leaves nothing behind on the shared NATS server.
 pub async fn delete_streams(nats: &async_nats::Client, subjects: &crate::nats::Subjects) {
