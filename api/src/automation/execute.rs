@@ -614,14 +614,13 @@ const CONTEXT_ROOM: usize = 16 * 1024;
 /// or one that with its context would not fit in one NATS message (which
 /// would otherwise fail to send and look like a worker timeout).
 fn check_input_size(state: &AppState, input: &Value) -> AppResult<()> {
-    size_caps::check(
+    let size = size_caps::check(
         "input_json",
         input,
         state.settings.size_caps.tool_input,
         "MAX_TOOL_INPUT_BYTES",
     )?;
     let max_payload = state.nats.server_info().max_payload;
-    let size = size_caps::json_len(input);
     if max_payload > 0 && size + CONTEXT_ROOM + NATS_HEADERS_ROOM > max_payload {
         return Err(size_caps::too_large(format!(
             "input_json is {size} bytes of JSON; with its context it would not fit in one \

@@ -17,15 +17,15 @@ pub struct SizeCaps {
 }
 
 /// 413 naming `field`, its size, the cap and the setting that raises it,
-/// when `value` is larger than `max` bytes of JSON.
-pub fn check(field: &str, value: &Value, max: usize, setting: &str) -> AppResult<()> {
+/// when `value` is larger than `max` bytes of JSON; else its size.
+pub fn check(field: &str, value: &Value, max: usize, setting: &str) -> AppResult<usize> {
     let size = json_len(value);
     if size > max {
         return Err(too_large(format!(
             "{field} is {size} bytes of JSON; at most {max} ({setting})"
         )));
     }
-    Ok(())
+    Ok(size)
 }
 
 pub fn too_large(message: String) -> AppError {
@@ -65,7 +65,7 @@ mod tests {
         let value = json!({"a": [1, 2, "x"]});
         let len = serde_json::to_vec(&value).expect("json").len();
         assert_eq!(json_len(&value), len);
-        assert!(check("config", &value, len, "MAX").is_ok());
+        assert_eq!(check("config", &value, len, "MAX").expect("fits"), len);
         let err =
             check("config", &value, len - 1, "MAX_AGENT_CONFIG_BYTES").expect_err("too large");
         let AppError::Status {

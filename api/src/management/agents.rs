@@ -137,7 +137,8 @@ fn check_config(state: &AppState, config: &Value) -> AppResult<()> {
         config,
         state.settings.size_caps.agent_config,
         "MAX_AGENT_CONFIG_BYTES",
-    )
+    )?;
+    Ok(())
 }
 
 async fn fetch_version(

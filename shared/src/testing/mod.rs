@@ -162,50 +162,33 @@ pub fn free_port() -> u16 {
 /// Runs a binary of this workspace (`CARGO_BIN_EXE_<name>`) with nothing but
 /// `env` on top of unreachable Postgres and NATS and a cleared environment
 /// (so `APP_ENV` is unset unless given), until it exits (at most 30 s).
-/// Returns whether it exited successfully, and its stderr: for start-up
+/// Returns whether it exited successfully, and what it printed: for start-up
 /// checks, which must stop a binary before it touches anything.
 ///
 /// # Panics
 /// When the binary cannot be started or does not exit in time.
 pub fn run_until_exit(binary: &str, env: &[(&str, &str)]) -> (bool, String) {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    let mut child = Command::new(binary)
-        .env_clear()
-        .env(
+    let mut all = vec![
+        (
             "DATABASE_URL",
             "postgres://postgres@127.0.0.1:1/unreachable",
-        )
-        .env("NATS_URL", "nats://127.0.0.1:1")
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "pretty")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        ),
+        ("NATS_URL", "nats://127.0.0.1:1"),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "pretty"),
+        ("RUST_LOG", "warn"),
+    ];
+    all.extend_from_slice(env);
+    let mut running = process::RunningBinary::start(binary, &all);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = running.exited() {
             break status;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{binary} did not exit");
-        }
+        assert!(Instant::now() < deadline, "{binary} did not exit");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    (status.success(), stderr)
+    (status.success(), running.stop())
 }
