@@ -20,3 +20,5 @@ pub mod reseal;
 pub mod runtime;
 pub mod startup;
 pub mod state;
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -1,8 +1,9 @@
 //! Wiring: settings -> connections -> tasks, and graceful shutdown.
 //!
-//! Shutdown: stop taking requests (the subscriptions drain: requests already
-//! delivered to this instance are still run), finish every execution in
-//! flight and reply, then stop the reaper and the ops server.
+//! Shutdown (`shared::shutdown::WorkerTasks`): stop taking requests (the
+//! subscriptions drain: requests already delivered to this instance are
+//! still run), finish every execution in flight and reply, then stop the
+//! reaper and the ops server.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use shared::crypto::SecretBox;
 use shared::http::Readiness;
 use shared::nats::Subjects;
 use shared::service::Connections;
+use shared::shutdown::WorkerTasks;
 use shared::trace::TraceContext;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -110,14 +112,8 @@ pub async fn run(
         nats: nats.clone(),
         metrics: shared::telemetry::install_metrics(),
     };
-    let http_stop = CancellationToken::new();
-    let http_stop_wait = http_stop.clone();
-    let server = tokio::spawn(shared::http::serve_ops(
-        listener,
-        readiness,
-        "automation-worker",
-        async move { http_stop_wait.cancelled().await },
-    ));
+    let tasks = WorkerTasks::default();
+    tasks.serve_ops(listener, readiness, "automation-worker");
 
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let group = subjects.automation_queue_group();
@@ -133,52 +129,30 @@ pub async fn run(
     tokio::select! {
         flushed = nats.flush() => flushed?,
         () = shutdown.cancelled() => {
-            http_stop.cancel();
-            server.await??;
+            tasks.stop().await;
             return Ok(());
         }
     }
 
-    let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
-    let consumers = [
-        tokio::spawn(consume(
-            execute_sub,
-            Kind::Execute,
-            worker.clone(),
-            tracker.clone(),
-            permits.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(consume(
-            test_sub,
-            Kind::Test,
-            worker.clone(),
-            tracker.clone(),
-            permits.clone(),
-            shutdown.clone(),
-        )),
-    ];
-    let reaper_stop = CancellationToken::new();
-    let reaper = tokio::spawn(crate::reaper::run(
-        pool.clone(),
-        a.reaper_interval,
-        a.reaper_grace,
-        reaper_stop.clone(),
-    ));
+    for (sub, kind) in [(execute_sub, Kind::Execute), (test_sub, Kind::Test)] {
+        let (worker, permits) = (worker.clone(), permits.clone());
+        let in_flight = tasks.intake.tracker().clone();
+        tasks
+            .intake
+            .spawn(|stop| consume(sub, kind, worker, in_flight, permits, stop));
+    }
+    let (reaper_interval, reaper_grace) = (a.reaper_interval, a.reaper_grace);
+    tasks
+        .background
+        .spawn(|stop| crate::reaper::run(pool.clone(), reaper_interval, reaper_grace, stop));
 
     shutdown.cancelled().await;
     tracing::info!("automation-worker draining");
-    for consumer in consumers {
-        let _ = consumer.await;
-    }
-    tracker.close();
-    tracker.wait().await;
+    tasks.stop_intake().await;
+    // The last replies may still sit in the client's buffer.
     let _ = nats.flush().await;
-    reaper_stop.cancel();
-    let _ = reaper.await;
-    http_stop.cancel();
-    server.await??;
+    tasks.stop().await;
     tracing::info!("automation-worker stopped");
     Ok(())
 }

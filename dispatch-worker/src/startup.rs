@@ -1,4 +1,6 @@
-//! Wiring: settings -> connections -> tasks, and graceful shutdown.
+//! Wiring: settings -> connections -> tasks, and graceful shutdown: the
+//! consumers stop first and finish their batches, then the relay and the
+//! expiry job, then the ops server (`shared::shutdown::WorkerTasks`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +9,8 @@ use shared::crypto::SecretBox;
 use shared::http::Readiness;
 use shared::nats::Subjects;
 use shared::service::Connections;
+use shared::shutdown::WorkerTasks;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
@@ -51,36 +53,21 @@ pub async fn run(
         nats,
         metrics: shared::telemetry::install_metrics(),
     };
-    let tasks = TaskTracker::new();
-    {
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let stopped = async move { stop.cancelled().await };
-            if let Err(err) =
-                shared::http::serve_ops(listener, readiness, "dispatch-worker", stopped).await
-            {
-                tracing::error!(%err, "ops server failed");
-            }
-        });
-    }
-
-    tasks.spawn(crate::expiry::run(
-        pool.clone(),
-        config.dispatch_expiry_interval,
-        shutdown.clone(),
-    ));
-    tasks.spawn(
-        Relay {
-            pool: pool.clone(),
-            js: js.clone(),
-            subjects: subjects.clone(),
-            publish_after: config.relay_publish_after,
-            republish_after: config.relay_republish_after,
-            interval: config.relay_interval,
-            batch: config.relay_batch,
-        }
-        .run(shutdown.clone()),
-    );
+    let tasks = WorkerTasks::default();
+    tasks.serve_ops(listener, readiness, "dispatch-worker");
+    tasks
+        .background
+        .spawn(|stop| crate::expiry::run(pool.clone(), config.dispatch_expiry_interval, stop));
+    let relay = Relay {
+        pool: pool.clone(),
+        js: js.clone(),
+        subjects: subjects.clone(),
+        publish_after: config.relay_publish_after,
+        republish_after: config.relay_republish_after,
+        interval: config.relay_interval,
+        batch: config.relay_batch,
+    };
+    tasks.background.spawn(|stop| relay.run(stop));
 
     // Streams and consumers, idempotently; waits for NATS if it is down.
     let consumers = shared::shutdown::retry_until_cancelled(
@@ -117,44 +104,50 @@ pub async fn run(
             secrets: SecretBox::new(&key),
             dispatch_ttl: Duration::from_secs(u64::from(config.dispatch_ttl_seconds)),
         });
-        tasks.spawn(crate::consumer::watch_lag(
-            "calls",
-            calls.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::consumer::watch_lag(
-            "runtime_events",
-            events.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::consumer::run(
-            "calls",
-            calls,
+        let calls_lag = calls.clone();
+        tasks
+            .background
+            .spawn(|stop| crate::consumer::watch_lag("calls", calls_lag, stop));
+        let events_lag = events.clone();
+        tasks
+            .background
+            .spawn(|stop| crate::consumer::watch_lag("runtime_events", events_lag, stop));
+        let (batch_size, parallel_batches) = (
             usize::from(config.batch_size),
             usize::from(config.parallel_batches),
-            shutdown.clone(),
-            move |batch| lifecycle.clone().handle_batch(batch),
-        ));
+        );
+        tasks.intake.spawn(|stop| {
+            crate::consumer::run(
+                "calls",
+                calls,
+                batch_size,
+                parallel_batches,
+                stop,
+                move |batch| lifecycle.clone().handle_batch(batch),
+            )
+        });
         let (events_pool, events_subjects) = (pool.clone(), subjects.clone());
-        tasks.spawn(crate::consumer::run(
-            "runtime_events",
-            events,
-            concurrency,
-            1,
-            shutdown.clone(),
-            move |batch: Vec<async_nats::jetstream::Message>| {
-                let (pool, subjects) = (events_pool.clone(), events_subjects.clone());
-                futures::future::join_all(batch.into_iter().map(move |message| {
-                    crate::runtime_events::handle(pool.clone(), subjects.clone(), message)
-                }))
-            },
-        ));
+        tasks.intake.spawn(|stop| {
+            crate::consumer::run(
+                "runtime_events",
+                events,
+                concurrency,
+                1,
+                stop,
+                move |batch: Vec<async_nats::jetstream::Message>| {
+                    let (pool, subjects) = (events_pool.clone(), events_subjects.clone());
+                    futures::future::join_all(batch.into_iter().map(move |message| {
+                        crate::runtime_events::handle(pool.clone(), subjects.clone(), message)
+                    }))
+                },
+            )
+        });
         tracing::info!("dispatch-worker consuming");
     }
 
-    tasks.close();
     shutdown.cancelled().await;
-    tasks.wait().await;
+    tracing::info!("dispatch-worker draining");
+    tasks.stop().await;
     tracing::info!("dispatch-worker stopped");
     Ok(())
 }

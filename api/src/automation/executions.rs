@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Cursor, Page, limit};
+use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -141,8 +141,7 @@ pub async fn list_call_executions(
     Path(call_id): Path<Uuid>,
     Query(query): Query<ListQuery>,
 ) -> AppResult<Json<Page<ExecutionView>>> {
-    let limit = limit(query.limit)?;
-    let cursor = Cursor::decode_opt(query.cursor.as_deref())?;
+    let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
     super::find_call(&state.pool, claims.tenant_id, call_id).await?;
     let rows: Vec<ExecutionRow> = sqlx::query_as(
         "SELECT te.id, te.tenant_id, te.call_id, te.tool_id, t.name AS tool_name,
@@ -157,13 +156,13 @@ pub async fn list_call_executions(
     )
     .bind(call_id)
     .bind(claims.tenant_id)
-    .bind(cursor.map(|c| c.at))
-    .bind(cursor.map(|c| c.id))
-    .bind(limit + 1)
+    .bind(page.cursor_at())
+    .bind(page.cursor_id())
+    .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
     let views: Vec<ExecutionView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(Page::from_rows(views, limit, |v| Cursor {
+    Ok(Json(page.page(views, |v| Cursor {
         at: v.created_at,
         id: v.id,
     })))

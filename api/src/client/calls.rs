@@ -11,10 +11,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::reads::ClientRead;
-use super::{CALL_STATUSES, parse_limit, parse_time, parse_uuid};
+use super::{CALL_STATUSES, parse_time, parse_uuid};
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Cursor, Page};
+use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -56,8 +56,7 @@ pub struct CallFilter {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub q: Option<String>,
-    pub limit: i64,
-    pub cursor: Option<Cursor>,
+    pub page: PageRequest,
 }
 
 impl CallListQuery {
@@ -89,18 +88,13 @@ impl CallListQuery {
         {
             return Err(AppError::bad_request("from must be before to"));
         }
-        let cursor = match self.cursor.as_deref().filter(|c| !c.is_empty()) {
-            None => None,
-            Some(c) => Some(Cursor::decode(c)?),
-        };
         Ok(CallFilter {
             status,
             agent_id: parse_uuid("agent_id", self.agent_id.as_deref())?,
             from,
             to,
             q: self.q.as_deref().map(normalize_q).transpose()?.flatten(),
-            limit: parse_limit(self.limit.as_deref())?,
-            cursor,
+            page: PageRequest::parse_text(self.limit.as_deref(), self.cursor.as_deref())?,
         })
     }
 }
@@ -197,7 +191,7 @@ pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<P
         qb.push(" AND c.from_number LIKE ")
             .push_bind(format!("%{q}%"));
     }
-    if let Some(cursor) = f.cursor {
+    if let Some(cursor) = f.page.cursor {
         // A row comparison the (tenant_id, started_at DESC, id DESC) index
         // answers directly.
         qb.push(" AND (c.started_at, c.id) < (")
@@ -207,9 +201,9 @@ pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<P
             .push(")");
     }
     qb.push(" ORDER BY c.started_at DESC, c.id DESC LIMIT ")
-        .push_bind(f.limit + 1);
+        .push_bind(f.page.fetch());
     let rows: Vec<CallSummary> = qb.build_query_as().fetch_all(pool).await?;
-    Ok(Page::from_rows(rows, f.limit, |c| Cursor {
+    Ok(f.page.page(rows, |c| Cursor {
         at: c.started_at,
         id: c.id,
     }))

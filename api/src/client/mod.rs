@@ -74,18 +74,6 @@ pub(crate) fn parse_uuid(name: &str, value: Option<&str>) -> AppResult<Option<Uu
         .transpose()
 }
 
-/// `limit` as text, so a non-number gets the same message as a bad range.
-pub(crate) fn parse_limit(value: Option<&str>) -> AppResult<i64> {
-    let parsed = match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .map_err(|_| AppError::bad_request("limit must be between 1 and 200"))?,
-        ),
-    };
-    crate::http::pagination::limit(parsed)
-}
-
 /// 404 unless the call exists in the tenant; the same answer either way.
 pub(crate) async fn ensure_call(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<()> {
     let found: bool = sqlx::query_scalar(
@@ -123,11 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_and_uuids() {
-        assert_eq!(parse_limit(None).expect("default"), 50);
-        assert_eq!(parse_limit(Some("200")).expect("max"), 200);
-        assert!(parse_limit(Some("abc")).is_err());
-        assert!(parse_limit(Some("201")).is_err());
+    fn uuids() {
         assert!(parse_uuid("agent_id", Some("nope")).is_err());
         assert!(parse_uuid("agent_id", Some("")).expect("empty").is_none());
     }

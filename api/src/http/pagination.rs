@@ -1,5 +1,7 @@
-//! List parameters shared by every list endpoint: `limit` (1 to 200, default
-//! 50) and an opaque keyset `cursor`.
+//! Keyset pagination, the one way every list pages: `limit` (1 to 200,
+//! default 50) and an opaque `cursor` parse into a `PageRequest`; the query
+//! fetches `limit + 1` rows after the cursor, and `Page::from_rows` turns
+//! them into the page and the next cursor.
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -11,12 +13,61 @@ use crate::http::error::AppError;
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
-/// Validates `limit`: absent means the default; outside 1..=200 is a 400.
-pub fn limit(value: Option<i64>) -> Result<i64, AppError> {
-    match value {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(AppError::bad_request("limit must be between 1 and 200")),
+const LIMIT_MESSAGE: &str = "limit must be between 1 and 200";
+
+/// A validated page request: the page size and where the page starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PageRequest {
+    pub limit: i64,
+    pub cursor: Option<Cursor>,
+}
+
+impl PageRequest {
+    /// `limit`: absent means the default, outside 1..=200 is a 400; a
+    /// malformed cursor is a 400; an empty cursor means the first page.
+    pub fn parse(limit: Option<i64>, cursor: Option<&str>) -> Result<Self, AppError> {
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(_) => return Err(AppError::bad_request(LIMIT_MESSAGE)),
+        };
+        let cursor = cursor
+            .filter(|c| !c.is_empty())
+            .map(Cursor::decode)
+            .transpose()?;
+        Ok(Self { limit, cursor })
+    }
+
+    /// The same from a `limit` taken as text, so that a non-number gets the
+    /// same message as a number out of range.
+    pub fn parse_text(limit: Option<&str>, cursor: Option<&str>) -> Result<Self, AppError> {
+        let limit = match limit.map(str::trim).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(
+                v.parse::<i64>()
+                    .map_err(|_| AppError::bad_request(LIMIT_MESSAGE))?,
+            ),
+        };
+        Self::parse(limit, cursor)
+    }
+
+    /// Rows to fetch: one more than the page, to learn whether a next exists.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    pub fn cursor_at(&self) -> Option<DateTime<Utc>> {
+        self.cursor.map(|c| c.at)
+    }
+
+    pub fn cursor_id(&self) -> Option<Uuid> {
+        self.cursor.map(|c| c.id)
+    }
+
+    /// The page of `rows` (fetched with `fetch()`), its next cursor taken
+    /// from the last row by `key`.
+    pub fn page<T>(&self, rows: Vec<T>, key: impl Fn(&T) -> Cursor) -> Page<T> {
+        Page::from_rows(rows, self.limit, key)
     }
 }
 
@@ -48,10 +99,6 @@ impl Cursor {
             id: id.parse().map_err(|_| bad())?,
         })
     }
-
-    pub fn decode_opt(value: Option<&str>) -> Result<Option<Self>, AppError> {
-        value.map(Self::decode).transpose()
-    }
 }
 
 /// A page of items and the cursor of the next page (absent on the last).
@@ -64,7 +111,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// Builds a page from `limit + 1` fetched rows: the extra row only says
     /// that there is a next page.
-    pub fn from_rows(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> Cursor) -> Self {
+    fn from_rows(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> Cursor) -> Self {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let next_cursor = if rows.len() > limit {
             rows.truncate(limit);
@@ -83,14 +130,35 @@ impl<T> Page<T> {
 mod tests {
     use super::*;
 
+    fn limit(value: Option<i64>) -> Option<i64> {
+        PageRequest::parse(value, None).ok().map(|p| p.limit)
+    }
+
     #[test]
     fn limit_bounds() {
-        assert_eq!(limit(None).ok(), Some(50));
-        assert_eq!(limit(Some(1)).ok(), Some(1));
-        assert_eq!(limit(Some(200)).ok(), Some(200));
-        assert!(limit(Some(0)).is_err());
-        assert!(limit(Some(201)).is_err());
-        assert!(limit(Some(-5)).is_err());
+        assert_eq!(limit(None), Some(50));
+        assert_eq!(limit(Some(1)), Some(1));
+        assert_eq!(limit(Some(200)), Some(200));
+        assert_eq!(limit(Some(0)), None);
+        assert_eq!(limit(Some(201)), None);
+        assert_eq!(limit(Some(-5)), None);
+    }
+
+    #[test]
+    fn limit_as_text_gets_the_same_answers() {
+        let text = |v| PageRequest::parse_text(v, None).map(|p| p.limit);
+        assert_eq!(text(None).ok(), Some(50));
+        assert_eq!(text(Some(" ")).ok(), Some(50));
+        assert_eq!(text(Some("200")).ok(), Some(200));
+        let message = |v| text(Some(v)).expect_err("refused").to_string();
+        assert_eq!(message("abc"), message("201"));
+    }
+
+    #[test]
+    fn empty_cursor_is_the_first_page() {
+        let page = PageRequest::parse(None, Some("")).expect("first page");
+        assert_eq!(page.cursor, None);
+        assert!(PageRequest::parse(None, Some("zz")).is_err());
     }
 
     #[test]

@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Cursor, Page};
+use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::http::size_caps;
-use crate::management::{PageRequest, TenantListQuery, audit, not_found, text_field};
+use crate::management::{TenantListQuery, audit, not_found, text_field};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -392,7 +392,7 @@ async fn list_versions(
         .bind(page.fetch())
         .fetch_all(&state.pool)
         .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |v| Cursor {
+    Ok(Json(page.page(rows, |v| Cursor {
         at: v.created_at,
         id: v.id,
     })))

@@ -13,8 +13,7 @@ use uuid::Uuid;
 
 use crate::http::error::AppResult;
 use crate::http::extract::{Json, Query};
-use crate::http::pagination::{Cursor, Page};
-use crate::management::PageRequest;
+use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -81,7 +80,7 @@ async fn list_audit_log(
     .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |e| Cursor {
+    Ok(Json(page.page(rows, |e| Cursor {
         at: e.created_at,
         id: e.id,
     })))

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Cursor, Page};
-use crate::management::{PageRequest, audit, text_field};
+use crate::http::pagination::{Cursor, Page, PageRequest};
+use crate::management::{audit, text_field};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -202,7 +202,7 @@ async fn list_legal_holds(
         .bind(page.fetch())
         .fetch_all(&state.pool)
         .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |h| Cursor {
+    Ok(Json(page.page(rows, |h| Cursor {
         at: h.created_at,
         id: h.id,
     })))

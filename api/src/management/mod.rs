@@ -1,7 +1,7 @@
 //! The internal management API for ops staff: one module per resource
 //! (tenants, agents and versions, phone numbers, tools, integrations, legal
 //! holds, call deletion, the audit log). This module holds what they share:
-//! list parameters, the audit helper, input checks and constraint mapping.
+//! the tenant-scoped list, the audit helper, input checks and constraint mapping.
 
 pub mod agents;
 pub mod audit_log;
@@ -23,7 +23,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
-use crate::http::pagination::{self, Cursor, Page};
+use crate::http::pagination::{Cursor, Page, PageRequest};
 
 /// `?tenant_id=&limit=&cursor=` of every tenant-scoped list.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -36,35 +36,6 @@ pub struct TenantListQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-/// A validated page request.
-#[derive(Debug, Clone, Copy)]
-pub struct PageRequest {
-    pub limit: i64,
-    pub cursor: Option<Cursor>,
-}
-
-impl PageRequest {
-    pub fn parse(limit: Option<i64>, cursor: Option<&str>) -> AppResult<Self> {
-        Ok(Self {
-            limit: pagination::limit(limit)?,
-            cursor: Cursor::decode_opt(cursor)?,
-        })
-    }
-
-    /// Rows to fetch: one more than the page, to learn whether a next exists.
-    pub fn fetch(&self) -> i64 {
-        self.limit + 1
-    }
-
-    pub fn cursor_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.cursor.map(|c| c.at)
-    }
-
-    pub fn cursor_id(&self) -> Option<Uuid> {
-        self.cursor.map(|c| c.id)
-    }
 }
 
 impl TenantListQuery {
@@ -103,7 +74,7 @@ impl TenantListQuery {
             .bind(page.fetch())
             .fetch_all(pool)
             .await?;
-        Ok(Page::from_rows(rows, page.limit, key))
+        Ok(page.page(rows, key))
     }
 }
 

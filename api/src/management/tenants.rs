@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Cursor, Page};
-use crate::management::{PageRequest, audit, nullable, text_field};
+use crate::http::pagination::{Cursor, Page, PageRequest};
+use crate::management::{audit, nullable, text_field};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -199,7 +199,7 @@ async fn list_tenants(
     .bind(page.fetch())
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page::from_rows(rows, page.limit, |t| Cursor {
+    Ok(Json(page.page(rows, |t| Cursor {
         at: t.created_at,
         id: t.id,
     })))

@@ -1,16 +1,12 @@
-//! Integration tests of the api: the real router on a random port, against a
-//! fresh Postgres database per test (`#[sqlx::test]`) and the local NATS
-//! server with a unique subject prefix.
+//! Integration tests of the api, laid out as `api/src` is: the real router
+//! on a random port (`api::testing::spawn_app`), against a fresh Postgres
+//! database per test (`#[sqlx::test]`) and the local NATS server with a
+//! unique subject prefix.
 
-mod access_log;
 mod auth;
 mod automation;
-mod bus;
 mod client;
-mod helpers;
-mod mgmt;
-mod plans;
-mod runtime_dispatches;
-mod secrets;
-mod size_caps;
+mod http;
+mod management;
+mod runtime;
 mod startup_checks;

@@ -1,5 +1,5 @@
-//! The automation-worker binary itself. Its flows are tested end to end
-//! from the api's tests, which drive it as the api does.
+//! The automation-worker binary on its own. The tool calls it runs (with
+//! the api and a fake n8n) are tested end to end in `e2e/`.
 
 #[tokio::test]
 async fn started_while_nats_is_down_it_is_alive_and_not_ready() {

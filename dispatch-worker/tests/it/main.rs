@@ -1,11 +1,12 @@
-//! Tests of the dispatch-worker: the lifecycle in-process, and end to end
-//! with the real dispatch-worker binary (killed and restarted), the ingress
-//! and the api, against a fresh database and the local NATS with a unique
-//! prefix per test.
+//! The dispatch-worker binary on its own. The call flow it drives (with the
+//! ingress and the api) is tested end to end in `e2e/`.
 
-mod bus;
-mod e2e;
-mod helpers;
-mod lifecycle;
-mod plans;
-mod startup;
+#[tokio::test]
+async fn started_while_nats_is_down_it_is_alive_and_not_ready() {
+    shared::testing::process::assert_alive_and_not_ready_while_nats_is_down(
+        env!("CARGO_BIN_EXE_dispatch-worker"),
+        "LISTEN_ADDR",
+        &[],
+    )
+    .await;
+}

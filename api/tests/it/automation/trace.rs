@@ -12,8 +12,8 @@ use shared::automation::{ExecutionStatus, ToolExecuteReply, ToolExecuteRequest};
 use shared::trace::{TRACEPARENT, TraceContext};
 use sqlx::PgPool;
 
-use crate::automation::support::{Seed, ToolSpec, insert_integration, insert_tool, seed};
-use crate::helpers::{TestApp, spawn_app};
+use api::testing::fixtures::{Seed, ToolSpec, insert_integration, insert_tool, seed};
+use api::testing::{TestApp, spawn_app};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -202,64 +202,4 @@ async fn an_explicit_trace_id_is_kept_beside_the_traceparent(pool: PgPool) {
         carried(&headers).trace_id_hex(),
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
-}
-
-/// The real worker continues the trace: its log line for the execution
-/// carries the W3C trace id in its span (`span.trace_id`), beside the
-/// execution's own `trace_id`.
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn the_worker_logs_the_execution_in_the_callers_trace(pool: PgPool) {
-    let db_url = crate::automation::faults::database_url(&pool);
-    let app = spawn_app(pool).await;
-    let n8n = crate::automation::support::FakeN8n::start().await;
-    let mut worker = crate::automation::faults::WorkerProcess::new(&app, db_url, "info");
-    worker.start("aw-traced").await;
-    let s = seed(&app.pool).await;
-    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
-    let tool_id = insert_tool(
-        &app.pool,
-        s.tenant_id,
-        Some(integration),
-        ToolSpec::new("lookup_order", "ok"),
-    )
-    .await;
-    let resp = app
-        .client
-        .post(app.url(&format!("/internal/automation/tools/{tool_id}/execute")))
-        .bearer_auth(app.token(s.tenant_id, Role::InternalOperator))
-        .header(TRACEPARENT, PARENT)
-        .json(&json!({"call_id": s.call_id, "input_json": {"order_id": "A-123"}, "trace_id": "call-trace-9"}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 200);
-    let out: serde_json::Value = resp.json().await.expect("json");
-    let execution_id = out["execution_id"].as_str().expect("id").to_owned();
-
-    // The line is written before the reply; poll the file briefly anyway.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&worker.log_path).unwrap_or_default();
-        if let Some(line) = text.lines().find_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .filter(|v| v["message"] == "tool execution finished")
-        }) {
-            break line;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no 'tool execution finished' line in {}",
-            worker.log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(line["execution_id"], execution_id.as_str(), "{line}");
-    assert_eq!(line["trace_id"], "call-trace-9", "{line}");
-    assert_eq!(
-        line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
-        "{line}"
-    );
-    assert_eq!(line["span"]["worker_id"], "aw-traced", "{line}");
-    worker.kill9();
 }

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::client::{Fixture, NewCall, get_json, viewer};
-use crate::helpers::spawn_app;
+use api::testing::spawn_app;
 
 const PERIOD: &str = "from=2026-11-01T00:00:00Z&to=2026-11-04T00:00:00Z";
 

@@ -10,7 +10,7 @@ use shared::auth::Role;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with, status_json};
+use api::testing::{TestApp, spawn_app, spawn_app_with, status_json};
 
 /// Direct inserts: the pipeline that normally fills these tables is other
 /// helpers' work.

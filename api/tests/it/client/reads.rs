@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::client::{Fixture, NewCall, get_json, viewer};
-use crate::helpers::{TestApp, spawn_app_with};
+use api::testing::{TestApp, spawn_app_with};
 
 /// Holds an exclusive lock on `transcript_segments` until dropped (rolled
 /// back), so every transcript read waits for it.

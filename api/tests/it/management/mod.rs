@@ -1,0 +1,12 @@
+//! The internal management API: tenants, agents and versions,
+//! phone numbers, tools, integrations, legal holds, call deletion, audit log,
+//! and the tenant-isolation matrix over all of them.
+
+mod agents;
+mod audit_log;
+mod isolation;
+mod legal_holds;
+mod phone_numbers;
+mod support;
+mod tenants;
+mod tools;

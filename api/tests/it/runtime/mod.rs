@@ -1,0 +1,3 @@
+//! The voice runtime's side of the api.
+
+mod dispatches;

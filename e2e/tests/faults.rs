@@ -1,0 +1,582 @@
+//! Fault tests of the inbound pipeline with the real binaries: a steady
+//! stream of distinct, correctly signed inbound webhooks (200/s for 20 s)
+//! drives `webhook-ingress` while one fault at a time hits the system:
+//!
+//! 1. the dispatch-worker is SIGKILLed and started again;
+//! 2. the NATS server (started by this test on a private port with its own
+//!    store, never the machine's shared one) is restarted;
+//! 3. every database connection of the services is terminated, twice;
+//! 4. SIGTERM reaches the ingress and the dispatch-worker under load, and
+//!    they are started again.
+//!
+//! After each, once the system settles, every webhook answered 200 must have
+//! exactly one call session, one runtime dispatch and one
+//! `runtime.handoff_requested` message in the stream runtimes consume, with
+//! no duplicates anywhere. The counts are printed for the README.
+//!
+//! Two dispatch-worker instances run throughout, sharing the durable
+//! consumer and the outbox relay: both must do part of the work, and the
+//! checks above prove neither did anything twice.
+//!
+//! Run alone with `cargo test -p e2e --test faults -- --nocapture`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use base64::Engine;
+use futures::StreamExt;
+use hmac::{KeyInit, Mac};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const AUTH_TOKEN: &str = "fault-test-twilio-token";
+const RATE_PER_SECOND: u64 = 200;
+const LOAD_SECONDS: u64 = 20;
+
+use shared::testing::free_port;
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} failed");
+}
+
+/// A binary of ours, restartable with the same settings.
+struct Service {
+    name: &'static str,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    port: u16,
+    /// Where readiness and metrics are served: the ingress has a port of
+    /// its own for them (`OPS_LISTEN_ADDR`), the others serve them on `port`.
+    ops_port: u16,
+}
+
+impl Service {
+    fn new(name: &'static str, env: Vec<(String, String)>) -> Self {
+        let port = free_port();
+        let ops_port = if name == "webhook-ingress" {
+            free_port()
+        } else {
+            port
+        };
+        Self {
+            name,
+            env,
+            child: None,
+            port,
+            ops_port,
+        }
+    }
+
+    async fn start(&mut self) {
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("fault-{}-{}.log", self.name, self.port)),
+        )
+        .expect("log file");
+        let child = Command::new(e2e::binary(self.name))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", self.ops_port))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/health/ready", self.ops_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(resp) = reqwest::get(&url).await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} did not become ready", self.name);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "-KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the graceful exit.
+    async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "-TERM");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        status.success(),
+                        "{} exited with {status} after SIGTERM",
+                        self.name
+                    );
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A NATS server of this test's own, on a private port and store.
+struct PrivateNats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    async fn start() -> Self {
+        let store = std::env::temp_dir().join(format!("fault-nats-{}", Uuid::new_v4()));
+        let mut nats = Self {
+            port: free_port(),
+            store,
+            child: None,
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(exe)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let last_error = match async_nats::connect(self.url()).await {
+                Ok(client) if client.server_info().jetstream => return,
+                Ok(_) => "JetStream not enabled".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "private NATS did not start: {last_error}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "-TERM");
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Signs like Twilio: HMAC-SHA1 over the URL and the sorted parameters.
+fn twilio_signature(url: &str, params: &[(&str, String)]) -> String {
+    let mut sorted: Vec<_> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    let mut data = url.to_owned();
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(AUTH_TOKEN.as_bytes()).expect("hmac key");
+    mac.update(data.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[derive(Default)]
+struct LoadResult {
+    sent: u64,
+    accepted: HashSet<String>,
+    unavailable: u64,
+    other: HashMap<String, u64>,
+}
+
+/// Sends `RATE_PER_SECOND` distinct inbound webhooks for `LOAD_SECONDS`,
+/// open loop (each on its own task, so a slow answer does not slow the sender).
+async fn drive_load(ingress_port: u16, to: String, result: Arc<Mutex<LoadResult>>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{ingress_port}/twilio/webhook/inbound");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_SECOND));
+    let mut tasks = Vec::new();
+    for _ in 0..RATE_PER_SECOND * LOAD_SECONDS {
+        tick.tick().await;
+        let call_sid = format!("CA{}", Uuid::new_v4().simple());
+        let params = vec![
+            ("CallSid", call_sid.clone()),
+            (
+                "AccountSid",
+                "AC00000000000000000000000000000000".to_owned(),
+            ),
+            ("From", "+14155550100".to_owned()),
+            ("To", to.clone()),
+            ("CallStatus", "ringing".to_owned()),
+            ("Direction", "inbound".to_owned()),
+        ];
+        let signature = twilio_signature(&url, &params);
+        let request = client
+            .post(&url)
+            .header("x-twilio-signature", signature)
+            .form(&params);
+        let result = result.clone();
+        tasks.push(tokio::spawn(async move {
+            let outcome = request.send().await;
+            let mut r = result.lock().expect("lock");
+            r.sent += 1;
+            match outcome {
+                Ok(resp) if resp.status().as_u16() == 200 => {
+                    r.accepted.insert(call_sid);
+                }
+                Ok(resp) if resp.status().as_u16() == 503 => r.unavailable += 1,
+                Ok(resp) => *r.other.entry(resp.status().to_string()).or_default() += 1,
+                Err(e) => {
+                    let kind = if e.is_connect() {
+                        "connect error"
+                    } else if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "other error"
+                    };
+                    *r.other.entry(kind.to_owned()).or_default() += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("request task");
+    }
+}
+
+struct Counts {
+    sessions: i64,
+    dispatches: i64,
+    handoffs: u64,
+    duplicate_handoffs: u64,
+}
+
+async fn count(pool: &PgPool, nats_url: &str, prefix: &str, accepted: &HashSet<String>) -> Counts {
+    let sids: Vec<String> = accepted.iter().cloned().collect();
+    let sessions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_sessions WHERE call_sid = ANY($1)")
+            .bind(&sids)
+            .fetch_one(pool)
+            .await
+            .expect("sessions");
+    let dispatches: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runtime_dispatches d JOIN call_sessions c ON c.id = d.call_id WHERE c.call_sid = ANY($1)",
+    )
+    .bind(&sids)
+    .fetch_one(pool)
+    .await
+    .expect("dispatches");
+
+    // Read the whole handoff stream, as a runtime subscriber would.
+    let js = jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
+    let stream = js
+        .get_stream(shared::nats::Subjects::new(prefix).runtime_handoffs_stream())
+        .await
+        .expect("handoff stream");
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut per_call: HashMap<String, u64> = HashMap::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("fetch");
+        let mut got = 0;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.expect("message");
+            got += 1;
+            let body: serde_json::Value =
+                serde_json::from_slice(&msg.payload).expect("handoff JSON");
+            let sid = body["call_sid"].as_str().expect("call_sid").to_owned();
+            *per_call.entry(sid).or_default() += 1;
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    let handoffs = accepted
+        .iter()
+        .filter(|sid| per_call.contains_key(*sid))
+        .count() as u64;
+    let duplicate_handoffs = per_call.values().map(|n| n.saturating_sub(1)).sum();
+    Counts {
+        sessions,
+        dispatches,
+        handoffs,
+        duplicate_handoffs,
+    }
+}
+
+struct Harness {
+    pool: PgPool,
+    nats: PrivateNats,
+    ingress: Service,
+    dispatch: Service,
+    /// A second dispatch-worker: the two share the consumer and the relay.
+    dispatch_peer: Service,
+    prefix: String,
+    to: String,
+}
+
+async fn harness(pool: PgPool) -> Harness {
+    let db_url = shared::testing::database_url(&pool);
+    // One routed number with an agent whose published version is active.
+    let to = "+15005550006".to_owned();
+    shared::testing::seed_routed_number(&pool, &to, 1)
+        .await
+        .expect("seed a routed number");
+
+    let nats = PrivateNats::start().await;
+    let prefix = format!("f{}", Uuid::new_v4().simple());
+    let common = vec![
+        ("DATABASE_URL".to_owned(), db_url),
+        ("DATABASE_MAX_CONNECTIONS".to_owned(), "10".to_owned()),
+        ("NATS_URL".to_owned(), nats.url()),
+        ("NATS_SUBJECT_PREFIX".to_owned(), prefix.clone()),
+        ("APP_ENV".to_owned(), "development".to_owned()),
+        (
+            "ENCRYPTION_KEY".to_owned(),
+            shared::config::DEV_ENCRYPTION_KEY.to_owned(),
+        ),
+    ];
+    let mut ingress_env = common.clone();
+    let mut ingress = Service::new("webhook-ingress", vec![]);
+    ingress_env.extend([
+        ("TWILIO_VALIDATE_SIGNATURE".to_owned(), "true".to_owned()),
+        ("TWILIO_AUTH_TOKEN".to_owned(), AUTH_TOKEN.to_owned()),
+        (
+            "TWILIO_WEBHOOK_BASE_URL".to_owned(),
+            format!("http://127.0.0.1:{}", ingress.port),
+        ),
+    ]);
+    ingress.env = ingress_env;
+    let mut dispatch = Service::new("dispatch-worker", common.clone());
+    let mut dispatch_peer = Service::new("dispatch-worker", common);
+    ingress.start().await;
+    dispatch.start().await;
+    dispatch_peer.start().await;
+    Harness {
+        pool,
+        nats,
+        ingress,
+        dispatch,
+        dispatch_peer,
+        prefix,
+        to,
+    }
+}
+
+/// Runs the load while `fault` acts, then waits for the system to settle and
+/// checks the promise.
+async fn run_fault(name: &str, h: &mut Harness, fault: impl AsyncFnOnce(&mut Harness)) {
+    let result = Arc::new(Mutex::new(LoadResult::default()));
+    let load = tokio::spawn(drive_load(h.ingress.port, h.to.clone(), result.clone()));
+    fault(h).await;
+    load.await.expect("load");
+    let r = std::mem::take(&mut *result.lock().expect("lock"));
+
+    let accepted = r.accepted.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let counts = count(&h.pool, &h.nats.url(), &h.prefix, &r.accepted).await;
+        let settled = counts.dispatches == accepted && counts.handoffs == accepted as u64;
+        if settled || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    report(format!(
+        "fault `{name}`: sent {}, accepted {}, 503s {}, other {:?}, sessions {}, dispatches {}, handoffs {}, duplicate handoffs {}",
+        r.sent,
+        accepted,
+        r.unavailable,
+        r.other,
+        counts.sessions,
+        counts.dispatches,
+        counts.handoffs,
+        counts.duplicate_handoffs
+    ));
+    assert!(accepted > 0, "{name}: nothing was accepted");
+    assert_eq!(counts.sessions, accepted, "{name}: sessions");
+    assert_eq!(counts.dispatches, accepted, "{name}: dispatches");
+    assert_eq!(counts.handoffs, accepted as u64, "{name}: handoffs");
+    assert_eq!(counts.duplicate_handoffs, 0, "{name}: duplicate handoffs");
+    let duplicate_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM call_events GROUP BY call_id, idempotency_key HAVING count(*) > 1) d",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .expect("duplicates");
+    assert_eq!(duplicate_events, 0, "{name}: duplicate events");
+}
+
+/// Prints past libtest's output capture (which only takes `print!`), so
+/// the counts show in every run, CI included.
+fn report(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+async fn metrics_text(service: &Service) -> String {
+    let url = format!("http://127.0.0.1:{}/metrics", service.ops_port);
+    reqwest::get(&url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Dispatches a dispatch-worker instance created since it started.
+async fn dispatches_created(service: &Service) -> f64 {
+    let text = metrics_text(service).await;
+    text.lines()
+        .filter(|l| l.starts_with("dispatch_dispatches_created_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn terminate_service_connections(pool: &PgPool) {
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("terminate");
+    report(format!("terminated {killed} connections"));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn nothing_accepted_is_lost_under_faults(pool: PgPool) {
+    shared::install_crypto_providers();
+    let mut h = harness(pool).await;
+    let pause = || tokio::time::sleep(Duration::from_secs(5));
+
+    run_fault("dispatch-worker SIGKILL and restart", &mut h, async |h| {
+        pause().await;
+        h.dispatch.kill9();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        h.dispatch.start().await;
+    })
+    .await;
+
+    run_fault("NATS server restart", &mut h, async |h| {
+        pause().await;
+        h.nats.restart().await;
+    })
+    .await;
+
+    // Scale-out: both dispatch-workers took part (and, by the checks above,
+    // nothing was done twice).
+    let (first, second) = (
+        dispatches_created(&h.dispatch).await,
+        dispatches_created(&h.dispatch_peer).await,
+    );
+    report(format!(
+        "dispatches created per instance since its start: {first} and {second}"
+    ));
+    assert!(
+        first > 0.0 && second > 0.0,
+        "one dispatch-worker did all the work: {first} / {second}"
+    );
+    // The outbox and consumer-lag gauges ops alert on are exported.
+    let text = metrics_text(&h.dispatch).await;
+    for name in [
+        "outbox_oldest_unpublished_age_seconds",
+        "nats_consumer_pending_messages",
+        "nats_consumer_ack_pending_messages",
+        "nats_consumer_redelivered_messages",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+
+    run_fault("database connections terminated twice", &mut h, async |h| {
+        pause().await;
+        terminate_service_connections(&h.pool).await;
+        pause().await;
+        terminate_service_connections(&h.pool).await;
+    })
+    .await;
+
+    run_fault(
+        "SIGTERM to ingress and dispatch-worker under load",
+        &mut h,
+        async |h| {
+            pause().await;
+            h.ingress.terminate().await;
+            h.ingress.start().await;
+            pause().await;
+            h.dispatch.terminate().await;
+            h.dispatch.start().await;
+        },
+    )
+    .await;
+}

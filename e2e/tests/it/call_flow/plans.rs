@@ -1,0 +1,179 @@
+//! The plan guard for the call flow: on a freshly migrated, empty database,
+//! with the generic plans a pooled connection keeps, every read that the
+//! ingress, the dispatch-worker and the api's claim make of a per-call
+//! table (their statements, the foreign-key checks inside them) pins one
+//! row through a unique key. A plan that scans a tenant or a whole table
+//! here is the plan a new deployment keeps while its tables grow.
+//! See `shared::testing::plans` and docs/decisions/0037-plan-stable-keys.md.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use chrono::Utc;
+use shared::calls::RuntimeEvent;
+use shared::testing::plans;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::claim::spawn_api;
+use super::world::*;
+
+/// Read on purpose through non-unique indexes, with ranges bounded by the
+/// backlog, not by the tables' size: the relay's and the expiry job's.
+const BOUNDED: &[&str] = &[
+    "call_events_unpublished_idx",
+    "call_events_unprocessed_idx",
+    "runtime_dispatches_pending_idx",
+];
+
+/// The test's own checks go through `pool`, opened before the capture, so
+/// they are not taken for the flow's reads.
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
+    // The flow's connections plan generically and log their plans.
+    let app_pool = plans::capture_plans(&pool).await;
+    let seeded = seed_number(&pool, "+14155550900").await;
+    let w = world(app_pool.clone()).await;
+    w.spawn_worker(|_| {}).await;
+    let (api, bearer) = spawn_api(app_pool.clone(), &w.prefix, seeded.tenant_id).await;
+
+    // More calls than the five custom plans Postgres tries before it keeps
+    // a generic one (forced here anyway), with a status and a recording
+    // callback each for some.
+    let sids: Vec<String> = (0..8).map(|n| format!("CA{n:032}")).collect();
+    for sid in &sids {
+        assert_eq!(
+            w.post_signed(
+                "/twilio/webhook/inbound",
+                &inbound_params(sid, &seeded.e164)
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    for sid in &sids[..4] {
+        let status = params(&[
+            ("CallSid", sid),
+            ("CallStatus", "completed"),
+            ("CallDuration", "12"),
+            ("To", &seeded.e164),
+        ]);
+        assert_eq!(
+            w.post_signed("/twilio/webhook/status", &status).await.0,
+            200
+        );
+        let recording = params(&[
+            ("CallSid", sid),
+            ("RecordingSid", &format!("RE{}", &sid[2..])),
+            ("RecordingStatus", "completed"),
+            ("RecordingDuration", "12"),
+        ]);
+        assert_eq!(
+            w.post_signed("/twilio/webhook/recording", &recording)
+                .await
+                .0,
+            200
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&pool, "SELECT count(*) FROM runtime_dispatches").await == 8
+                && count(&pool, "SELECT count(*) FROM recordings").await == 4
+                && count(
+                    &pool,
+                    "SELECT count(*) FROM call_sessions WHERE status = 'completed'",
+                )
+                .await
+                    == 4
+        })
+        .await,
+        "the calls were dispatched and their callbacks applied"
+    );
+
+    // The runtime claims a dispatch and sends a transcript and the end.
+    let (dispatch_id, call_id): (Uuid, Uuid) =
+        sqlx::query_as("SELECT id, call_id FROM runtime_dispatches ORDER BY created_at LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("a dispatch");
+    let claim = w
+        .client
+        .post(format!("{api}/internal/runtime/dispatches/claim"))
+        .bearer_auth(&bearer)
+        .json(&serde_json::json!({"dispatch_id": dispatch_id}))
+        .send()
+        .await
+        .expect("claim");
+    assert_eq!(claim.status().as_u16(), 200);
+    let js = async_nats::jetstream::new(w.nats.clone());
+    let segment = RuntimeEvent {
+        event_id: Uuid::now_v7(),
+        kind: "transcript.segment".into(),
+        call_id,
+        tenant_id: seeded.tenant_id,
+        occurred_at: Utc::now(),
+        data: serde_json::json!({"speaker": "caller", "text": "hello", "start_ms": 0, "end_ms": 900}),
+    };
+    let ended = RuntimeEvent {
+        event_id: Uuid::now_v7(),
+        kind: "call.ended".into(),
+        data: serde_json::json!({"reason": "caller hung up"}),
+        ..segment.clone()
+    };
+    for event in [&segment, &ended] {
+        js.send_publish(
+            w.subjects.runtime_events(seeded.tenant_id, call_id),
+            PublishMessage::build()
+                .payload(serde_json::to_vec(event).expect("json").into())
+                .message_id(event.event_id.to_string()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&pool, "SELECT count(*) FROM transcript_segments").await == 1
+                && count(
+                    &pool,
+                    "SELECT count(*) FROM call_sessions WHERE ended_at IS NOT NULL",
+                )
+                .await
+                    >= 1
+        })
+        .await,
+        "the runtime's events were stored"
+    );
+
+    let captured = plans::captured();
+    // The capture saw the flow: the foreign-key check of a new event and
+    // the dispatch of an inbound one.
+    assert!(
+        !captured
+            .reads_of("call_sessions", "FOR KEY SHARE")
+            .is_empty(),
+        "no foreign-key check captured: {} reads",
+        captured.reads.len()
+    );
+    assert!(
+        !captured
+            .reads_of(
+                "call_events",
+                "type = 'call.inbound' AND processed_at IS NULL"
+            )
+            .is_empty()
+    );
+    captured
+        .assert_per_call_reads_pin_one_row(&pool, BOUNDED)
+        .await;
+    w.delete_streams().await;
+}
