@@ -3,6 +3,11 @@
 # database state (MODES):
 #   empty    a freshly migrated database: no history, no statistics, what
 #            every new deployment starts from;
+#   limited  the same, with a concurrent-call limit on the tenant (LIMIT,
+#            never reached) so every call goes through admission, and calls
+#            that end about a second after they ring (a loop releases them
+#            as their end callbacks would), so live calls stay as few as a
+#            real tenant's;
 #   history  the same with HISTORY past calls (default 1,000,000, with their
 #            events and dispatches), left to autovacuum as a running
 #            deployment would be (no manual ANALYZE).
@@ -11,16 +16,17 @@
 # arrival rate (latency), the saturation run (throughput per 5-second
 # window, so a decline as the tables grow shows), and pgbench running the
 # minimum SQL of one inbound call (the machine's limit, same run). A table
-# of both states side by side ends the run. Everything it starts is stopped.
+# of the states side by side ends the run. Everything it starts is stopped.
 #
-#   bash bench/run.sh                              # both states
+#   bash bench/run.sh                              # every state
 #   MODES=empty bash bench/run.sh                  # the empty database only
 #   HISTORY=50000 RATE=1000 SATURATION=30s bash bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODES="${MODES:-empty history}"
+MODES="${MODES:-empty limited history}"
 HISTORY="${HISTORY:-1000000}"
+LIMIT="${LIMIT:-100000}"
 RATE="${RATE:-1000}"
 FIXED="${FIXED:-20s}"
 SATURATION="${SATURATION:-30s}"
@@ -134,6 +140,15 @@ start_services() {
     LISTEN_ADDR=127.0.0.1:4103 DATABASE_MAX_CONNECTIONS=32 \
     "$BIN/dispatch-worker" >".stack/bench-worker.log" 2>&1 &
   pids+=($!)
+  if [ "${3:-}" ]; then
+    # Tenant $3 has a limit: its calls end about a second after they ring.
+    ( while sleep 0.2; do
+        psql "$url" -qAtc "UPDATE call_sessions SET live = false, released_at = now(), release_reason = 'ended'
+          WHERE id IN (SELECT id FROM call_sessions WHERE tenant_id = '$3' AND live
+                       AND started_at < now() - interval '1 second')" >/dev/null 2>&1 || true
+      done ) &
+    pids+=($!)
+  fi
   for port in 4111 4103; do
     for _ in $(seq 1 60); do
       curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
@@ -180,11 +195,18 @@ for mode in $MODES; do
   # Called in a subshell (for its output): the parent records the name.
   databases+=("$template")
   tenant=$(make_template "$template" "$history")
+  ends=""
+  if [ "$mode" = limited ]; then
+    psql "$PG/postgres" -qAtc "ALTER DATABASE $template WITH ALLOW_CONNECTIONS true" >/dev/null
+    psql "$PG/$template" -qAtc "UPDATE tenants SET max_concurrent_calls = $LIMIT" >/dev/null
+    psql "$PG/postgres" -qAtc "ALTER DATABASE $template WITH ALLOW_CONNECTIONS false" >/dev/null
+    ends="$tenant"
+  fi
 
   echo
   echo "== fixed arrival rate $RATE/s for $FIXED (open loop), from the first webhook =="
   copy_database "$template" "${template}_fixed"
-  start_services "${template}_fixed" "${RUN}${mode}f"
+  start_services "${template}_fixed" "${RUN}${mode}f" "$ends"
   out=$("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100 --nats-url "$NATS_URL" \
     --nats-subject-prefix "${RUN}${mode}f" --mode open --rate "$RATE" --duration "$FIXED" \
     --warmup 0s --delete-streams)
@@ -199,7 +221,7 @@ for mode in $MODES; do
   echo
   echo "== saturation, $CONNECTIONS connections for $SATURATION (closed loop), from the first webhook =="
   copy_database "$template" "${template}_sat"
-  start_services "${template}_sat" "${RUN}${mode}s"
+  start_services "${template}_sat" "${RUN}${mode}s" "$ends"
   cpu_before=$(cpu_ticks)
   out=$("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100 --nats-url "$NATS_URL" \
     --nats-subject-prefix "${RUN}${mode}s" --mode closed --connections "$CONNECTIONS" \

@@ -45,6 +45,10 @@ pub struct Config {
     /// How often pending dispatches past their expiry are expired.
     #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub dispatch_expiry_interval: Duration,
+    /// A call still counted against its tenant's concurrent-call limit
+    /// this long after it rang (its end never reached us) stops counting.
+    #[arg(long, env = "MAX_CALL_DURATION", default_value = "2h", value_parser = shared::config::positive_duration)]
+    pub max_call_duration: Duration,
     /// Runtime events handled concurrently.
     #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,

@@ -348,6 +348,11 @@ async fn apply_status(conn: &mut PgConnection, event: &EventRow) -> Result<(), s
                  END),
              ended_at = COALESCE(ended_at, CASE WHEN $2::int = 3 THEN $4 END),
              duration_seconds = COALESCE(duration_seconds, $5),
+             -- An end status releases the call's slot under its tenant's
+             -- concurrent-call limit.
+             live = live AND $2::int < 3,
+             released_at = CASE WHEN live AND $2::int = 3 THEN now() ELSE released_at END,
+             release_reason = CASE WHEN live AND $2::int = 3 THEN 'ended' ELSE release_reason END,
              updated_at = now()
          WHERE id = $1",
     )

@@ -55,9 +55,14 @@ pub async fn run(
     };
     let tasks = WorkerTasks::default();
     tasks.serve_ops(listener, readiness, "dispatch-worker");
-    tasks
-        .background
-        .spawn(|stop| crate::expiry::run(pool.clone(), config.dispatch_expiry_interval, stop));
+    tasks.background.spawn(|stop| {
+        crate::expiry::run(
+            pool.clone(),
+            config.dispatch_expiry_interval,
+            config.max_call_duration,
+            stop,
+        )
+    });
     let relay = Relay {
         pool: pool.clone(),
         js: js.clone(),

@@ -1,9 +1,5 @@
 -- For operators who prefer cron to the dispatch-worker's own expiry loop:
--- pending dispatches past their expiry become expired and drop their token.
-UPDATE runtime_dispatches
-SET status = 'expired',
-    join_token_ciphertext = NULL,
-    join_token_nonce = NULL,
-    updated_at = now()
-WHERE status = 'pending'
-  AND expires_at < now();
+-- pending dispatches past their expiry become expired and drop their token,
+-- and their calls stop counting against the tenant's concurrent-call limit
+-- (migration 0015).
+SELECT expired, released FROM expire_runtime_dispatches();

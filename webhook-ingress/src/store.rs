@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use shared::calls::OutboxRow;
+use shared::calls::{OutboxRow, event_type};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -52,6 +52,9 @@ pub enum Stored {
         call_id: Uuid,
         tenant_id: Uuid,
         new_event: Option<OutboxRow>,
+        /// The call was refused at ring time (its tenant or agent was at its
+        /// concurrent-call limit); a retry of it stays refused.
+        rejected: bool,
     },
     /// No session with this `CallSid` and nothing to create one from.
     UnknownCall,
@@ -64,18 +67,21 @@ struct WriteRow {
     call_id: Uuid,
     tenant_id: Uuid,
     event_id: Option<Uuid>,
+    rejected: bool,
 }
 
 const EVENT_FOR_EXISTING_SESSION: &str = "
 WITH s AS (
-    SELECT id, tenant_id FROM call_sessions WHERE call_sid = $1
+    SELECT id, tenant_id, rejected_reason FROM call_sessions WHERE call_sid = $1
 ), e AS (
     INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
     SELECT $2, s.tenant_id, s.id, $3, $4, $5, true, $6, $7 FROM s
     ON CONFLICT (call_id, idempotency_key) DO NOTHING
     RETURNING id
 )
-SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id FROM s";
+SELECT s.id AS call_id, s.tenant_id, (SELECT id FROM e) AS event_id,
+       s.rejected_reason IS NOT NULL AS rejected
+FROM s";
 
 /// Runs one webhook's statement on `conn` (inside the caller's transaction).
 pub async fn write_one(conn: &mut PgConnection, w: &CallWrite) -> Result<Stored, sqlx::Error> {
@@ -104,6 +110,7 @@ impl WriteRow {
         Stored::Call {
             call_id: self.call_id,
             tenant_id: self.tenant_id,
+            rejected: self.rejected,
             new_event: self.event_id.map(|id| OutboxRow {
                 id,
                 tenant_id: self.tenant_id,
@@ -240,6 +247,13 @@ pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Sto
 /// twice in a group (an inbound webhook and its first status callback, or a
 /// retry) creates its session from the first webhook, since Postgres cannot
 /// upsert one row twice in a statement; each webhook still gets its event.
+///
+/// A new inbound call is admitted against its tenant's and agent's
+/// concurrent-call limits in the same statement (`admit_inbound_calls`,
+/// migration 0015, over `$16..$18`: the group's inbound calls, each CallSid
+/// once): admitted calls are `live`, refused ones are `rejected` (ended at
+/// once, with `rejected_reason`). An existing session keeps what it was
+/// given.
 const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
@@ -248,14 +262,22 @@ WITH input AS (
         WITH ORDINALITY AS t(session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                              from_number, to_number, direction, event_id, type, idempotency_key,
                              payload, occurred_at, trace_id, ord)
+), admission AS (
+    SELECT * FROM admit_inbound_calls($16::text[], $17::uuid[], $18::uuid[])
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
-                               from_number, to_number, direction, started_at)
-    SELECT DISTINCT ON (call_sid) session_id, tenant_id, call_sid, account_sid, phone_number_id,
-           agent_id, from_number, to_number, direction, occurred_at
-    FROM input ORDER BY call_sid, ord
+                               from_number, to_number, direction, started_at, live,
+                               status, rejected_reason, ended_at)
+    SELECT DISTINCT ON (i.call_sid) i.session_id, i.tenant_id, i.call_sid, i.account_sid,
+           i.phone_number_id, i.agent_id, i.from_number, i.to_number, i.direction, i.occurred_at,
+           COALESCE(a.admitted, false),
+           CASE WHEN NOT a.admitted THEN 'rejected' ELSE 'ringing' END,
+           CASE WHEN NOT a.admitted THEN 'capacity' END,
+           CASE WHEN NOT a.admitted THEN i.occurred_at END
+    FROM input i LEFT JOIN admission a ON a.call_sid = i.call_sid
+    ORDER BY i.call_sid, i.ord
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
-    RETURNING id, tenant_id, call_sid
+    RETURNING id, tenant_id, call_sid, rejected_reason
 ), e AS (
     INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
     SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at, i.trace_id
@@ -264,7 +286,8 @@ WITH input AS (
     RETURNING id
 )
 SELECT s.id AS call_id, s.tenant_id,
-       CASE WHEN i.event_id IN (SELECT id FROM e) THEN i.event_id END AS event_id
+       CASE WHEN i.event_id IN (SELECT id FROM e) THEN i.event_id END AS event_id,
+       s.rejected_reason IS NOT NULL AS rejected
 FROM input i JOIN s ON s.call_sid = i.call_sid
 ORDER BY i.ord";
 
@@ -290,6 +313,9 @@ async fn upsert_many(
         Vec::with_capacity(n),
     );
     let mut traces = Vec::with_capacity(n);
+    // The calls to admit: the group's inbound webhooks, each CallSid once.
+    let (mut admit_sids, mut admit_tenants, mut admit_agents) =
+        (Vec::new(), Vec::new(), Vec::new());
     let (mut event_ids, mut kinds, mut keys, mut payloads, mut times) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -314,6 +340,11 @@ async fn upsert_many(
         payloads.push(w.payload.clone());
         times.push(w.occurred_at);
         traces.push(w.traceparent.clone());
+        if w.kind == event_type::CALL_INBOUND && !admit_sids.contains(&w.call_sid) {
+            admit_sids.push(w.call_sid.clone());
+            admit_tenants.push(seed.tenant_id);
+            admit_agents.push(seed.agent_id);
+        }
     }
     let rows: Vec<WriteRow> = sqlx::query_as(UPSERT_MANY)
         .bind(&session_ids)
@@ -331,6 +362,9 @@ async fn upsert_many(
         .bind(&payloads)
         .bind(&times)
         .bind(&traces)
+        .bind(&admit_sids)
+        .bind(&admit_tenants)
+        .bind(&admit_agents)
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != writes.len() {

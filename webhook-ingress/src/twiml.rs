@@ -14,6 +14,9 @@ pub enum Twiml {
     SayHangup(String),
     /// `<Reject/>`: the number is unknown or inactive.
     Reject,
+    /// `<Reject reason="busy"/>`: the tenant or agent is at its
+    /// concurrent-call limit; the caller hears a busy signal.
+    RejectBusy,
     /// An empty `<Response/>`.
     Empty,
 }
@@ -62,6 +65,7 @@ impl Twiml {
                 out.push_str("</Say><Hangup/></Response>");
             }
             Twiml::Reject => out.push_str("<Response><Reject/></Response>"),
+            Twiml::RejectBusy => out.push_str(r#"<Response><Reject reason="busy"/></Response>"#),
             Twiml::Empty => out.push_str("<Response/>"),
         }
         out
@@ -77,6 +81,10 @@ mod tests {
         assert_eq!(
             Twiml::Reject.render(),
             r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject/></Response>"#
+        );
+        assert_eq!(
+            Twiml::RejectBusy.render(),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#
         );
         assert_eq!(
             Twiml::SayHangup("Hi & bye".into()).render(),

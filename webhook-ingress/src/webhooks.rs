@@ -248,7 +248,7 @@ async fn inbound(
     // A number that is unknown, inactive or has no agent cannot take calls.
     let Some(route) = route.filter(|r| r.agent_id.is_some()) else {
         tracing::info!(%call_sid, "rejecting a call to an unrouted number");
-        metrics::counter!("ingress_calls_rejected_total").increment(1);
+        metrics::counter!("ingress_calls_rejected_total", "reason" => "unrouted").increment(1);
         return twiml(&Twiml::Reject);
     };
     let write = CallWrite {
@@ -262,6 +262,11 @@ async fn inbound(
         traceparent: TraceContext::from_http(&headers).to_string(),
     };
     let call_id = match store(&ingress, write).await {
+        Ok(Stored::Call { rejected: true, .. }) => {
+            tracing::info!(%call_sid, tenant_id = %route.tenant_id, "refusing a call: at the concurrent-call limit");
+            metrics::counter!("ingress_calls_rejected_total", "reason" => "capacity").increment(1);
+            return twiml(&Twiml::RejectBusy);
+        }
         Ok(Stored::Call { call_id, .. }) => call_id,
         Ok(Stored::UnknownCall) => {
             return unavailable("session upsert returned no row").into_response();

@@ -32,7 +32,7 @@ const TIMELINE_LIMIT: i64 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct CallListQuery {
     /// One of queued, ringing, in-progress, completed, busy, failed,
-    /// no-answer, canceled.
+    /// no-answer, canceled, rejected.
     pub status: Option<String>,
     /// Only this agent's calls (UUID).
     pub agent_id: Option<String>,

@@ -127,6 +127,9 @@ pub struct ByStatus {
     #[serde(rename = "no-answer")]
     pub no_answer: i64,
     pub canceled: i64,
+    /// Refused at ring time: the tenant or agent was at its concurrent-call
+    /// limit (counted here, not under `busy` or `failed`).
+    pub rejected: i64,
 }
 
 /// Durations from answer to end, over answered calls with a known duration.
@@ -169,6 +172,7 @@ struct KpiRow {
     failed: i64,
     no_answer: i64,
     canceled: i64,
+    rejected: i64,
     inbound: i64,
     answered_inbound: i64,
     with_duration: i64,
@@ -218,6 +222,7 @@ totals AS (
            COALESCE(sum(calls) FILTER (WHERE status = 'failed'), 0)::int8 AS failed,
            COALESCE(sum(calls) FILTER (WHERE status = 'no-answer'), 0)::int8 AS no_answer,
            COALESCE(sum(calls) FILTER (WHERE status = 'canceled'), 0)::int8 AS canceled,
+           COALESCE(sum(calls) FILTER (WHERE status = 'rejected'), 0)::int8 AS rejected,
            COALESCE(sum(inbound), 0)::int8 AS inbound,
            COALESCE(sum(answered_inbound), 0)::int8 AS answered_inbound,
            COALESCE(sum(with_duration), 0)::int8 AS with_duration,
@@ -338,6 +343,7 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
                 failed: row.failed,
                 no_answer: row.no_answer,
                 canceled: row.canceled,
+                rejected: row.rejected,
             },
             inbound: row.inbound,
             answered_inbound: row.answered_inbound,

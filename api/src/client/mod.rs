@@ -3,13 +3,15 @@
 //! tenant: another tenant's call answers 404 exactly like a missing one.
 //!
 //! One module per endpoint group: `kpis` (the dashboard figures), `calls`
-//! (the list and one call with its timeline), `transcript`, `recording`.
+//! (the list and one call with its timeline), `transcript`, `recording`,
+//! `concurrency` (live calls against the tenant's limit).
 //! Every handler reads through [`reads::ClientRead`]: the surface's own
 //! pool, a statement timeout, and a per-tenant share.
 //! This module holds the query-parameter parsing they share, so every bad
 //! value is a 400 that names its parameter.
 
 pub mod calls;
+pub mod concurrency;
 pub mod kpis;
 pub mod reads;
 pub mod recording;
@@ -27,12 +29,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(kpis::routes())
         .merge(calls::routes())
+        .merge(concurrency::routes())
         .merge(transcript::routes())
         .merge(recording::routes())
 }
 
-/// Every status Twilio gives a call, in the schema's CHECK order.
-pub const CALL_STATUSES: [&str; 8] = [
+/// Every status Twilio gives a call, and `rejected` (refused at ring time
+/// for capacity), in the schema's CHECK order.
+pub const CALL_STATUSES: [&str; 9] = [
     "queued",
     "ringing",
     "in-progress",
@@ -41,6 +45,7 @@ pub const CALL_STATUSES: [&str; 8] = [
     "failed",
     "no-answer",
     "canceled",
+    "rejected",
 ];
 
 /// An RFC 3339 time from the query. A `+` offset that arrived unencoded

@@ -18,13 +18,15 @@ use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::http::size_caps;
-use crate::management::{TenantListQuery, audit, not_found, text_field};
+use crate::management::{
+    TenantListQuery, audit, check_concurrency_limit, not_found, nullable, text_field,
+};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_agent, list_agents))
-        .routes(routes!(get_agent))
+        .routes(routes!(get_agent, update_agent))
         .routes(routes!(create_version, list_versions))
         .routes(routes!(get_version, update_version))
         .routes(routes!(publish_version))
@@ -42,6 +44,9 @@ pub struct Agent {
     pub name: String,
     /// The published version inbound calls use; `null` until one is activated.
     pub active_version_id: Option<Uuid>,
+    /// Most calls of this agent in progress at once (within its tenant's
+    /// own limit); `null`: only the tenant's limit applies.
+    pub max_concurrent_calls: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -80,6 +85,20 @@ pub struct CreateAgent {
     /// 1 to 200 characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+    /// Most calls of this agent in progress at once (0 to 100000), or
+    /// `null` to leave only the tenant's limit. Lowering it cuts no call in
+    /// progress: new calls are refused until the agent is under it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>, nullable, minimum = 0, maximum = 100000)]
+    pub max_concurrent_calls: Option<Option<i32>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -202,7 +221,7 @@ async fn create_agent(
     let mut tx = state.pool.begin().await?;
     let agent: Agent = sqlx::query_as(
         "INSERT INTO agents (id, tenant_id, name) VALUES ($1, $2, $3)
-         RETURNING id, tenant_id, name, active_version_id, created_at, updated_at",
+         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
     )
     .bind(Uuid::now_v7())
     .bind(body.tenant_id)
@@ -223,8 +242,8 @@ async fn create_agent(
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
-const AGENT_SELECT: &str =
-    "SELECT id, tenant_id, name, active_version_id, created_at, updated_at FROM agents";
+const AGENT_SELECT: &str = "SELECT id, tenant_id, name, active_version_id, max_concurrent_calls,
+        created_at, updated_at FROM agents";
 
 /// The tenant's agents, newest first.
 #[utoipa::path(get, path = "/internal/agents", tag = "agents",
@@ -273,6 +292,76 @@ async fn get_agent(
     .fetch_optional(&state.pool)
     .await?
     .ok_or(AppError::NotFound("agent"))?;
+    Ok(Json(agent))
+}
+
+/// Renames the agent and/or sets its concurrent-call limit (`null` clears
+/// it); audited.
+#[utoipa::path(patch, path = "/internal/agents/{agent_id}", tag = "agents",
+    security(("bearer" = [])),
+    params(AgentPath),
+    request_body = UpdateAgent,
+    responses(
+        (status = 200, body = Agent),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, body = shared::error::ErrorBody),
+    ))]
+async fn update_agent(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<AgentPath>,
+    Json(body): Json<UpdateAgent>,
+) -> AppResult<Json<Agent>> {
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| text_field("name", n, 1, 200))
+        .transpose()?;
+    if let Some(limit) = body.max_concurrent_calls {
+        check_concurrency_limit(limit)?;
+    }
+    if name.is_none() && body.max_concurrent_calls.is_none() {
+        return Err(AppError::bad_request(
+            "nothing to update: give name and/or max_concurrent_calls",
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    let agent: Agent = sqlx::query_as(
+        "UPDATE agents
+         SET name = COALESCE($3, name),
+             max_concurrent_calls = CASE WHEN $4 THEN $5 ELSE max_concurrent_calls END,
+             updated_at = now()
+         WHERE id = $1 AND tenant_id = $2
+         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
+    )
+    .bind(path.agent_id)
+    .bind(claims.tenant_id)
+    .bind(&name)
+    .bind(body.max_concurrent_calls.is_some())
+    .bind(body.max_concurrent_calls.flatten())
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(AppError::NotFound("agent"))?;
+    let mut details = serde_json::Map::new();
+    if let Some(name) = &name {
+        details.insert("name".into(), json!(name));
+    }
+    if let Some(limit) = body.max_concurrent_calls {
+        details.insert("max_concurrent_calls".into(), json!(limit));
+    }
+    audit(
+        &mut tx,
+        &claims,
+        claims.tenant_id,
+        "agent.update",
+        "agent",
+        agent.id,
+        details.into(),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Json(agent))
 }
 
@@ -548,7 +637,7 @@ async fn activate_version(
     let agent: Agent = sqlx::query_as(
         "UPDATE agents SET active_version_id = $2, updated_at = now()
          WHERE id = $1 AND tenant_id = $3
-         RETURNING id, tenant_id, name, active_version_id, created_at, updated_at",
+         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
     )
     .bind(path.agent_id)
     .bind(path.version_id)

@@ -142,6 +142,16 @@ pub fn not_found(what: impl std::fmt::Display) -> AppError {
     }
 }
 
+/// A concurrent-call limit: 0 (refuse every call) to 100000, or `None`.
+pub fn check_concurrency_limit(limit: Option<i32>) -> AppResult<()> {
+    match limit {
+        Some(n) if !(0..=100_000).contains(&n) => Err(AppError::bad_request(
+            "max_concurrent_calls must be between 0 and 100000, or null for no limit",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Deserializes a field that may be absent (outer `None`), `null`
 /// (`Some(None)`) or a value, for PATCH bodies where null means "clear".
 pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>

@@ -13,16 +13,18 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::client::concurrency::{self, Concurrency};
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{Cursor, Page, PageRequest};
-use crate::management::{audit, nullable, text_field};
+use crate::management::{audit, check_concurrency_limit, nullable, text_field};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, update_tenant))
+        .routes(routes!(get_concurrency))
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -31,6 +33,8 @@ pub struct Tenant {
     pub name: String,
     /// Days calls are kept; `null` keeps them until deleted.
     pub retention_days: Option<i32>,
+    /// Most calls in progress at once; `null`: no limit.
+    pub max_concurrent_calls: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -41,6 +45,7 @@ pub struct TenantMembership {
     pub id: Uuid,
     pub name: String,
     pub retention_days: Option<i32>,
+    pub max_concurrent_calls: Option<i32>,
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -55,6 +60,9 @@ pub struct CreateTenant {
     /// 1 to 3650; absent keeps calls until deleted.
     #[schema(minimum = 1, maximum = 3650)]
     pub retention_days: Option<i32>,
+    /// Most calls in progress at once (0 to 100000); absent: no limit.
+    #[schema(minimum = 0, maximum = 100000)]
+    pub max_concurrent_calls: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -67,6 +75,12 @@ pub struct UpdateTenant {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<i32>, nullable, minimum = 1, maximum = 3650)]
     pub retention_days: Option<Option<i32>>,
+    /// Most calls in progress at once (0 to 100000), or `null` for no
+    /// limit. Lowering it cuts no call in progress: new calls are refused
+    /// (`<Reject reason="busy"/>`) until the tenant is under it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>, nullable, minimum = 0, maximum = 100000)]
+    pub max_concurrent_calls: Option<Option<i32>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -113,6 +127,7 @@ async fn create_tenant(
 ) -> AppResult<(StatusCode, Json<Tenant>)> {
     let name = text_field("name", &body.name, 1, 200)?;
     check_retention(body.retention_days)?;
+    check_concurrency_limit(body.max_concurrent_calls)?;
     let not_a_user = || {
         AppError::Forbidden(
             "creating a tenant needs a user's token (its sub must be an existing user id), \
@@ -132,12 +147,13 @@ async fn create_tenant(
         return Err(not_a_user());
     }
     let tenant: Tenant = sqlx::query_as(
-        "INSERT INTO tenants (id, name, retention_days) VALUES ($1, $2, $3)
-         RETURNING id, name, retention_days, created_at, updated_at",
+        "INSERT INTO tenants (id, name, retention_days, max_concurrent_calls) VALUES ($1, $2, $3, $4)
+         RETURNING id, name, retention_days, max_concurrent_calls, created_at, updated_at",
     )
     .bind(Uuid::now_v7())
     .bind(&name)
     .bind(body.retention_days)
+    .bind(body.max_concurrent_calls)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
@@ -155,6 +171,7 @@ async fn create_tenant(
         "tenant",
         tenant.id,
         json!({"name": name, "retention_days": body.retention_days,
+               "max_concurrent_calls": body.max_concurrent_calls,
                "created_from_tenant_id": claims.tenant_id, "admin_user_id": user_id}),
     )
     .await?;
@@ -186,7 +203,8 @@ async fn list_tenants(
         }));
     };
     let rows: Vec<TenantMembership> = sqlx::query_as(
-        "SELECT t.id, t.name, t.retention_days, m.role, t.created_at, t.updated_at
+        "SELECT t.id, t.name, t.retention_days, t.max_concurrent_calls, m.role, t.created_at,
+                t.updated_at
          FROM memberships m JOIN tenants t ON t.id = m.tenant_id
          WHERE m.user_id = $1
            AND ($2::timestamptz IS NULL OR (t.created_at, t.id) < ($2, $3))
@@ -207,7 +225,8 @@ async fn list_tenants(
 
 async fn fetch_tenant(pool: &sqlx::PgPool, tenant_id: Uuid) -> AppResult<Tenant> {
     sqlx::query_as(
-        "SELECT id, name, retention_days, created_at, updated_at FROM tenants WHERE id = $1",
+        "SELECT id, name, retention_days, max_concurrent_calls, created_at, updated_at
+         FROM tenants WHERE id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(pool)
@@ -266,9 +285,12 @@ async fn update_tenant(
     if let Some(days) = body.retention_days {
         check_retention(days)?;
     }
-    if name.is_none() && body.retention_days.is_none() {
+    if let Some(limit) = body.max_concurrent_calls {
+        check_concurrency_limit(limit)?;
+    }
+    if name.is_none() && body.retention_days.is_none() && body.max_concurrent_calls.is_none() {
         return Err(AppError::bad_request(
-            "nothing to update: give name and/or retention_days",
+            "nothing to update: give name, retention_days and/or max_concurrent_calls",
         ));
     }
     let mut tx = state.pool.begin().await?;
@@ -276,14 +298,17 @@ async fn update_tenant(
         "UPDATE tenants
          SET name = COALESCE($2, name),
              retention_days = CASE WHEN $3 THEN $4 ELSE retention_days END,
+             max_concurrent_calls = CASE WHEN $5 THEN $6 ELSE max_concurrent_calls END,
              updated_at = now()
          WHERE id = $1
-         RETURNING id, name, retention_days, created_at, updated_at",
+         RETURNING id, name, retention_days, max_concurrent_calls, created_at, updated_at",
     )
     .bind(path.tenant_id)
     .bind(&name)
     .bind(body.retention_days.is_some())
     .bind(body.retention_days.flatten())
+    .bind(body.max_concurrent_calls.is_some())
+    .bind(body.max_concurrent_calls.flatten())
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(AppError::NotFound("tenant"))?;
@@ -293,6 +318,9 @@ async fn update_tenant(
     }
     if let Some(days) = body.retention_days {
         details.insert("retention_days".into(), json!(days));
+    }
+    if let Some(limit) = body.max_concurrent_calls {
+        details.insert("max_concurrent_calls".into(), json!(limit));
     }
     audit(
         &mut tx,
@@ -306,4 +334,27 @@ async fn update_tenant(
     .await?;
     tx.commit().await?;
     Ok(Json(tenant))
+}
+
+/// The tenant's concurrent calls: its limit, live calls now, the peak and
+/// the calls refused for capacity in the last 24 hours, and per agent.
+#[utoipa::path(get, path = "/internal/tenants/{tenant_id}/concurrency", tag = "tenants",
+    security(("bearer" = [])),
+    params(TenantPath),
+    responses(
+        (status = 200, body = Concurrency),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, body = shared::error::ErrorBody),
+    ))]
+async fn get_concurrency(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<TenantPath>,
+) -> AppResult<Json<Concurrency>> {
+    if path.tenant_id != claims.tenant_id {
+        return Err(AppError::NotFound("tenant"));
+    }
+    Ok(Json(concurrency::fetch(&state.pool, path.tenant_id).await?))
 }

@@ -235,7 +235,7 @@ async fn kpis_match_the_hand_computed_figures(pool: PgPool) {
     assert_eq!(
         calls["by_status"],
         json!({"queued": 0, "ringing": 0, "in-progress": 1, "completed": 4,
-               "busy": 1, "failed": 1, "no-answer": 1, "canceled": 1})
+               "busy": 1, "failed": 1, "no-answer": 1, "canceled": 1, "rejected": 0})
     );
     // Inbound: all but 5 (8); ever in progress among them: 1, 2, 6, 9.
     assert_eq!(calls["inbound"], 8);
@@ -349,4 +349,46 @@ async fn an_empty_period_has_zeros_and_no_rates(pool: PgPool) {
         chrono::DateTime::parse_from_rfc3339(body["to"].as_str().expect("to")).expect("to time");
     assert_eq!(to - from, chrono::Duration::days(7));
     assert!(matches!(series(&body).len(), 7 | 8));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn calls_refused_for_capacity_count_apart_from_busy_and_failed(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let a = app.create_tenant("A").await;
+    for (n, status, reason) in [
+        (1, "rejected", Some("capacity")),
+        (2, "rejected", Some("capacity")),
+        (3, "busy", None),
+        (4, "failed", None),
+    ] {
+        sqlx::query(
+            "INSERT INTO call_sessions (id, tenant_id, call_sid, status, rejected_reason, started_at)
+             VALUES ($1, $2, $3, $4, $5, '2026-11-02T10:00:00Z')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(a)
+        .bind(format!("CAkpi{n}"))
+        .bind(status)
+        .bind(reason)
+        .execute(&pool)
+        .await
+        .expect("insert call");
+    }
+    let (status, body) = get_json(&app, &format!("/client/kpis?{PERIOD}"), &viewer(&app, a)).await;
+    assert_eq!(status, 200, "{body}");
+    let by_status = &body["calls"]["by_status"];
+    assert_eq!(
+        (
+            &by_status["rejected"],
+            &by_status["busy"],
+            &by_status["failed"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{body}"
+    );
+    assert_eq!(body["calls"]["total"], 4);
+    // The calls list filters on it too.
+    let (status, page) = get_json(&app, "/client/calls?status=rejected", &viewer(&app, a)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().expect("items").len(), 2);
 }

@@ -4,6 +4,7 @@
 
 mod agents;
 mod audit_log;
+mod concurrency;
 mod isolation;
 mod legal_holds;
 mod phone_numbers;

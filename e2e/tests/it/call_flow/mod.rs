@@ -3,6 +3,7 @@
 //! and the api's claim.
 
 mod bus;
+mod capacity;
 mod claim;
 mod lifecycle;
 mod plans;

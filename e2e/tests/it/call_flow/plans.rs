@@ -24,6 +24,9 @@ const BOUNDED: &[&str] = &[
     "call_events_unpublished_idx",
     "call_events_unprocessed_idx",
     "runtime_dispatches_pending_idx",
+    // Admission's count of a tenant's (or agent's) live calls, the sweep
+    // and the gauges: bounded by the calls in progress.
+    "call_sessions_live_idx",
 ];
 
 /// The test's own checks go through `pool`, opened before the capture, so
@@ -37,9 +40,20 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
+    let seeded = seed_number(&pool, "+14155550900").await;
+    // Limits on the tenant and its agent, so admission counts live calls.
+    sqlx::query("UPDATE tenants SET max_concurrent_calls = 100 WHERE id = $1")
+        .bind(seeded.tenant_id)
+        .execute(&pool)
+        .await
+        .expect("tenant limit");
+    sqlx::query("UPDATE agents SET max_concurrent_calls = 100 WHERE id = $1")
+        .bind(seeded.agent_id)
+        .execute(&pool)
+        .await
+        .expect("agent limit");
     // The flow's connections plan generically and log their plans.
     let app_pool = plans::capture_plans(&pool).await;
-    let seeded = seed_number(&pool, "+14155550900").await;
     let w = world(app_pool.clone()).await;
     w.spawn_worker(|_| {}).await;
     let (api, bearer) = spawn_api(app_pool.clone(), &w.prefix, seeded.tenant_id).await;
@@ -153,6 +167,28 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
         .await,
         "the runtime's events were stored"
     );
+
+    // A dispatch expires and its call is released; the safety net sweeps.
+    sqlx::query("UPDATE runtime_dispatches SET expires_at = now() WHERE call_id <> $1")
+        .bind(call_id)
+        .execute(&pool)
+        .await
+        .expect("make dispatches due");
+    dispatch_worker::expiry::expire_once(&app_pool)
+        .await
+        .expect("expiry");
+    // The worker's own loop may have expired some of them first.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM runtime_dispatches WHERE status = 'expired'"
+        )
+        .await,
+        7
+    );
+    dispatch_worker::expiry::release_overdue_once(&app_pool, Duration::from_secs(3600))
+        .await
+        .expect("sweep");
 
     let captured = plans::captured();
     // The capture saw the flow: the foreign-key check of a new event and

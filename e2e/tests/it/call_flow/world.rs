@@ -48,6 +48,31 @@ pub async fn world_with_ingress_nats(pool: PgPool, ingress_nats: &str) -> World 
 pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client) -> World {
     shared::install_crypto_providers();
     let prefix = ingress.nats_subject_prefix.clone();
+    let shutdown = CancellationToken::new();
+    let base = start_ingress(pool.clone(), ingress, shutdown.clone()).await;
+    let subjects = Subjects::new(&prefix);
+    // Streams exist before anyone subscribes or counts.
+    let js = async_nats::jetstream::new(nats.clone());
+    shared::nats::ensure_streams(&js, &subjects, 1)
+        .await
+        .expect("streams");
+    World {
+        pool,
+        prefix,
+        subjects,
+        nats,
+        ingress_base: base,
+        client: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        shutdown,
+    }
+}
+
+/// An ingress in-process on `pool`, connected with `ingress`, until
+/// `shutdown`; returns its base URL (also the URL it checks signatures on).
+async fn start_ingress(pool: PgPool, ingress: NatsArgs, shutdown: CancellationToken) -> String {
     let ingress_nats = ingress.nats_url.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -70,37 +95,19 @@ pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client)
         .connect(ingress_nats)
         .await
         .expect("nats");
-    let shutdown = CancellationToken::new();
     tokio::spawn(webhook_ingress::startup::run(
         config,
         Connections {
-            pool: pool.clone(),
+            pool,
             nats: ingress_client,
             listener,
         },
         tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the ops listener"),
-        shutdown.clone(),
-    ));
-    let subjects = Subjects::new(&prefix);
-    // Streams exist before anyone subscribes or counts.
-    let js = async_nats::jetstream::new(nats.clone());
-    shared::nats::ensure_streams(&js, &subjects, 1)
-        .await
-        .expect("streams");
-    World {
-        pool,
-        prefix,
-        subjects,
-        nats,
-        ingress_base: base,
-        client: Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
         shutdown,
-    }
+    ));
+    base
 }
 
 pub fn worker_config(prefix: &str) -> dispatch_worker::config::Config {
@@ -158,14 +165,52 @@ impl World {
             .expect("start dispatch-worker")
     }
 
+    /// Another ingress instance on the same database and prefix, with a
+    /// pool of its own (as a second process would have); returns its base
+    /// URL for [`World::post_signed_to`].
+    pub async fn spawn_ingress(&self) -> String {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&database_url(&self.pool))
+            .await
+            .expect("a pool of its own");
+        start_ingress(
+            pool,
+            NatsArgs::plain(NATS_URL, &self.prefix),
+            self.shutdown.clone(),
+        )
+        .await
+    }
+
     pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> (u16, String) {
-        let url = format!("{}{path}", self.ingress_base);
+        self.post_signed_to(&self.ingress_base, path, params).await
+    }
+
+    /// A signed webhook to the ingress at `base`.
+    pub async fn post_signed_to(
+        &self,
+        base: &str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> (u16, String) {
+        let url = format!("{base}{path}");
         let signature = shared::twilio::compute_signature(AUTH_TOKEN, &url, params);
-        self.post(path, params, &signature).await
+        self.post_to(base, path, params, &signature).await
     }
 
     pub async fn post(
         &self,
+        path: &str,
+        params: &[(String, String)],
+        signature: &str,
+    ) -> (u16, String) {
+        self.post_to(&self.ingress_base, path, params, signature)
+            .await
+    }
+
+    async fn post_to(
+        &self,
+        base: &str,
         path: &str,
         params: &[(String, String)],
         signature: &str,
@@ -175,7 +220,7 @@ impl World {
             .finish();
         let resp = self
             .client
-            .post(format!("{}{path}", self.ingress_base))
+            .post(format!("{base}{path}"))
             .header("content-type", "application/x-www-form-urlencoded")
             .header("x-twilio-signature", signature)
             .body(body)
