@@ -124,8 +124,30 @@ async fn burst(w: &World, bases: &[String]) {
     assert_eq!(retried, first, "a retry gets the answer of the first try");
     assert_eq!(live_calls(w, big.tenant_id).await, 10);
 
-    // Only the admitted calls are dispatched.
-    w.spawn_worker(|_| {}).await;
+    // Refusals show by reason (the counter is the process's, shared by
+    // every ingress of every test here).
+    let refused = w
+        .metric(
+            &w.ingress_ops,
+            r#"ingress_calls_rejected_total{reason="capacity"}"#,
+        )
+        .await
+        .unwrap_or_default();
+    assert!(refused >= 225.0, "{refused} refusals exported");
+
+    // Only the admitted calls are dispatched, and the live calls show per
+    // tenant.
+    let worker_ops = w.spawn_worker(|_| {}).await;
+    for (tenant, live) in [(big.tenant_id, 10.0), (small.tenant_id, 5.0)] {
+        let series = format!(r#"calls_live{{tenant="{tenant}"}}"#);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                w.metric(&worker_ops, &series).await == Some(live)
+            })
+            .await,
+            "{series} is {live}"
+        );
+    }
     assert!(
         eventually(Duration::from_secs(30), || async {
             w.scalar(

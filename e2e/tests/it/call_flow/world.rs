@@ -21,6 +21,8 @@ pub struct World {
     pub subjects: Subjects,
     pub nats: async_nats::Client,
     pub ingress_base: String,
+    /// The ingress's ops listener (`/metrics`), `http://host:port`.
+    pub ingress_ops: String,
     pub client: Client,
     pub shutdown: CancellationToken,
 }
@@ -49,7 +51,7 @@ pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client)
     shared::install_crypto_providers();
     let prefix = ingress.nats_subject_prefix.clone();
     let shutdown = CancellationToken::new();
-    let base = start_ingress(pool.clone(), ingress, shutdown.clone()).await;
+    let (base, ingress_ops) = start_ingress(pool.clone(), ingress, shutdown.clone()).await;
     let subjects = Subjects::new(&prefix);
     // Streams exist before anyone subscribes or counts.
     let js = async_nats::jetstream::new(nats.clone());
@@ -62,6 +64,7 @@ pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client)
         subjects,
         nats,
         ingress_base: base,
+        ingress_ops,
         client: Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -71,8 +74,13 @@ pub async fn world_on(pool: PgPool, ingress: NatsArgs, nats: async_nats::Client)
 }
 
 /// An ingress in-process on `pool`, connected with `ingress`, until
-/// `shutdown`; returns its base URL (also the URL it checks signatures on).
-async fn start_ingress(pool: PgPool, ingress: NatsArgs, shutdown: CancellationToken) -> String {
+/// `shutdown`; returns its base URL (also the URL it checks signatures on)
+/// and its ops listener's.
+async fn start_ingress(
+    pool: PgPool,
+    ingress: NatsArgs,
+    shutdown: CancellationToken,
+) -> (String, String) {
     let ingress_nats = ingress.nats_url.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -95,6 +103,10 @@ async fn start_ingress(pool: PgPool, ingress: NatsArgs, shutdown: CancellationTo
         .connect(ingress_nats)
         .await
         .expect("nats");
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the ops listener");
+    let ops_base = format!("http://{}", ops.local_addr().expect("ops addr"));
     tokio::spawn(webhook_ingress::startup::run(
         config,
         Connections {
@@ -102,12 +114,10 @@ async fn start_ingress(pool: PgPool, ingress: NatsArgs, shutdown: CancellationTo
             nats: ingress_client,
             listener,
         },
-        tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the ops listener"),
+        ops,
         shutdown,
     ));
-    base
+    (base, ops_base)
 }
 
 pub fn worker_config(prefix: &str) -> dispatch_worker::config::Config {
@@ -126,13 +136,18 @@ pub fn worker_config(prefix: &str) -> dispatch_worker::config::Config {
 }
 
 impl World {
-    /// The dispatch-worker in-process; stops with the world.
-    pub async fn spawn_worker(&self, customize: impl FnOnce(&mut dispatch_worker::config::Config)) {
+    /// The dispatch-worker in-process; stops with the world. Returns its
+    /// ops listener (`/metrics`), `http://host:port`.
+    pub async fn spawn_worker(
+        &self,
+        customize: impl FnOnce(&mut dispatch_worker::config::Config),
+    ) -> String {
         let mut config = worker_config(&self.prefix);
         customize(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let ops = format!("http://{}", listener.local_addr().expect("ops addr"));
         tokio::spawn(dispatch_worker::startup::run(
             config,
             Connections {
@@ -142,6 +157,23 @@ impl World {
             },
             self.shutdown.clone(),
         ));
+        ops
+    }
+
+    /// The value of `series` (a metric name with its labels, as exported)
+    /// on the ops listener `ops`, if exported.
+    pub async fn metric(&self, ops: &str, series: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("{ops}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
     }
 
     /// The real dispatch-worker binary as a child process.
@@ -180,6 +212,7 @@ impl World {
             self.shutdown.clone(),
         )
         .await
+        .0
     }
 
     pub async fn post_signed(&self, path: &str, params: &[(String, String)]) -> (u16, String) {
