@@ -63,9 +63,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # A database in the state a mode names, used as the template of each
-# measurement's copy. Prints the bench tenant's id.
+# measurement's copy, with HISTORY past calls ($2) and the tenant's
+# concurrent-call limit ($3, empty for none). Prints the bench tenant's id.
 make_template() {
-  local db=$1 history=$2 tenant
+  local db=$1 history=$2 limit=${3:-} tenant
   psql "$PG/postgres" -qAtc "CREATE DATABASE $db" >/dev/null
   for f in migrations/*.sql; do psql "$PG/$db" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
   tenant=$(psql "$PG/$db" -qAt <<'SQL'
@@ -79,6 +80,9 @@ WITH t AS (INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 'bench') RE
 SELECT tenant_id FROM n;
 SQL
 )
+  if [ -n "$limit" ]; then
+    psql "$PG/$db" -qAtc "UPDATE tenants SET max_concurrent_calls = $limit" >/dev/null
+  fi
   if [ "$history" -gt 0 ]; then
     # Past calls as the pipeline leaves them: the session (completed), its
     # processed inbound event, its claimed dispatch.
@@ -194,14 +198,12 @@ for mode in $MODES; do
   template="vcp_${RUN}_${mode}"
   # Called in a subshell (for its output): the parent records the name.
   databases+=("$template")
-  tenant=$(make_template "$template" "$history")
+  limit=""
+  [ "$mode" = limited ] && limit="$LIMIT"
+  tenant=$(make_template "$template" "$history" "$limit")
+  # With a limit, the tenant's calls end as they would (see start_services).
   ends=""
-  if [ "$mode" = limited ]; then
-    psql "$PG/postgres" -qAtc "ALTER DATABASE $template WITH ALLOW_CONNECTIONS true" >/dev/null
-    psql "$PG/$template" -qAtc "UPDATE tenants SET max_concurrent_calls = $LIMIT" >/dev/null
-    psql "$PG/postgres" -qAtc "ALTER DATABASE $template WITH ALLOW_CONNECTIONS false" >/dev/null
-    ends="$tenant"
-  fi
+  [ -n "$limit" ] && ends="$tenant"
 
   echo
   echo "== fixed arrival rate $RATE/s for $FIXED (open loop), from the first webhook =="

@@ -34,6 +34,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(set_version_tools))
 }
 
+/// The columns of [`Agent`], for every statement that returns one.
+macro_rules! agent_columns {
+    () => {
+        "id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at"
+    };
+}
+
 /// Most tools one version may allow.
 const MAX_ALLOWLIST: usize = 200;
 
@@ -219,10 +226,11 @@ async fn create_agent(
     claims.require_tenant(body.tenant_id)?;
     let name = text_field("name", &body.name, 1, 200)?;
     let mut tx = state.pool.begin().await?;
-    let agent: Agent = sqlx::query_as(
+    let agent: Agent = sqlx::query_as(concat!(
         "INSERT INTO agents (id, tenant_id, name) VALUES ($1, $2, $3)
-         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
-    )
+         RETURNING ",
+        agent_columns!()
+    ))
     .bind(Uuid::now_v7())
     .bind(body.tenant_id)
     .bind(&name)
@@ -242,8 +250,7 @@ async fn create_agent(
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
-const AGENT_SELECT: &str = "SELECT id, tenant_id, name, active_version_id, max_concurrent_calls,
-        created_at, updated_at FROM agents";
+const AGENT_SELECT: &str = concat!("SELECT ", agent_columns!(), " FROM agents");
 
 /// The tenant's agents, newest first.
 #[utoipa::path(get, path = "/internal/agents", tag = "agents",
@@ -328,14 +335,15 @@ async fn update_agent(
         ));
     }
     let mut tx = state.pool.begin().await?;
-    let agent: Agent = sqlx::query_as(
+    let agent: Agent = sqlx::query_as(concat!(
         "UPDATE agents
          SET name = COALESCE($3, name),
              max_concurrent_calls = CASE WHEN $4 THEN $5 ELSE max_concurrent_calls END,
              updated_at = now()
          WHERE id = $1 AND tenant_id = $2
-         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
-    )
+         RETURNING ",
+        agent_columns!()
+    ))
     .bind(path.agent_id)
     .bind(claims.tenant_id)
     .bind(&name)
@@ -634,11 +642,12 @@ async fn activate_version(
             "only a published version can be activated; publish it first".into(),
         ));
     }
-    let agent: Agent = sqlx::query_as(
+    let agent: Agent = sqlx::query_as(concat!(
         "UPDATE agents SET active_version_id = $2, updated_at = now()
          WHERE id = $1 AND tenant_id = $3
-         RETURNING id, tenant_id, name, active_version_id, max_concurrent_calls, created_at, updated_at",
-    )
+         RETURNING ",
+        agent_columns!()
+    ))
     .bind(path.agent_id)
     .bind(path.version_id)
     .bind(claims.tenant_id)

@@ -20,6 +20,13 @@ use crate::http::pagination::{Cursor, Page, PageRequest};
 use crate::management::{audit, check_concurrency_limit, nullable, text_field};
 use crate::state::AppState;
 
+/// The columns of [`Tenant`], for every statement that returns one.
+macro_rules! tenant_columns {
+    () => {
+        "id, name, retention_days, max_concurrent_calls, created_at, updated_at"
+    };
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
@@ -147,8 +154,11 @@ async fn create_tenant(
         return Err(not_a_user());
     }
     let tenant: Tenant = sqlx::query_as(
-        "INSERT INTO tenants (id, name, retention_days, max_concurrent_calls) VALUES ($1, $2, $3, $4)
-         RETURNING id, name, retention_days, max_concurrent_calls, created_at, updated_at",
+        concat!(
+            "INSERT INTO tenants (id, name, retention_days, max_concurrent_calls) VALUES ($1, $2, $3, $4)
+             RETURNING ",
+            tenant_columns!()
+        ),
     )
     .bind(Uuid::now_v7())
     .bind(&name)
@@ -224,10 +234,11 @@ async fn list_tenants(
 }
 
 async fn fetch_tenant(pool: &sqlx::PgPool, tenant_id: Uuid) -> AppResult<Tenant> {
-    sqlx::query_as(
-        "SELECT id, name, retention_days, max_concurrent_calls, created_at, updated_at
-         FROM tenants WHERE id = $1",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        tenant_columns!(),
+        " FROM tenants WHERE id = $1"
+    ))
     .bind(tenant_id)
     .fetch_optional(pool)
     .await?
@@ -294,15 +305,16 @@ async fn update_tenant(
         ));
     }
     let mut tx = state.pool.begin().await?;
-    let tenant: Tenant = sqlx::query_as(
+    let tenant: Tenant = sqlx::query_as(concat!(
         "UPDATE tenants
          SET name = COALESCE($2, name),
              retention_days = CASE WHEN $3 THEN $4 ELSE retention_days END,
              max_concurrent_calls = CASE WHEN $5 THEN $6 ELSE max_concurrent_calls END,
              updated_at = now()
          WHERE id = $1
-         RETURNING id, name, retention_days, max_concurrent_calls, created_at, updated_at",
-    )
+         RETURNING ",
+        tenant_columns!()
+    ))
     .bind(path.tenant_id)
     .bind(&name)
     .bind(body.retention_days.is_some())
