@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # Brings up the whole stack on this machine: Postgres and NATS (started, or
 # installed, when missing), migrations, the four binaries with development
-# settings; then prints a development token and curl examples.
-# Ctrl-C stops everything.
+# settings, the reference voice runtime and a stand-in n8n; prints a
+# development token and curl examples, then sends a demo call all the way
+# through (scripts/dev-examples.sh). Ctrl-C stops everything; with
+# DEV_UP_DETACH=1 it keeps running and scripts/dev-down.sh stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -s .stack/pids ]; then
+  while read -r pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "error: a stack started earlier is still running (pids in .stack/pids);" >&2
+      echo "stop it first: scripts/dev-down.sh" >&2
+      exit 1
+    fi
+  done <.stack/pids
+fi
 
 bash scripts/services.sh
 
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
-echo "building..."
-cargo build --workspace --bins --quiet
+bash scripts/build.sh
 BIN="$CARGO_TARGET_DIR/debug"
 
 # Development settings; every one can be overridden from the environment.
@@ -31,13 +42,24 @@ export TWILIO_WEBHOOK_BASE_URL="${TWILIO_WEBHOOK_BASE_URL:-http://127.0.0.1:4001
 # The ingress's readiness and metrics (its public port serves only Twilio).
 export OPS_LISTEN_ADDR="${OPS_LISTEN_ADDR:-127.0.0.1:4011}"
 export AUTOMATION_ALLOW_PRIVATE_NETWORKS="${AUTOMATION_ALLOW_PRIVATE_NETWORKS:-true}"
+# Where Twilio would open the call's media stream. Nothing listens there
+# locally (no Twilio calls in); it makes the ingress answer with
+# <Connect><Stream> and hand the call to a runtime, the reference runtime.
+export TWILIO_MEDIA_STREAM_URL="${TWILIO_MEDIA_STREAM_URL:-wss://127.0.0.1:4006/media}"
 
 mkdir -p .stack
 pids=()
+# Saved as they start, so scripts/dev-down.sh can stop a detached stack.
+: >.stack/pids
+track() {
+  pids+=("$1")
+  echo "$1" >>.stack/pids
+}
 cleanup() {
   echo "stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -f .stack/pids
 }
 trap cleanup EXIT INT TERM
 
@@ -64,7 +86,7 @@ if [ -z "${NATS_URL:-}" ]; then
   mkdir -p .stack/nats
   "$nats_bin" -c deploy/nats/nats.conf -a 127.0.0.1 -p "$DEV_NATS_PORT" -m "$((DEV_NATS_PORT + 1))" \
     -sd .stack/nats >.stack/nats.log 2>&1 &
-  pids+=($!)
+  track $!
   for _ in $(seq 1 40); do
     (exec 3<>"/dev/tcp/127.0.0.1/$DEV_NATS_PORT") 2>/dev/null && break
     sleep 0.25
@@ -82,12 +104,15 @@ start() {
   else
     LISTEN_ADDR="$addr" "$BIN/$name" >".stack/$name.log" 2>&1 &
   fi
-  pids+=($!)
+  track $!
 }
 start api 127.0.0.1:4000
 start webhook-ingress 127.0.0.1:4001
 start automation-worker 127.0.0.1:4002
 start dispatch-worker 127.0.0.1:4003
+# A stand-in for the tenant's n8n, for the demo agent's tool.
+DEMO_N8N_LISTEN=127.0.0.1:4005 "$BIN/demo-n8n" >.stack/demo-n8n.log 2>&1 &
+track $!
 
 # The ingress reports readiness on its ops port (4011), not the public one.
 for port in 4000 4011 4002 4003; do
@@ -122,6 +147,26 @@ fi
 TENANT_ID=$(curl -sS http://127.0.0.1:4000/auth/me -H "authorization: Bearer $TOKEN" | sed -n 's/.*"tenant_id":"\([^"]*\)".*/\1/p')
 echo "$TOKEN" > .stack/token
 
+# The reference voice runtime (examples/runtime): NATS user `runtime`, and an
+# internal token of the tenant it serves, minted with the development key.
+RUNTIME_TOKEN=$(curl -sS http://127.0.0.1:4000/internal/dev/token -H 'content-type: application/json' \
+  -H "x-dev-bootstrap-key: $DEV_BOOTSTRAP_KEY" \
+  -d "{\"user_id\":\"reference-runtime\",\"tenant_id\":\"$TENANT_ID\",\"role\":\"internal_operator\",\"is_internal\":true,\"expires_in\":\"24h\"}" \
+  | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+if [ -z "$RUNTIME_TOKEN" ]; then
+  echo "error: could not mint the runtime's token" >&2
+  exit 1
+fi
+# Turns of a second or so, so the demo conversation lasts a few seconds.
+export RUNTIME_TURN_PAUSE="${RUNTIME_TURN_PAUSE:-700ms}"
+if [ -n "${DEV_NATS_USERS:-}" ]; then
+  NATS_USER=runtime NATS_PASSWORD="$NATS_RUNTIME_PASSWORD" RUNTIME_API_TOKEN="$RUNTIME_TOKEN" \
+    "$BIN/reference-runtime" >.stack/reference-runtime.log 2>&1 &
+else
+  RUNTIME_API_TOKEN="$RUNTIME_TOKEN" "$BIN/reference-runtime" >.stack/reference-runtime.log 2>&1 &
+fi
+track $!
+
 cat <<MSG
 
 The stack is up (logs in .stack/, Ctrl-C stops it):
@@ -131,6 +176,8 @@ The stack is up (logs in .stack/, Ctrl-C stops it):
   dispatch-worker   http://127.0.0.1:4003   (health and metrics)
   NATS              $NATS_URL   (deploy/nats/nats.conf; the runtime connects as
                     user "runtime" with password \$NATS_RUNTIME_PASSWORD)
+  reference-runtime examples/runtime   (takes the tenant's calls; contract: /asyncapi.json)
+  demo n8n          http://127.0.0.1:4005   (answers the demo agent's tool)
 
 Development admin: $ADMIN_EMAIL / $ADMIN_PASSWORD, tenant $TENANT_ID
 Token (also in .stack/token):
@@ -150,7 +197,8 @@ fi
 
 if [ "${DEV_UP_DETACH:-}" = "1" ]; then
   trap - EXIT INT TERM
-  echo "detached: stop with  kill ${pids[*]}"
+  echo "detached: stop it with  scripts/dev-down.sh"
   exit 0
 fi
+echo "Ctrl-C stops the stack."
 wait

@@ -166,6 +166,11 @@ pub fn router(
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        // The voice runtime's NATS contract, beside the HTTP one.
+        .route(
+            "/asyncapi.json",
+            get(|| async { Json(shared::asyncapi::document()) }),
+        )
         .with_state(state)
         .merge(shared::http::ops_router(readiness));
     shared::http::with_common_layers(

@@ -344,7 +344,11 @@ async fn apply_status(conn: &mut PgConnection, event: &EventRow) -> Result<(), s
                            THEN $3 ELSE status END,
              answered_at = COALESCE(answered_at,
                  CASE WHEN $3 = 'in-progress' THEN $4
-                      WHEN $3 = 'completed' AND $5::int > 0 THEN $4 - make_interval(secs => $5::int)
+                      -- Never before the ring: a CallDuration longer than the
+                      -- call has lasted here (clocks, a late callback) would
+                      -- make the ring time negative.
+                      WHEN $3 = 'completed' AND $5::int > 0
+                          THEN GREATEST(started_at, $4 - make_interval(secs => $5::int))
                  END),
              ended_at = COALESCE(ended_at, CASE WHEN $2::int = 3 THEN $4 END),
              duration_seconds = COALESCE(duration_seconds, $5),

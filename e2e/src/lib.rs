@@ -39,11 +39,32 @@ fn build_workspace() -> PathBuf {
     let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    // The same selection as the test run's own build, so nothing is built
-    // twice with different features.
+    // The same selection as scripts/build.sh (the test run's own build and
+    // dev-up's), so nothing is built twice with different features.
     build
         .args(["build", "--quiet", "--workspace", "--all-targets"])
         .env("CARGO_TARGET_DIR", target_dir);
+    // Cargo gives the test process its package's variables (CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, ...). Build scripts such as ring's declare
+    // `rerun-if-env-changed` on them, so a nested build that inherited them
+    // would rebuild those crates (and everything above) for this run and
+    // again for the next plain build.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_CFG_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&name)
+        {
+            build.env_remove(name);
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }

@@ -433,6 +433,8 @@ async fn harness(pool: PgPool) -> Harness {
 /// Runs the load while `fault` acts, then waits for the system to settle and
 /// checks the promise.
 async fn run_fault(name: &str, h: &mut Harness, fault: impl AsyncFnOnce(&mut Harness)) {
+    // Live progress: the whole suite takes a minute or more.
+    report(format!("fault `{name}`: under load now..."));
     let result = Arc::new(Mutex::new(LoadResult::default()));
     let load = tokio::spawn(drive_load(h.ingress.port, h.to.clone(), result.clone()));
     fault(h).await;

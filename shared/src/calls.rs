@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::nats::Subjects;
@@ -20,6 +21,13 @@ pub mod event_type {
     pub const CALL_RECORDING: &str = "call.recording";
     pub const HANDOFF_REQUESTED: &str = "runtime.handoff_requested";
     pub const DISPATCH_EXPIRED: &str = "runtime.dispatch_expired";
+}
+
+/// `type` values of the events a voice runtime publishes ([`RuntimeEvent`]).
+pub mod runtime_event_type {
+    pub const TRANSCRIPT_SEGMENT: &str = "transcript.segment";
+    pub const CALL_ENDED: &str = "call.ended";
+    pub const RUNTIME_ERROR: &str = "runtime.error";
 }
 
 /// A Twilio callback as the ingress stored it: the event's identity and the
@@ -38,33 +46,74 @@ pub struct CallEventMessage {
 /// `runtime.handoff_requested.<tenant_id>`: a call waiting for a voice
 /// runtime. Never carries the join token; the runtime claims it by
 /// `dispatch_id` through the api.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HandoffRequested {
+    /// What the runtime claims (`POST /internal/runtime/dispatches/claim`).
     pub dispatch_id: Uuid,
     pub call_id: Uuid,
+    /// Twilio's CallSid.
     pub call_sid: String,
     pub tenant_id: Uuid,
     pub agent_id: Option<Uuid>,
+    /// The agent version active when the call rang: the configuration to run.
     pub agent_version_id: Option<Uuid>,
     /// The version's number.
     pub agent_version: Option<i32>,
+    /// The caller's number (E.164).
     pub from: String,
+    /// The number called (E.164).
     pub to: String,
+    /// The dispatch can be claimed until then; after it, the claim answers 410.
     pub expires_at: DateTime<Utc>,
 }
 
 /// `runtime.events.<tenant_id>.<call_id>`, published by the voice runtime.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeEvent {
-    /// The idempotency key.
+    /// The idempotency key: an event published twice is stored once. Send it
+    /// as `Nats-Msg-Id` too, so the stream drops the duplicate.
     pub event_id: Uuid,
+    /// `transcript.segment`, `call.ended` or `runtime.error`.
     #[serde(rename = "type")]
     pub kind: String,
     pub call_id: Uuid,
     pub tenant_id: Uuid,
     pub occurred_at: DateTime<Utc>,
+    /// The type's data: [`TranscriptSegment`], [`CallEnded`] or
+    /// [`RuntimeError`]; at most 64 KiB of JSON.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
+}
+
+/// `data` of a `transcript.segment` event: one utterance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptSegment {
+    /// `caller` or `agent`.
+    #[schema(pattern = "^(caller|agent)$")]
+    pub speaker: String,
+    /// At most 16 KiB.
+    pub text: String,
+    /// From the start of the conversation.
+    #[schema(minimum = 0)]
+    pub start_ms: i32,
+    /// At least `start_ms`.
+    #[schema(minimum = 0)]
+    pub end_ms: i32,
+}
+
+/// `data` of a `call.ended` event: the runtime's conversation is over. The
+/// call itself ends with Twilio's status callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CallEnded {
+    /// Free text, e.g. `caller_hung_up`, `conversation_complete`.
+    pub reason: String,
+}
+
+/// `data` of a `runtime.error` event: shown on the call's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeError {
+    pub message: String,
 }
 
 /// The typed `data` of the runtime event kinds this system understands.
@@ -82,14 +131,6 @@ pub enum RuntimeEventData {
     RuntimeError {
         message: String,
     },
-}
-
-#[derive(Deserialize)]
-struct SegmentData {
-    speaker: String,
-    text: String,
-    start_ms: i32,
-    end_ms: i32,
 }
 
 /// Largest `data` of a runtime event, in bytes of JSON: every event is a
@@ -126,8 +167,8 @@ impl RuntimeEvent {
                 .to_owned())
         };
         match self.kind.as_str() {
-            "transcript.segment" => {
-                let d: SegmentData = serde_json::from_value(self.data.clone())
+            runtime_event_type::TRANSCRIPT_SEGMENT => {
+                let d: TranscriptSegment = serde_json::from_value(self.data.clone())
                     .map_err(|e| format!("transcript.segment data: {e}"))?;
                 if d.speaker != "caller" && d.speaker != "agent" {
                     return Err("speaker must be caller or agent".into());
@@ -148,10 +189,10 @@ impl RuntimeEvent {
                     end_ms: d.end_ms,
                 })
             }
-            "call.ended" => Ok(RuntimeEventData::CallEnded {
+            runtime_event_type::CALL_ENDED => Ok(RuntimeEventData::CallEnded {
                 reason: text_field("reason")?,
             }),
-            "runtime.error" => Ok(RuntimeEventData::RuntimeError {
+            runtime_event_type::RUNTIME_ERROR => Ok(RuntimeEventData::RuntimeError {
                 message: text_field("message")?,
             }),
             other => Err(format!("unknown runtime event type {other:?}")),

@@ -2,10 +2,12 @@
 //! every binary serves (health, readiness, metrics, request ids, shutdown),
 //! auth (JWT claims and guards), crypto for secrets at rest,
 //! Postgres access and migrations, the NATS subjects and message types, and
-//! the lifecycle of a tool execution (`tool_executions`).
+//! the lifecycle of a tool execution (`tool_executions`), and the voice
+//! runtime's NATS contract as an AsyncAPI document (`asyncapi`).
 //!
 //! Code used by a single binary lives in that binary.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod automation;
 pub mod calls;

@@ -154,9 +154,9 @@ pub struct CreateTool {
 pub struct SetToolEndpoint {
     /// One of the tenant's n8n integrations.
     pub integration_id: Uuid,
-    /// A path relative to the integration's base URL, 1 to 500 characters,
+    /// The webhook's path under `<base_url>/webhook/`, 1 to 500 characters,
     /// no scheme, host or whitespace.
-    #[schema(min_length = 1, max_length = 500, example = "/webhook/lookup-order")]
+    #[schema(min_length = 1, max_length = 500, example = "lookup-order")]
     pub webhook_path: String,
     /// Default `POST`.
     pub method: Option<HttpMethod>,

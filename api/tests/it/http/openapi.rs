@@ -119,3 +119,22 @@ async fn openapi_documents_every_management_route(pool: PgPool) {
     );
     assert_eq!(header["properties"]["name"]["type"], "string", "{header}");
 }
+
+/// The runtime's NATS contract is served beside the HTTP one, without a
+/// token, and names both of the runtime's subjects.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn asyncapi_describes_the_runtime_subjects(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (s, doc) = status_json(app.get("/asyncapi.json", None).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(
+        doc["channels"]["handoffRequested"]["address"],
+        "runtime.handoff_requested.{tenant_id}"
+    );
+    assert_eq!(
+        doc["channels"]["runtimeEvents"]["address"],
+        "runtime.events.{tenant_id}.{call_id}"
+    );
+    assert_eq!(doc, shared::asyncapi::document());
+}

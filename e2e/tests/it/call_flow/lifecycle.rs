@@ -62,8 +62,8 @@ async fn status_callbacks_never_move_a_call_backwards(pool: PgPool) {
         .await
     );
     type Times = Option<chrono::DateTime<Utc>>;
-    let (state, answered, ended, duration): (String, Times, Times, Option<i32>) = sqlx::query_as(
-        "SELECT status, answered_at, ended_at, duration_seconds FROM call_sessions WHERE call_sid = $1",
+    let (state, started, answered, ended, duration): (String, chrono::DateTime<Utc>, Times, Times, Option<i32>) = sqlx::query_as(
+        "SELECT status, started_at, answered_at, ended_at, duration_seconds FROM call_sessions WHERE call_sid = $1",
     )
     .bind(sid)
     .fetch_one(&w.pool)
@@ -72,6 +72,9 @@ async fn status_callbacks_never_move_a_call_backwards(pool: PgPool) {
     assert_eq!(state, "completed");
     assert!(answered.is_some() && ended.is_some());
     assert_eq!(duration, Some(42));
+    // CallDuration (42 s) is longer than the call lasted here: the answer
+    // time derived from it stops at the ring, never before.
+    assert_eq!(answered, Some(started));
     w.delete_streams().await;
 }
 
