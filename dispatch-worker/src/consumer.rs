@@ -51,12 +51,31 @@ pub async fn ensure_consumer(
     }
 }
 
+/// A durable consumer by its names, so it can be created again.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable: &'static str,
+    pub filter_subject: String,
+}
+
+impl ConsumerSpec {
+    pub async fn ensure(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
+        ensure_consumer(js, &self.stream, self.durable, self.filter_subject.clone()).await
+    }
+}
+
 /// Consumes until `shutdown`; in-flight messages finish first. Messages
 /// already waiting are handed to `handler` together (up to `batch` at a
 /// time, so it can commit them at once), `parallel` batches at a time.
+///
+/// A pull error ends the current pull and binds the consumer again from
+/// `spec`: after NATS lost its store, the consumer (and its stream, which
+/// `bus_recovery` recreates) must be created anew before anything flows.
 pub async fn run<H, F>(
     name: &'static str,
-    consumer: PullConsumer,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
     batch: usize,
     parallel: usize,
     shutdown: CancellationToken,
@@ -66,51 +85,66 @@ pub async fn run<H, F>(
     F: Future<Output = Vec<(jetstream::Message, Outcome)>> + Send,
 {
     while !shutdown.is_cancelled() {
-        let messages = match consumer.messages().await {
-            Ok(messages) => messages,
+        let messages = match spec.ensure(&js).await {
+            Ok(consumer) => consumer.messages().await,
             Err(err) => {
-                tracing::warn!(%err, consumer = name, "cannot pull; retrying");
+                tracing::warn!(%err, consumer = name, "cannot bind the consumer yet");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        let stop = shutdown.clone();
-        messages
-            .take_until(async move { stop.cancelled().await })
-            .ready_chunks(batch.max(1))
-            .for_each_concurrent(parallel.max(1), |chunk| {
-                let handler = handler.clone();
-                async move {
-                    let mut received = Vec::with_capacity(chunk.len());
-                    for message in chunk {
-                        match message {
-                            Ok(message) => {
-                                if message.info().is_ok_and(|info| info.delivered > 1) {
-                                    metrics::counter!("nats_redeliveries_total", "consumer" => name)
-                                        .increment(1);
-                                }
-                                received.push(message)
+        match messages {
+            Ok(messages) => {
+                let stop = shutdown.clone();
+                messages
+                    .take_until(async move { stop.cancelled().await })
+                    .take_while(|message| {
+                        let healthy = match message {
+                            Ok(_) => true,
+                            Err(err) => {
+                                tracing::warn!(%err, consumer = name, "pull error; binding the consumer again");
+                                false
                             }
-                            Err(err) => tracing::warn!(%err, consumer = name, "pull error"),
-                        }
-                    }
-                    if received.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        return;
-                    }
-                    let results = handler(received).await;
-                    futures::future::join_all(
-                        results
-                            .into_iter()
-                            .map(|(message, outcome)| settle(name, message, outcome)),
-                    )
+                        };
+                        futures::future::ready(healthy)
+                    })
+                    .filter_map(|message| futures::future::ready(message.ok()))
+                    .ready_chunks(batch.max(1))
+                    .for_each_concurrent(parallel.max(1), |chunk| {
+                        handle_chunk(name, chunk, handler.clone())
+                    })
                     .await;
-                }
-            })
-            .await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, consumer = name, "cannot pull; binding the consumer again")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
+}
+
+async fn handle_chunk<H, F>(name: &'static str, received: Vec<jetstream::Message>, handler: H)
+where
+    H: Fn(Vec<jetstream::Message>) -> F,
+    F: Future<Output = Vec<(jetstream::Message, Outcome)>>,
+{
+    for message in &received {
+        if message.info().is_ok_and(|info| info.delivered > 1) {
+            metrics::counter!("nats_redeliveries_total", "consumer" => name).increment(1);
+        }
+    }
+    let results = handler(received).await;
+    futures::future::join_all(
+        results
+            .into_iter()
+            .map(|(message, outcome)| settle(name, message, outcome)),
+    )
+    .await;
 }
 
 /// Exports the consumer's lag (messages not yet delivered), messages

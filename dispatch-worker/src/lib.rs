@@ -3,8 +3,10 @@
 //! `lifecycle` (calls.* -> sessions, dispatches, handoffs, recordings),
 //! `runtime_events` (runtime.events.* -> timeline, transcript), `relay`
 //! (the outbox), `expiry` (unclaimed dispatches), `consumer` (the shared
-//! JetStream consume loop).
+//! JetStream consume loop), `bus_recovery` (streams NATS lost, made again,
+//! and their pending handoffs published again).
 
+pub mod bus_recovery;
 pub mod config;
 pub mod consumer;
 pub mod expiry;

@@ -12,7 +12,9 @@ use shared::service::Connections;
 use shared::shutdown::WorkerTasks;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus_recovery::BusRecovery;
 use crate::config::Config;
+use crate::consumer::ConsumerSpec;
 use crate::lifecycle::Lifecycle;
 use crate::relay::Relay;
 
@@ -75,30 +77,35 @@ pub async fn run(
     tasks.background.spawn(|stop| relay.run(stop));
 
     // Streams and consumers, idempotently; waits for NATS if it is down.
+    let calls_spec = ConsumerSpec {
+        stream: subjects.calls_stream(),
+        durable: CALLS_CONSUMER,
+        filter_subject: subjects.calls_all(),
+    };
+    let events_spec = ConsumerSpec {
+        stream: subjects.runtime_events_stream(),
+        durable: RUNTIME_EVENTS_CONSUMER,
+        filter_subject: subjects.runtime_events_all(),
+    };
     let consumers = shared::shutdown::retry_until_cancelled(
         "set up JetStream",
         Duration::from_secs(2),
         &shutdown,
         || async {
             shared::nats::ensure_streams(&js, &subjects, config.nats.nats_stream_replicas).await?;
-            let calls = crate::consumer::ensure_consumer(
-                &js,
-                &subjects.calls_stream(),
-                CALLS_CONSUMER,
-                subjects.calls_all(),
-            )
-            .await?;
-            let events = crate::consumer::ensure_consumer(
-                &js,
-                &subjects.runtime_events_stream(),
-                RUNTIME_EVENTS_CONSUMER,
-                subjects.runtime_events_all(),
-            )
-            .await?;
+            let calls = calls_spec.ensure(&js).await?;
+            let events = events_spec.ensure(&js).await?;
             anyhow::Ok((calls, events))
         },
     )
     .await;
+    let recovery = BusRecovery {
+        pool: pool.clone(),
+        js: js.clone(),
+        subjects: subjects.clone(),
+        replicas: config.nats.nats_stream_replicas,
+    };
+    tasks.background.spawn(|stop| recovery.run(stop));
 
     if let Some((calls, events)) = consumers {
         let concurrency = usize::from(config.concurrency);
@@ -109,22 +116,22 @@ pub async fn run(
             secrets: SecretBox::new(&key),
             dispatch_ttl: Duration::from_secs(u64::from(config.dispatch_ttl_seconds)),
         });
-        let calls_lag = calls.clone();
         tasks
             .background
-            .spawn(|stop| crate::consumer::watch_lag("calls", calls_lag, stop));
-        let events_lag = events.clone();
+            .spawn(|stop| crate::consumer::watch_lag("calls", calls, stop));
         tasks
             .background
-            .spawn(|stop| crate::consumer::watch_lag("runtime_events", events_lag, stop));
+            .spawn(|stop| crate::consumer::watch_lag("runtime_events", events, stop));
         let (batch_size, parallel_batches) = (
             usize::from(config.batch_size),
             usize::from(config.parallel_batches),
         );
+        let calls_js = js.clone();
         tasks.intake.spawn(|stop| {
             crate::consumer::run(
                 "calls",
-                calls,
+                calls_js,
+                calls_spec,
                 batch_size,
                 parallel_batches,
                 stop,
@@ -132,10 +139,12 @@ pub async fn run(
             )
         });
         let (events_pool, events_subjects) = (pool.clone(), subjects.clone());
+        let events_js = js.clone();
         tasks.intake.spawn(|stop| {
             crate::consumer::run(
                 "runtime_events",
-                events,
+                events_js,
+                events_spec,
                 concurrency,
                 1,
                 stop,
