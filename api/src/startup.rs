@@ -156,6 +156,7 @@ pub fn router(
         pool: state.pool.clone(),
         nats: state.nats.clone(),
         metrics,
+        nats_required: true,
     };
     let app = routes
         .route("/health/db", get(health_db))

@@ -111,6 +111,7 @@ pub async fn run(
         pool: pool.clone(),
         nats: nats.clone(),
         metrics: shared::telemetry::install_metrics(),
+        nats_required: true,
     };
     let tasks = WorkerTasks::default();
     tasks.serve_ops(listener, readiness, "automation-worker");

@@ -51,6 +51,9 @@ pub async fn ensure_consumer(
     }
 }
 
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// A durable consumer by its names, so it can be created again.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -86,7 +89,16 @@ pub async fn run<H, F>(
 {
     while !shutdown.is_cancelled() {
         let messages = match spec.ensure(&js).await {
-            Ok(consumer) => consumer.messages().await,
+            // Heartbeats every 2 s: a pull that died with the server (NATS
+            // restarted empty) shows as an error within seconds, not 30.
+            Ok(consumer) => {
+                consumer
+                    .stream()
+                    .expires(PULL_EXPIRES)
+                    .heartbeat(PULL_HEARTBEAT)
+                    .messages()
+                    .await
+            }
             Err(err) => {
                 tracing::warn!(%err, consumer = name, "cannot bind the consumer yet");
                 tokio::select! {

@@ -54,6 +54,7 @@ pub async fn run(
         pool: pool.clone(),
         nats,
         metrics: shared::telemetry::install_metrics(),
+        nats_required: true,
     };
     let tasks = WorkerTasks::default();
     tasks.serve_ops(listener, readiness, "dispatch-worker");

@@ -35,6 +35,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api::testing::TestApp;
 use async_nats::jetstream::{self, consumer};
 use base64::Engine;
 use futures::StreamExt;
@@ -144,6 +145,18 @@ impl Service {
     }
 }
 
+/// A service's `/health/ready` status and body.
+async fn readiness(service: &Service) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{}/health/ready", service.ops_port);
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("readiness");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill9();
@@ -227,13 +240,14 @@ impl PrivateNats {
         self.spawn().await;
     }
 
-    /// The process stopped (SIGSTOP) for `how_long`, then resumed: its
-    /// connections stay open and nothing answers on them.
-    async fn freeze(&self, how_long: Duration) {
-        let child = self.child.as_ref().expect("NATS runs");
-        signal(child, "-STOP");
-        tokio::time::sleep(how_long).await;
-        signal(child, "-CONT");
+    /// The process stopped (SIGSTOP): its connections stay open and nothing
+    /// answers on them, until [`Self::thaw`].
+    fn freeze(&self) {
+        signal(self.child.as_ref().expect("NATS runs"), "-STOP");
+    }
+
+    fn thaw(&self) {
+        signal(self.child.as_ref().expect("NATS runs"), "-CONT");
     }
 }
 
@@ -676,7 +690,10 @@ async fn drive_load(ingress_port: u16, to: String, result: Arc<Mutex<LoadResult>
 struct Counts {
     sessions: i64,
     dispatches: i64,
-    handoffs: u64,
+    /// Accepted calls with a handoff message in the stream now. A handoff
+    /// claimed before NATS lost its store is gone from it, rightly: only
+    /// pending dispatches are published again.
+    in_stream: HashSet<String>,
     duplicate_handoffs: u64,
 }
 
@@ -732,15 +749,14 @@ async fn count(pool: &PgPool, nats_url: &str, prefix: &str, accepted: &HashSet<S
             break;
         }
     }
-    let handoffs = accepted
-        .iter()
-        .filter(|sid| per_call.contains_key(*sid))
-        .count() as u64;
     let duplicate_handoffs = per_call.values().map(|n| n.saturating_sub(1)).sum();
     Counts {
         sessions,
         dispatches,
-        handoffs,
+        in_stream: per_call
+            .into_keys()
+            .filter(|sid| accepted.contains(sid))
+            .collect(),
         duplicate_handoffs,
     }
 }
@@ -757,6 +773,8 @@ struct Harness {
     /// When each handoff message reached a plain subscriber, as a runtime
     /// would see it arrive.
     handoff_arrivals: Arc<Mutex<Vec<Instant>>>,
+    /// What the claiming runtime won.
+    claims: Arc<Mutex<Claims>>,
 }
 
 /// A subscriber to every handoff subject, recording arrival times; the
@@ -778,11 +796,98 @@ async fn watch_handoffs(nats_url: &str, prefix: &str) -> Arc<Mutex<Vec<Instant>>
     arrivals
 }
 
+/// Successful claims per dispatch, and each claimed dispatch's CallSid.
+#[derive(Default)]
+struct Claims {
+    won: HashMap<Uuid, u32>,
+    call_sid: HashMap<Uuid, String>,
+}
+
+/// A voice runtime as far as the faults go: its own durable consumer on the
+/// handoff stream, claiming every handoff through the api (the real claim,
+/// on the same database), acking once the claim answered, and binding its
+/// consumer again after a pull error (NATS lost it with its store).
+fn start_claimer(
+    bus_url: String,
+    prefix: String,
+    api: TestApp,
+    token: String,
+) -> Arc<Mutex<Claims>> {
+    let claims = Arc::new(Mutex::new(Claims::default()));
+    let seen = claims.clone();
+    tokio::spawn(async move {
+        let js = jetstream::new(connect_bus(&bus_url).await);
+        let stream_name = shared::nats::Subjects::new(&prefix).runtime_handoffs_stream();
+        loop {
+            let consumer = match js.get_stream(&stream_name).await {
+                Ok(stream) => stream
+                    .get_or_create_consumer(
+                        "fault-runtime",
+                        consumer::pull::Config {
+                            durable_name: Some("fault-runtime".into()),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let messages = match consumer {
+                Some(consumer) => consumer.messages().await.ok(),
+                None => None,
+            };
+            if let Some(messages) = messages {
+                messages
+                    .take_while(|m| futures::future::ready(m.is_ok()))
+                    .filter_map(|m| futures::future::ready(m.ok()))
+                    .for_each_concurrent(32, |message| {
+                        let (api, token, seen) = (&api, &token, &seen);
+                        async move { claim(api, token, seen, message).await }
+                    })
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    claims
+}
+
+async fn claim(api: &TestApp, token: &str, claims: &Mutex<Claims>, message: jetstream::Message) {
+    let handoff: shared::calls::HandoffRequested =
+        serde_json::from_slice(&message.payload).expect("handoff JSON");
+    let answer = api
+        .client
+        .post(api.url("/internal/runtime/dispatches/claim"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"dispatch_id": handoff.dispatch_id}))
+        .send()
+        .await;
+    let settled = match answer.map(|r| r.status().as_u16()) {
+        Ok(200) => {
+            let mut c = claims.lock().expect("lock");
+            *c.won.entry(handoff.dispatch_id).or_default() += 1;
+            c.call_sid.insert(handoff.dispatch_id, handoff.call_sid);
+            true
+        }
+        // Claimed before (a repeated handoff) or expired: decided.
+        Ok(409 | 410) => true,
+        // The api could not answer (its database was down): again later.
+        _ => false,
+    };
+    let ack = if settled {
+        jetstream::AckKind::Ack
+    } else {
+        jetstream::AckKind::Nak(Some(Duration::from_secs(1)))
+    };
+    let _ = message.ack_with(ack).await;
+}
+
 /// The services on `db_url` (which `pool` also reaches) and `bus`.
 async fn harness_on(pool: PgPool, db_url: String, bus: Bus) -> Harness {
     // One routed number with an agent whose published version is active.
     let to = "+15005550006".to_owned();
-    shared::testing::seed_routed_number(&pool, &to, 1)
+    let seeded = shared::testing::seed_routed_number(&pool, &to, 1)
         .await
         .expect("seed a routed number");
 
@@ -816,6 +921,20 @@ async fn harness_on(pool: PgPool, db_url: String, bus: Bus) -> Harness {
     dispatch.start().await;
     dispatch_peer.start().await;
     let handoff_arrivals = watch_handoffs(&bus.url(), &prefix).await;
+    // The api (in-process: only its claim is used) and a runtime claiming.
+    let api_nats = shared::nats::server_list(&bus.url())
+        .first()
+        .cloned()
+        .expect("a NATS URL");
+    let api_prefix = prefix.clone();
+    let api = api::testing::spawn_app_with(pool.clone(), move |config| {
+        config.nats.nats_url = api_nats;
+        config.nats.nats_subject_prefix = api_prefix;
+        config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());
+    })
+    .await;
+    let token = api.token(seeded.tenant_id, shared::auth::Role::InternalOperator);
+    let claims = start_claimer(bus.url(), prefix.clone(), api, token);
     Harness {
         pool,
         bus,
@@ -825,6 +944,7 @@ async fn harness_on(pool: PgPool, db_url: String, bus: Bus) -> Harness {
         prefix,
         to,
         handoff_arrivals,
+        claims,
     }
 }
 
@@ -864,14 +984,30 @@ async fn run_fault_allowing(
 
     let accepted = r.accepted.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(90);
-    let counts = loop {
+    // Accepted calls the runtime claimed, those claimed twice, and those
+    // handed off (a message in the stream, or already claimed).
+    let tally = |counts: &Counts, claims: &Claims| {
+        let mut claimed = HashSet::new();
+        let mut twice = 0_i64;
+        for (dispatch, sid) in &claims.call_sid {
+            if r.accepted.contains(sid) {
+                claimed.insert(sid.clone());
+                twice += i64::from(claims.won[dispatch] > 1);
+            }
+        }
+        let handed_off = counts.in_stream.union(&claimed).count() as i64;
+        (handed_off, claimed.len() as i64, twice)
+    };
+    let (counts, (handoffs, claimed_once, claimed_twice)) = loop {
         let counts = count(&h.pool, &h.bus.url(), &h.prefix, &r.accepted).await;
-        let settled = counts.dispatches == accepted && counts.handoffs == accepted as u64;
+        let t = tally(&counts, &h.claims.lock().expect("lock"));
+        let settled = counts.dispatches == accepted && t.0 == accepted && t.1 == accepted;
         if settled || Instant::now() > deadline {
-            break counts;
+            break (counts, t);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let lost = (accepted - counts.dispatches) + (accepted - handoffs);
     let drained = fault_ended.elapsed();
     let first_handoff = h
         .handoff_arrivals
@@ -883,8 +1019,8 @@ async fn run_fault_allowing(
         .map(|at| at.duration_since(fault_ended));
     report(format!(
         "fault `{name}`: sent {}, accepted {}, 503s {}, other {:?}, answer p50/p99/max {:?}/{:?}/{:?}, \
-         sessions {}, dispatches {}, handoffs {}, repeated handoffs {}, \
-         first handoff {:?} after the fault ended, settled after {:?}",
+         sessions {}, dispatches {}, handoff messages {}, handed off {}, repeated handoffs {}, claimed {}, \
+         claimed twice {}, lost {}, first handoff {:?} after the fault ended, settled after {:?}",
         r.sent,
         accepted,
         r.unavailable,
@@ -894,15 +1030,22 @@ async fn run_fault_allowing(
         r.latency(1.0),
         counts.sessions,
         counts.dispatches,
-        counts.handoffs,
+        counts.in_stream.len() as u64 + counts.duplicate_handoffs,
+        handoffs,
         counts.duplicate_handoffs,
+        claimed_once,
+        claimed_twice,
+        lost,
         first_handoff,
         drained,
     ));
     assert!(accepted > 0, "{name}: nothing was accepted");
     assert_eq!(counts.sessions, accepted, "{name}: sessions");
     assert_eq!(counts.dispatches, accepted, "{name}: dispatches");
-    assert_eq!(counts.handoffs, accepted as u64, "{name}: handoffs");
+    assert_eq!(handoffs, accepted, "{name}: handed off");
+    assert_eq!(lost, 0, "{name}: lost");
+    assert_eq!(claimed_once, accepted, "{name}: claims");
+    assert_eq!(claimed_twice, 0, "{name}: a dispatch claimed twice");
     if !allowances.repeated_handoffs {
         assert_eq!(counts.duplicate_handoffs, 0, "{name}: duplicate handoffs");
     }
@@ -1017,7 +1160,13 @@ async fn nothing_accepted_is_lost_under_faults() {
         },
         async |h| {
             pause().await;
-            h.bus.single().freeze(Duration::from_secs(30)).await;
+            h.bus.single().freeze();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            // The ingress stays in rotation: its work does not need NATS.
+            let (status, body) = readiness(&h.ingress).await;
+            assert_eq!(status, 200, "ingress readiness with NATS frozen: {body}");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            h.bus.single().thaw();
         },
     )
     .await;

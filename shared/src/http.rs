@@ -34,6 +34,10 @@ pub struct Readiness {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub metrics: PrometheusHandle,
+    /// Whether NATS being unreachable makes the service unready. The
+    /// ingress does its work without NATS (the outbox publishes later), so
+    /// for it NATS is reported but does not take it out of rotation.
+    pub nats_required: bool,
 }
 
 /// `/health`, `/health/ready` and `/metrics`.
@@ -92,7 +96,7 @@ async fn check_nats(nats: &async_nats::Client) -> Result<(), &'static str> {
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     let (pg, nats) = tokio::join!(check_postgres(&readiness.pool), check_nats(&readiness.nats));
-    let status = if pg.is_ok() && nats.is_ok() {
+    let status = if pg.is_ok() && (nats.is_ok() || !readiness.nats_required) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

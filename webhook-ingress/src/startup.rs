@@ -100,6 +100,8 @@ pub async fn run(
         pool,
         nats,
         metrics: shared::telemetry::install_metrics(),
+        // Webhooks are committed without NATS; the outbox publishes later.
+        nats_required: false,
     };
     // No access log on the webhooks: at thousands per second it would cost
     // more than the answer; each call's timeline is in the database.

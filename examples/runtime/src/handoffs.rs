@@ -48,16 +48,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let filter = subjects.runtime_handoff_requested(me.tenant_id);
     // The streams belong to the platform, which creates them at start-up.
-    let Some(consumer) = shared::shutdown::retry_until_cancelled(
-        "bind the handoff consumer",
-        Duration::from_secs(1),
-        &shutdown,
-        || bind_consumer(&js, &subjects, &config.consumer, filter.clone()),
-    )
-    .await
-    else {
-        return Ok(());
-    };
     tracing::info!(tenant_id = %me.tenant_id, token_sub = %me.sub, subject = %filter,
         consumer = %config.consumer, "taking calls");
     let runtime = Runtime {
@@ -68,26 +58,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         turn_pause: config.turn_pause,
     };
     while !shutdown.is_cancelled() {
-        let messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(err) => {
-                tracing::warn!(%err, "cannot pull handoffs; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+        // Bound (and created if missing) on every pass: after NATS lost its
+        // store, the consumer must be made again before handoffs flow.
+        let Some(consumer) = shared::shutdown::retry_until_cancelled(
+            "bind the handoff consumer",
+            Duration::from_secs(1),
+            &shutdown,
+            || {
+                bind_consumer(
+                    &runtime.js,
+                    &runtime.subjects,
+                    &config.consumer,
+                    filter.clone(),
+                )
+            },
+        )
+        .await
+        else {
+            break;
         };
-        let stop = shutdown.clone();
-        messages
-            .take_until(async move { stop.cancelled().await })
-            .for_each_concurrent(config.max_calls.max(1), |message| async {
-                match message {
-                    Ok(message) => runtime.take_call(message).await,
-                    Err(err) => tracing::warn!(%err, "pull error"),
-                }
-            })
+        // Heartbeats every 2 s: a dead pull shows as an error within seconds.
+        let messages = consumer
+            .stream()
+            .expires(Duration::from_secs(10))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
             .await;
+        match messages {
+            Ok(messages) => {
+                let stop = shutdown.clone();
+                messages
+                    .take_until(async move { stop.cancelled().await })
+                    .take_while(|message| {
+                        if let Err(err) = message {
+                            tracing::warn!(%err, "pull error; binding the consumer again");
+                        }
+                        futures::future::ready(message.is_ok())
+                    })
+                    .filter_map(|message| futures::future::ready(message.ok()))
+                    .for_each_concurrent(config.max_calls.max(1), |message| {
+                        runtime.take_call(message)
+                    })
+                    .await;
+            }
+            Err(err) => tracing::warn!(%err, "cannot pull handoffs; binding the consumer again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 //!
 //! sqlx reports notices as `tracing` events (target
 //! `sqlx::postgres::notice`); the capture is a process-wide subscriber, so
-//! a guard test runs alone in its own test binary.
+//! guard tests sharing a test binary take turns ([`exclusive`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -35,6 +35,14 @@ pub const PER_CALL_TABLES: &[&str] = &[
 ];
 
 static NOTICES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+
+static ONE_GUARD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held for a whole guard test: the notices are collected process-wide, so
+/// two guard tests at once would read each other's plans.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_GUARD_AT_A_TIME.lock().await
+}
 
 fn notices() -> &'static Mutex<Vec<String>> {
     NOTICES.get_or_init(|| Mutex::new(Vec::new()))

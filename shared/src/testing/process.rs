@@ -139,6 +139,18 @@ pub async fn assert_alive_and_not_ready_while_nats_is_down(
     ops_addr_var: &str,
     env: &[(&str, &str)],
 ) {
+    assert_readiness_while_nats_is_down(binary, ops_addr_var, env, 503).await;
+}
+
+/// [`assert_alive_and_not_ready_while_nats_is_down`] for a binary whose
+/// readiness does not depend on NATS (the ingress): `/health/ready`
+/// answers `ready_status`, and reports NATS failing either way.
+pub async fn assert_readiness_while_nats_is_down(
+    binary: &str,
+    ops_addr_var: &str,
+    env: &[(&str, &str)],
+    ready_status: u16,
+) {
     let port = super::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut all = vec![
@@ -167,7 +179,7 @@ pub async fn assert_alive_and_not_ready_while_nats_is_down(
         .send()
         .await
         .expect("readiness answers");
-    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.status().as_u16(), ready_status);
     let body: serde_json::Value = resp.json().await.expect("JSON");
     assert_eq!(body["checks"]["nats"]["status"], "error", "{body}");
     assert_eq!(body["checks"]["postgres"]["status"], "ok", "{body}");

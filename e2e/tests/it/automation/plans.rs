@@ -23,6 +23,7 @@ const BOUNDED: &[&str] = &["tool_executions_call_idx", "tool_executions_open_idx
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn every_per_call_read_of_a_tool_execution_pins_one_row(pool: PgPool) {
+    let _alone = plans::exclusive().await;
     // The flow's connections plan generically and log their plans.
     let app_pool = plans::capture_plans(&pool).await;
     let app = spawn_app(app_pool).await;
