@@ -92,33 +92,28 @@ impl<'a> Conversation<'a> {
                 )
                 .await?;
                 let input = input_for(&tool.input_schema, self.handoff);
-                match self
+                let answer = match self
                     .api
                     .execute_tool(tool.id, self.handoff.call_id, &input)
                     .await
                 {
-                    Ok(reply) if reply.status == ExecutionStatus::Succeeded => {
-                        outcome.tool = Some((tool.name.clone(), reply.status));
-                        let answer = spoken_answer(reply.output.as_ref());
-                        self.say(&mut outcome, "agent", &answer).await?;
-                    }
                     Ok(reply) => {
                         outcome.tool = Some((tool.name.clone(), reply.status));
-                        let why = reply
-                            .error
-                            .map_or_else(|| "no reason given".into(), |e| e.code);
-                        self.report_error(&format!("tool {} failed: {why}", tool.name))
-                            .await?;
-                        self.say(
-                            &mut outcome,
-                            "agent",
-                            "Sorry, I can't reach our booking system right now.",
-                        )
-                        .await?;
+                        if reply.status == ExecutionStatus::Succeeded {
+                            Ok(spoken_answer(reply.output.as_ref()))
+                        } else {
+                            let why = reply
+                                .error
+                                .map_or_else(|| "no reason given".into(), |e| e.code);
+                            Err(format!("tool {} failed: {why}", tool.name))
+                        }
                     }
-                    Err(err) => {
-                        self.report_error(&format!("tool {} not run: {err}", tool.name))
-                            .await?;
+                    Err(err) => Err(format!("tool {} not run: {err}", tool.name)),
+                };
+                match answer {
+                    Ok(answer) => self.say(&mut outcome, "agent", &answer).await?,
+                    Err(problem) => {
+                        self.report_error(&problem).await?;
                         self.say(
                             &mut outcome,
                             "agent",
