@@ -147,11 +147,11 @@ fi
 TENANT_ID=$(curl -sS http://127.0.0.1:4000/auth/me -H "authorization: Bearer $TOKEN" | sed -n 's/.*"tenant_id":"\([^"]*\)".*/\1/p')
 echo "$TOKEN" > .stack/token
 
-# The reference voice runtime (examples/runtime): NATS user `runtime`, and an
-# internal token of the tenant it serves, minted with the development key.
+# The reference voice runtime (examples/runtime): NATS user `runtime`, and a
+# `runtime` token of the tenant it serves, minted with the development key.
 RUNTIME_TOKEN=$(curl -sS http://127.0.0.1:4000/internal/dev/token -H 'content-type: application/json' \
   -H "x-dev-bootstrap-key: $DEV_BOOTSTRAP_KEY" \
-  -d "{\"user_id\":\"reference-runtime\",\"tenant_id\":\"$TENANT_ID\",\"role\":\"internal_operator\",\"is_internal\":true,\"expires_in\":\"24h\"}" \
+  -d "{\"user_id\":\"reference-runtime\",\"tenant_id\":\"$TENANT_ID\",\"role\":\"runtime\",\"is_internal\":false,\"expires_in\":\"24h\"}" \
   | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 if [ -z "$RUNTIME_TOKEN" ]; then
   echo "error: could not mint the runtime's token" >&2

@@ -933,7 +933,7 @@ async fn harness_on(pool: PgPool, db_url: String, bus: Bus) -> Harness {
         config.encryption.encryption_key = Some(shared::config::DEV_ENCRYPTION_KEY.into());
     })
     .await;
-    let token = api.token(seeded.tenant_id, shared::auth::Role::InternalOperator);
+    let token = api.token(seeded.tenant_id, shared::auth::Role::Runtime);
     let claims = start_claimer(bus.url(), prefix.clone(), api, token);
     Harness {
         pool,

@@ -30,6 +30,10 @@ pub enum Role {
     InternalAdmin,
     InternalOperator,
     ClientViewer,
+    /// A voice runtime's token: claims dispatches and runs tools for its
+    /// tenant's calls, nothing else. A token role, never a user's
+    /// membership.
+    Runtime,
 }
 
 impl Role {
@@ -42,6 +46,7 @@ impl Role {
             Role::InternalAdmin => "internal_admin",
             Role::InternalOperator => "internal_operator",
             Role::ClientViewer => "client_viewer",
+            Role::Runtime => "runtime",
         }
     }
 }
@@ -216,6 +221,12 @@ pub struct InternalPrincipal(pub Claims);
 #[derive(Debug, Clone)]
 pub struct AdminPrincipal(pub Claims);
 
+/// What a voice runtime calls (the claim, the tool catalog, tool
+/// executions): a `runtime` token, or an internal one (ops staff running a
+/// tool by hand).
+#[derive(Debug, Clone)]
+pub struct RuntimePrincipal(pub Claims);
+
 impl<S> FromRequestParts<S> for Principal
 where
     Arc<JwtKeys>: FromRef<S>,
@@ -241,6 +252,23 @@ where
             return Err(AuthError::Forbidden("internal role required"));
         }
         Ok(InternalPrincipal(claims))
+    }
+}
+
+impl<S> FromRequestParts<S> for RuntimePrincipal
+where
+    Arc<JwtKeys>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let claims = bearer_claims(parts, state)?;
+        let internal = claims.is_internal && claims.role.is_internal();
+        if !internal && claims.role != Role::Runtime {
+            return Err(AuthError::Forbidden("runtime or internal role required"));
+        }
+        Ok(RuntimePrincipal(claims))
     }
 }
 
@@ -419,6 +447,10 @@ mod guard_tests {
                 "/admin",
                 get(|AdminPrincipal(c): AdminPrincipal| async move { c.sub }),
             )
+            .route(
+                "/runtime",
+                get(|RuntimePrincipal(c): RuntimePrincipal| async move { c.sub }),
+            )
             .with_state(S { jwt: jwt.clone() });
         (router, jwt)
     }
@@ -493,6 +525,28 @@ mod guard_tests {
         assert_eq!(
             status(&router, "/admin", Some(&admin)).await,
             (200, "admin".into())
+        );
+
+        // A runtime token reaches the runtime's routes and nothing internal,
+        // even flagged internal; internal tokens reach the runtime's too.
+        let runtime = jwt.issue("rt", t, Role::Runtime, false, ttl).expect("t");
+        let flagged_runtime = jwt.issue("rt2", t, Role::Runtime, true, ttl).expect("t");
+        assert_eq!(
+            status(&router, "/runtime", Some(&runtime)).await,
+            (200, "rt".into())
+        );
+        assert_eq!(status(&router, "/runtime", Some(&operator)).await.0, 200);
+        assert_eq!(status(&router, "/runtime", Some(&viewer)).await.0, 403);
+        assert_eq!(status(&router, "/runtime", Some(&not_flagged)).await.0, 403);
+        assert_eq!(status(&router, "/runtime", None).await.0, 401);
+        assert_eq!(status(&router, "/internal", Some(&runtime)).await.0, 403);
+        assert_eq!(
+            status(&router, "/internal", Some(&flagged_runtime)).await.0,
+            403
+        );
+        assert_eq!(
+            status(&router, "/admin", Some(&flagged_runtime)).await.0,
+            403
         );
     }
 }

@@ -378,6 +378,11 @@ async fn bootstrap_user(
     if body.memberships.len() > 100 {
         return Err(AppError::bad_request("memberships: at most 100"));
     }
+    if body.memberships.iter().any(|m| m.role == Role::Runtime) {
+        return Err(AppError::bad_request(
+            "memberships: runtime is a token role for voice runtimes, not a user's",
+        ));
+    }
     let hash = hash_password(&state, body.password).await?;
     let user_id = Uuid::now_v7();
     create_user_with_memberships(&state.pool, user_id, &email, &hash, &body.memberships).await?;

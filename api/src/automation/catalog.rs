@@ -4,7 +4,7 @@
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::auth::InternalPrincipal;
+use shared::auth::RuntimePrincipal;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ pub struct Catalog {
     ))]
 pub async fn tool_catalog(
     State(state): State<AppState>,
-    InternalPrincipal(claims): InternalPrincipal,
+    RuntimePrincipal(claims): RuntimePrincipal,
     Query(query): Query<CatalogQuery>,
 ) -> AppResult<Json<Catalog>> {
     let call = super::find_call(&state.pool, claims.tenant_id, query.call_id).await?;

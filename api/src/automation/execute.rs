@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::auth::{Claims, InternalPrincipal};
+use shared::auth::{Claims, RuntimePrincipal};
 use shared::automation::{
     ExecutionContext, ExecutionStatus, REQUEST_SIGNATURE_HEADER, RequestKind, ToolError,
     ToolExecuteReply, ToolExecuteRequest, error_codes,
@@ -96,7 +96,7 @@ pub struct InvalidInputDetail {
     ))]
 pub async fn execute_tool_by_id(
     State(state): State<AppState>,
-    InternalPrincipal(claims): InternalPrincipal,
+    RuntimePrincipal(claims): RuntimePrincipal,
     headers: HeaderMap,
     Path(tool_id): Path<Uuid>,
     Json(body): Json<ExecuteTool>,
@@ -124,7 +124,7 @@ pub async fn execute_tool_by_id(
     ))]
 pub async fn execute_tool_by_name(
     State(state): State<AppState>,
-    InternalPrincipal(claims): InternalPrincipal,
+    RuntimePrincipal(claims): RuntimePrincipal,
     headers: HeaderMap,
     Path(tool_name): Path<String>,
     Json(body): Json<ExecuteTool>,

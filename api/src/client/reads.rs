@@ -131,6 +131,13 @@ impl FromRequestParts<AppState> for ClientRead {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Principal(claims) = Principal::from_request_parts(parts, state).await?;
+        // A runtime writes transcripts; reading the tenant's calls is not
+        // its business.
+        if claims.role == shared::auth::Role::Runtime {
+            return Err(AppError::Forbidden(
+                "a runtime token cannot read the client API".into(),
+            ));
+        }
         let slot = state.client_reads.admit(claims.tenant_id).await?;
         Ok(Self {
             claims,

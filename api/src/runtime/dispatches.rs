@@ -13,7 +13,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::auth::InternalPrincipal;
+use shared::auth::RuntimePrincipal;
 use shared::crypto::Sealed;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -93,7 +93,7 @@ RETURNING d.call_id, d.agent_id, d.agent_version_id, d.claimed_at, d.expires_at,
     ))]
 async fn claim_dispatch(
     State(state): State<AppState>,
-    InternalPrincipal(claims): InternalPrincipal,
+    RuntimePrincipal(claims): RuntimePrincipal,
     Json(body): Json<ClaimDispatch>,
 ) -> AppResult<Json<ClaimedDispatch>> {
     if let Some(tenant_id) = body.tenant_id {

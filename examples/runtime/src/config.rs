@@ -14,8 +14,8 @@ pub struct Config {
     /// The api's base URL.
     #[arg(long, env = "RUNTIME_API_URL", default_value = "http://127.0.0.1:4000")]
     pub api_url: Url,
-    /// An internal token of the tenant this runtime serves (role
-    /// `internal_operator`); it claims dispatches and runs tools.
+    /// A `runtime` token of the tenant this runtime serves: it claims
+    /// dispatches and runs tools, nothing more.
     #[arg(long, env = "RUNTIME_API_TOKEN", hide_env_values = true)]
     pub api_token: String,
     /// The durable consumer's name on RUNTIME_HANDOFFS (one per runtime

@@ -1,5 +1,5 @@
 //! The HTTP half of the runtime's contract: the api calls a runtime makes,
-//! each with its runtime token (an internal token of the tenant it serves;
+//! each with its runtime token (role `runtime`, of the tenant it serves;
 //! `/internal/dev/token` mints one in development). The api's
 //! `/openapi.json` describes each call in full.
 

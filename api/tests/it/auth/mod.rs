@@ -274,6 +274,29 @@ async fn bootstrap_user_needs_the_key_and_unique_email(pool: PgPool) {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 404);
     assert_eq!(app.count("users").await, 1);
+
+    // `runtime` is a token role for voice runtimes, never a user's: 400.
+    let runtime_member = json!({"email": "rt@example.com", "password": "correct horse battery",
+                                "memberships": [{"tenant_id": tenant, "role": "runtime"}]});
+    let (status, body) = status_json(
+        app.client
+            .post(app.url("/auth/bootstrap/user"))
+            .header("x-auth-bootstrap-key", AUTH_KEY)
+            .json(&runtime_member)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("runtime"),
+        "{body}"
+    );
+    assert_eq!(app.count("users").await, 1);
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

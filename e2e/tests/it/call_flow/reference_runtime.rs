@@ -88,8 +88,13 @@ async fn the_reference_runtime_takes_a_call_from_handoff_to_completed(pool: PgPo
     )
     .await;
 
+    // A runtime token reaches the runtime's routes only.
+    let runtime_token = app.token(seeded.tenant_id, Role::Runtime);
+    for path in ["/internal/agents", "/client/calls"] {
+        let (status, body) = status_json(app.get(path, Some(&runtime_token)).await).await;
+        assert_eq!(status, 403, "{path} with a runtime token: {body}");
+    }
     // Two runtime fleets (two durable consumers) both receive the handoff.
-    let runtime_token = app.token(seeded.tenant_id, Role::InternalOperator);
     let _first = spawn_runtime(&bus, &app, &runtime_token, "fleet-a");
     let _second = spawn_runtime(&bus, &app, &runtime_token, "fleet-b");
 
