@@ -11,9 +11,9 @@
 //! each one once. A runtime may then see a handoff twice; its claim decides.
 //! Consumers come back on their own (`consumer::run` binds again).
 //!
-//! What it cannot see: a loss while no instance was running (it learns the
-//! creation time at start-up). The relay still republishes unprocessed call
-//! events then; pending handoffs are lost until their dispatch expires.
+//! The creation times it last saw are kept in Postgres (`bus_streams`), so
+//! a loss that happened while no instance ran (a power cut takes NATS and
+//! the workers down together) is noticed by the first one to start.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 /// How often the streams are looked at: one request per stream.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records a stream's creation time when it changed; returns the one
+/// recorded before (no row: first sight, or unchanged).
+const RECORD_CREATED: &str = "
+WITH previous AS (SELECT created_ns FROM bus_streams WHERE name = $1)
+INSERT INTO bus_streams (name, created_ns) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET created_ns = EXCLUDED.created_ns, seen_at = now()
+    WHERE bus_streams.created_ns <> EXCLUDED.created_ns
+RETURNING (SELECT created_ns FROM previous)";
 
 /// The handoff events of dispatches that can still be claimed.
 const PENDING_HANDOFFS: &str = "
@@ -48,8 +57,9 @@ pub struct BusRecovery {
 
 impl BusRecovery {
     pub async fn run(self, stop: CancellationToken) {
-        // Stream name -> creation time (ns) at the last look.
-        let mut seen: HashMap<String, i128> = HashMap::new();
+        // Stream name -> creation time (ns) already recorded in Postgres,
+        // so an unchanged stream costs no statement.
+        let mut seen: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -58,7 +68,10 @@ impl BusRecovery {
             for config in shared::nats::stream_configs(&self.subjects, self.replicas) {
                 let name = config.name.clone();
                 let created = match self.js.get_stream(&name).await {
-                    Ok(stream) => stream.cached_info().created.unix_timestamp_nanos(),
+                    Ok(stream) => {
+                        let ns = stream.cached_info().created.unix_timestamp_nanos();
+                        i64::try_from(ns).unwrap_or(i64::MAX)
+                    }
                     Err(err) => {
                         // Missing, or NATS unreachable: creating it tells which.
                         if let Err(create_err) = shared::nats::ensure_stream(&self.js, config).await
@@ -70,8 +83,24 @@ impl BusRecovery {
                         continue; // Its creation time is read next round.
                     }
                 };
-                let previous = seen.insert(name.clone(), created);
-                if previous.is_none_or(|p| p == created) {
+                if seen.get(&name) == Some(&created) {
+                    continue;
+                }
+                let previous: Option<Option<i64>> = match sqlx::query_scalar(RECORD_CREATED)
+                    .bind(&name)
+                    .bind(created)
+                    .fetch_optional(&self.pool)
+                    .await
+                {
+                    Ok(previous) => previous,
+                    Err(err) => {
+                        tracing::warn!(stream = %name, %err, "cannot record the stream's creation time");
+                        continue;
+                    }
+                };
+                seen.insert(name.clone(), created);
+                // Lost only if a different creation time was recorded before.
+                if !matches!(previous, Some(Some(p)) if p != created) {
                     continue;
                 }
                 tracing::warn!(stream = %name, "stream created anew: the bus lost its messages");
@@ -82,8 +111,15 @@ impl BusRecovery {
                         Ok(n) => tracing::warn!(handoffs = n, "published pending handoffs again"),
                         Err(err) => {
                             tracing::error!(%err, "cannot publish pending handoffs again; retrying");
-                            // Look again next round.
+                            // Forget the new time, so the next round sees the change again.
                             seen.remove(&name);
+                            let _ = sqlx::query(
+                                "UPDATE bus_streams SET created_ns = $2 WHERE name = $1",
+                            )
+                            .bind(&name)
+                            .bind(previous.flatten().unwrap_or_default())
+                            .execute(&self.pool)
+                            .await;
                         }
                     }
                 }
@@ -93,10 +129,8 @@ impl BusRecovery {
 
     /// Publishes the handoff of every dispatch still claimable; returns how
     /// many the stream acknowledged.
-    async fn republish_pending_handoffs(&self, stream_created: i128) -> Result<usize, String> {
-        let created = chrono::DateTime::from_timestamp_nanos(
-            i64::try_from(stream_created).unwrap_or(i64::MAX),
-        );
+    async fn republish_pending_handoffs(&self, stream_created: i64) -> Result<usize, String> {
+        let created = chrono::DateTime::from_timestamp_nanos(stream_created);
         let rows: Vec<OutboxRow> = sqlx::query_as(PENDING_HANDOFFS)
             .bind(event_type::HANDOFF_REQUESTED)
             .bind(created)

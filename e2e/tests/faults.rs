@@ -7,7 +7,8 @@
 //!
 //! - `nothing_accepted_is_lost_under_faults`, one NATS server: a
 //!   dispatch-worker SIGKILLed and started again; NATS restarted; NATS
-//!   losing its store (killed, store deleted, started empty); NATS frozen
+//!   losing its store (killed, store deleted, started empty); the same with
+//!   both dispatch-workers killed alongside and the runtime away; NATS frozen
 //!   30 s (SIGSTOP, SIGCONT); every database connection terminated, twice;
 //!   SIGTERM to the ingress and a dispatch-worker, each started again;
 //! - `..._when_postgres_crashes`: `pg_ctl stop -m immediate`, started again
@@ -801,6 +802,9 @@ async fn watch_handoffs(nats_url: &str, prefix: &str) -> Arc<Mutex<Vec<Instant>>
 struct Claims {
     won: HashMap<Uuid, u32>,
     call_sid: HashMap<Uuid, String>,
+    /// While set, the runtime claims nothing and hands every handoff back
+    /// (a runtime fleet that is down): dispatches stay pending.
+    paused: bool,
 }
 
 /// A voice runtime as far as the faults go: its own durable consumer on the
@@ -854,6 +858,12 @@ fn start_claimer(
 }
 
 async fn claim(api: &TestApp, token: &str, claims: &Mutex<Claims>, message: jetstream::Message) {
+    if claims.lock().expect("lock").paused {
+        let _ = message
+            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+            .await;
+        return;
+    }
     let handoff: shared::calls::HandoffRequested =
         serde_json::from_slice(&message.payload).expect("handoff JSON");
     let answer = api
@@ -1145,6 +1155,32 @@ async fn nothing_accepted_is_lost_under_faults() {
         async |h| {
             pause().await;
             h.bus.single().lose_store().await;
+        },
+    )
+    .await;
+
+    // A power cut: NATS and both dispatch-workers go down together, and
+    // NATS comes back without its store while the runtimes are still away,
+    // so the handoffs of pending dispatches are lost with no worker having
+    // seen it happen. The workers notice on start-up (the streams' creation
+    // times are kept in Postgres) and publish those handoffs again.
+    run_fault_allowing(
+        "NATS and both dispatch-workers down together, NATS's store lost",
+        &mut h,
+        Allowances {
+            repeated_handoffs: true,
+            ..Allowances::default()
+        },
+        async |h| {
+            h.claims.lock().expect("lock").paused = true;
+            pause().await;
+            h.dispatch.kill9();
+            h.dispatch_peer.kill9();
+            h.bus.single().lose_store().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            h.dispatch.start().await;
+            h.dispatch_peer.start().await;
+            h.claims.lock().expect("lock").paused = false;
         },
     )
     .await;
