@@ -38,9 +38,7 @@ use std::time::{Duration, Instant};
 
 use api::testing::TestApp;
 use async_nats::jetstream::{self, consumer};
-use base64::Engine;
 use futures::StreamExt;
-use hmac::{KeyInit, Mac};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -188,11 +186,7 @@ impl PrivateNats {
     }
 
     async fn spawn(&mut self) {
-        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(exe)
+        let child = Command::new(shared::testing::nats_server::executable())
             .args([
                 "-a",
                 "127.0.0.1",
@@ -327,11 +321,7 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[i];
-        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(exe)
+        let child = Command::new(shared::testing::nats_server::executable())
             .args([
                 "-a",
                 "127.0.0.1",
@@ -587,21 +577,6 @@ impl Drop for PrivatePostgres {
 /// processes, and two at once on a small machine would measure each other.
 static ONE_SUITE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Signs like Twilio: HMAC-SHA1 over the URL and the sorted parameters.
-fn twilio_signature(url: &str, params: &[(&str, String)]) -> String {
-    let mut sorted: Vec<_> = params.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
-    let mut data = url.to_owned();
-    for (k, v) in sorted {
-        data.push_str(k);
-        data.push_str(v);
-    }
-    let mut mac =
-        hmac::Hmac::<sha1::Sha1>::new_from_slice(AUTH_TOKEN.as_bytes()).expect("hmac key");
-    mac.update(data.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
 #[derive(Default)]
 struct LoadResult {
     sent: u64,
@@ -640,7 +615,7 @@ async fn drive_load(ingress_port: u16, to: String, result: Arc<Mutex<LoadResult>
     for _ in 0..RATE_PER_SECOND * LOAD_SECONDS {
         tick.tick().await;
         let call_sid = format!("CA{}", Uuid::new_v4().simple());
-        let params = vec![
+        let params: Vec<(String, String)> = [
             ("CallSid", call_sid.clone()),
             (
                 "AccountSid",
@@ -650,8 +625,12 @@ async fn drive_load(ingress_port: u16, to: String, result: Arc<Mutex<LoadResult>
             ("To", to.clone()),
             ("CallStatus", "ringing".to_owned()),
             ("Direction", "inbound".to_owned()),
-        ];
-        let signature = twilio_signature(&url, &params);
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        // Signed as Twilio signs it.
+        let signature = shared::twilio::compute_signature(AUTH_TOKEN, &url, &params);
         let request = client
             .post(&url)
             .header("x-twilio-signature", signature)

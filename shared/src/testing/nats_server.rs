@@ -11,6 +11,15 @@ use std::time::Duration;
 
 use crate::config::NatsArgs;
 
+/// Debian's nats-server (outside `PATH` for a normal user), else the one
+/// on `PATH`.
+pub fn executable() -> &'static str {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+}
+
 /// The users of `deploy/nats/nats.conf` and the environment variable that
 /// holds each one's password.
 pub const BUS_USERS: &[(&str, &str)] = &[
@@ -101,11 +110,7 @@ impl SecuredNats {
             config = store.with_extension("conf");
             std::fs::write(&config, format!("{shipped}\n{extra}\n")).expect("write config");
         }
-        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let mut command = Command::new(exe);
+        let mut command = Command::new(executable());
         command
             .arg("-c")
             .arg(&config)
