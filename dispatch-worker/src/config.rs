@@ -45,6 +45,10 @@ pub struct Config {
     /// How often pending dispatches past their expiry are expired.
     #[arg(long, env = "DISPATCH_EXPIRY_INTERVAL", default_value = "5s", value_parser = shared::config::positive_duration)]
     pub dispatch_expiry_interval: Duration,
+    /// How often the KPI rollups are brought up to date (hours that ended,
+    /// hours whose rows changed since).
+    #[arg(long, env = "KPI_ROLLUP_INTERVAL", default_value = "30s", value_parser = shared::config::positive_duration)]
+    pub kpi_rollup_interval: Duration,
     /// A call still counted against its tenant's concurrent-call limit
     /// this long after it rang (its end never reached us) stops counting.
     #[arg(long, env = "MAX_CALL_DURATION", default_value = "2h", value_parser = shared::config::positive_duration)]

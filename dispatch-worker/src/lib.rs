@@ -4,12 +4,14 @@
 //! `runtime_events` (runtime.events.* -> timeline, transcript), `relay`
 //! (the outbox), `expiry` (unclaimed dispatches), `consumer` (the shared
 //! JetStream consume loop), `bus_recovery` (streams NATS lost, made again,
-//! and their pending handoffs published again).
+//! and their pending handoffs published again), `kpi_rollups` (the client
+//! KPIs' rollups).
 
 pub mod bus_recovery;
 pub mod config;
 pub mod consumer;
 pub mod expiry;
+pub mod kpi_rollups;
 pub mod lifecycle;
 pub mod relay;
 pub mod runtime_events;

@@ -66,6 +66,9 @@ pub async fn run(
             stop,
         )
     });
+    tasks
+        .background
+        .spawn(|stop| crate::kpi_rollups::run(pool.clone(), config.kpi_rollup_interval, stop));
     let relay = Relay {
         pool: pool.clone(),
         js: js.clone(),

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod kpi_rollups;
 pub mod nats;
 pub mod service;
 pub mod shutdown;

@@ -25,6 +25,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Longest `q` after normalisation (E.164 has at most 15 digits and a `+`).
 const MAX_Q_CHARS: usize = 16;
+/// Shortest number part `q` may be: the search index works on trigrams, and
+/// one or two digits would match most of a tenant's calls anyway.
+const MIN_Q_CHARS: usize = 3;
 /// Items of each kind in a call's timeline; more is flagged as truncated.
 const TIMELINE_LIMIT: i64 = 1000;
 
@@ -40,8 +43,9 @@ pub struct CallListQuery {
     pub from: Option<String>,
     /// Calls started before this time (RFC 3339).
     pub to: Option<String>,
-    /// Part of the caller's number (digits, optional leading `+`; spaces,
-    /// dashes, dots and parentheses are ignored).
+    /// A CallSid (`CA` and 32 hex digits), or part of the caller's or the
+    /// callee's number: at least 3 digits, optional leading `+`; spaces,
+    /// dashes, dots and parentheses are ignored.
     pub q: Option<String>,
     /// 1 to 200, default 50.
     pub limit: Option<String>,
@@ -55,8 +59,18 @@ pub struct CallFilter {
     pub agent_id: Option<Uuid>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
-    pub q: Option<String>,
+    pub q: Option<CallSearch>,
     pub page: PageRequest,
+}
+
+/// What `q` looks for; either way an index answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallSearch {
+    /// The call with this CallSid (the unique index on `call_sid`).
+    CallSid(String),
+    /// Calls whose caller or callee number contains these characters (the
+    /// trigram index of migration 0017).
+    NumberPart(String),
 }
 
 impl CallListQuery {
@@ -99,28 +113,47 @@ impl CallListQuery {
     }
 }
 
-/// Keeps digits and a leading `+`, dropping the punctuation people type in
-/// numbers; anything else is a 400. The result holds no LIKE wildcard.
-fn normalize_q(raw: &str) -> AppResult<Option<String>> {
+/// A CallSid as Twilio writes it is kept whole; otherwise keeps digits and a
+/// leading `+`, dropping the punctuation people type in numbers; anything
+/// else is a 400. The result holds no LIKE wildcard.
+fn normalize_q(raw: &str) -> AppResult<Option<CallSearch>> {
+    let raw = raw.trim();
+    if is_call_sid(raw) {
+        return Ok(Some(CallSearch::CallSid(raw.to_owned())));
+    }
     let mut out = String::new();
-    for (i, ch) in raw.trim().chars().enumerate() {
+    for (i, ch) in raw.chars().enumerate() {
         match ch {
             '0'..='9' => out.push(ch),
             '+' if i == 0 => out.push(ch),
             ' ' | '-' | '.' | '(' | ')' => {}
             _ => {
                 return Err(AppError::bad_request(
-                    "q must be part of a phone number (digits, optional leading +)",
+                    "q must be a CallSid or part of a phone number (digits, optional leading +)",
                 ));
             }
         }
     }
-    if out.chars().count() > MAX_Q_CHARS {
+    if out.is_empty() || out == "+" {
+        return Ok(None);
+    }
+    let chars = out.chars().count();
+    if chars > MAX_Q_CHARS {
         return Err(AppError::bad_request(format!(
             "q must be at most {MAX_Q_CHARS} digits"
         )));
     }
-    Ok((!out.is_empty() && out != "+").then_some(out))
+    if chars < MIN_Q_CHARS {
+        return Err(AppError::bad_request(format!(
+            "q must be at least {MIN_Q_CHARS} digits"
+        )));
+    }
+    Ok(Some(CallSearch::NumberPart(out)))
+}
+
+/// `CA` followed by 32 hexadecimal digits.
+fn is_call_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("CA") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A call in the list.
@@ -187,9 +220,19 @@ pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<P
     if let Some(to) = f.to {
         qb.push(" AND c.started_at < ").push_bind(to);
     }
-    if let Some(q) = &f.q {
-        qb.push(" AND c.from_number LIKE ")
-            .push_bind(format!("%{q}%"));
+    match &f.q {
+        None => {}
+        Some(CallSearch::CallSid(sid)) => {
+            qb.push(" AND c.call_sid = ").push_bind(sid.clone());
+        }
+        Some(CallSearch::NumberPart(part)) => {
+            let pattern = format!("%{part}%");
+            qb.push(" AND (c.from_number LIKE ")
+                .push_bind(pattern.clone())
+                .push(" OR c.to_number LIKE ")
+                .push_bind(pattern)
+                .push(")");
+        }
     }
     if let Some(cursor) = f.page.cursor {
         // A row comparison the (tenant_id, started_at DESC, id DESC) index
@@ -202,7 +245,17 @@ pub async fn list(pool: &PgPool, tenant_id: Uuid, f: &CallFilter) -> AppResult<P
     }
     qb.push(" ORDER BY c.started_at DESC, c.id DESC LIMIT ")
         .push_bind(f.page.fetch());
-    let rows: Vec<CallSummary> = qb.build_query_as().fetch_all(pool).await?;
+    // A number part is planned with its value each time (an unnamed
+    // statement): from the column statistics Postgres sees whether it
+    // matches few calls (the trigram index) or most (walk the newest-first
+    // index until the page is full). A cached generic plan would pick one
+    // path for every value, and be slow for the other kind.
+    let searching_numbers = matches!(f.q, Some(CallSearch::NumberPart(_)));
+    let rows: Vec<CallSummary> = qb
+        .build_query_as()
+        .persistent(!searching_numbers)
+        .fetch_all(pool)
+        .await?;
     Ok(f.page.page(rows, |c| Cursor {
         at: c.started_at,
         id: c.id,
@@ -450,12 +503,21 @@ mod tests {
 
     #[test]
     fn q_is_normalised_or_refused() {
+        let part = |s: &str| Some(CallSearch::NumberPart(s.into()));
         assert_eq!(
             normalize_q("+1 (415) 555-0100").expect("ok"),
-            Some("+14155550100".into())
+            part("+14155550100")
         );
-        assert_eq!(normalize_q("0100").expect("ok"), Some("0100".into()));
+        assert_eq!(normalize_q("0100").expect("ok"), part("0100"));
+        assert_eq!(normalize_q("+33").expect("ok"), part("+33"));
         assert_eq!(normalize_q("  ").expect("ok"), None);
+        let sid = "CA0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            normalize_q(&format!(" {sid} ")).expect("ok"),
+            Some(CallSearch::CallSid(sid.into()))
+        );
+        assert!(normalize_q("CA0123").is_err(), "not a whole CallSid");
+        assert!(normalize_q("12").is_err());
         assert!(normalize_q("41%").is_err());
         assert!(normalize_q("1+2").is_err());
         assert!(normalize_q("12345678901234567").is_err());

@@ -1,6 +1,8 @@
-//! `GET /client/kpis`: the dashboard figures of a period, computed in one
-//! SQL statement (one round trip, one snapshot) so no call row is loaded
-//! into the api.
+//! `GET /client/kpis`: the dashboard figures of a period, read in one
+//! snapshot from the rollups of `shared::kpi_rollups` where they cover it
+//! and from the rows elsewhere (`kpi_plan` draws the line), so the cost
+//! stays flat whatever the period's length and the tenant's size; the
+//! figures are the same either way (docs/decisions/0047-kpi-rollups.md).
 //!
 //! Definitions (where the issue leaves room, the choice is written here and
 //! in the README):
@@ -12,8 +14,7 @@
 //!   (`duration_seconds`) when given, else `ended_at - answered_at`; the
 //!   duration figures cover answered calls whose duration is known;
 //! - tool executions are those created in the period (for `agent_id`, of that
-//!   agent's calls, which started at most a day before the period since
-//!   Twilio caps a call at 24 hours); success rate = succeeded / finished (succeeded +
+//!   agent's calls); success rate = succeeded / finished (succeeded +
 //!   failed); latency percentiles over executions with a recorded latency;
 //! - the series has one point per day (in `tz`, default UTC) from the day of
 //!   `from` to the day of the end of the period, days without calls included.
@@ -26,6 +27,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use shared::kpi_rollups::{ALL_AGENTS, DURATION_EXPR, METRIC_DURATION};
+
+use super::kpi_plan::{Distribution, ReadPlan};
 use super::reads::ClientRead;
 use super::{parse_time, parse_uuid};
 use crate::http::error::{AppError, AppResult};
@@ -80,10 +84,17 @@ impl KpiQuery {
                 AppError::bad_request("tz must be an IANA time zone name such as Europe/Paris")
             })?,
         };
+        let agent_id = parse_uuid("agent_id", self.agent_id.as_deref())?;
+        if agent_id == Some(ALL_AGENTS) {
+            // The rollups keep "all agents" under the nil id.
+            return Err(AppError::bad_request(
+                "agent_id: the nil UUID is not an agent",
+            ));
+        }
         Ok(KpiParams {
             from,
             to,
-            agent_id: parse_uuid("agent_id", self.agent_id.as_deref())?,
+            agent_id,
             tz,
         })
     }
@@ -177,67 +188,81 @@ struct KpiRow {
     answered_inbound: i64,
     with_duration: i64,
     avg_duration: Option<f64>,
-    duration_percentiles: Option<Vec<f64>>,
     total_duration: f64,
     series: SqlJson<Vec<DayPoint>>,
     tools_total: i64,
     tools_succeeded: i64,
     tools_failed: i64,
-    tools_p95_latency: Option<f64>,
 }
 
-/// `$1` tenant, `$2` from, `$3` to, `$4` IANA zone; `{agent}` and
-/// `{tool_agent}` are empty or filter on `$5` (fixed text, never input).
-/// The period's calls are read twice through the covering index of
-/// migration 0005 (index-only scans): once grouped by day and status (a few
-/// hundred groups that every count, sum and the series derive from), once
-/// sorted for the duration percentiles. Grouping by status is cheaper than
-/// eight text comparisons per row, and nothing spills to disk.
+/// How far the rollups are computed for the tenant, and the hours marked
+/// since (`shared::kpi_rollups`). `$1` tenant, `$2`/`$3` the period.
+const ROLLUP_STATE_SQL: &str = "
+SELECT (SELECT rolled_up_to FROM kpi_rollup_progress WHERE tenant_id = $1) AS rolled_up_to,
+       ARRAY(SELECT DISTINCT hour FROM kpi_dirty_hours
+             WHERE tenant_id = $1 AND hour > $2 - interval '1 hour' AND hour < $3
+             ORDER BY hour) AS dirty_hours";
+
+/// The counts, sums and the series: whole quarter hours from
+/// `kpi_quarters`, the rest (the period's ragged ends, hours not computed
+/// yet or marked dirty) from the rows. `$1` tenant, `$2` from, `$3` to,
+/// `$4` IANA zone, `$5` agent key, `$6`/`$7` starts and ends of the ranges
+/// read from the rows, `$8`/`$9` the quarters read from the rollups,
+/// `$10` the dirty hours among them. `{agent}` and `{tool_agent}` are empty
+/// or filter on `$5` (fixed text, never input).
 const KPI_SQL: &str = "
-WITH g AS (
+WITH rolled AS (
+    SELECT * FROM kpi_quarters
+    WHERE tenant_id = $1 AND agent_key = $5 AND bucket >= $8 AND bucket < $9
+      AND date_trunc('hour', bucket, 'UTC') <> ALL($10::timestamptz[])
+),
+raw_calls AS (
+    SELECT c.started_at, c.status, c.direction, c.answered_at, d.dur
+    FROM unnest($6::timestamptz[], $7::timestamptz[]) AS r(s, e)
+    JOIN call_sessions c ON c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+    CROSS JOIN LATERAL (SELECT {duration} AS dur) AS d
+),
+g AS (
     SELECT (started_at AT TIME ZONE $4)::date AS day,
-           status,
            count(*) AS calls,
+           count(*) FILTER (WHERE status = 'queued') AS queued,
+           count(*) FILTER (WHERE status = 'ringing') AS ringing,
+           count(*) FILTER (WHERE status = 'in-progress') AS in_progress,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'busy') AS busy,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'no-answer') AS no_answer,
+           count(*) FILTER (WHERE status = 'canceled') AS canceled,
+           count(*) FILTER (WHERE status = 'rejected') AS rejected,
            count(*) FILTER (WHERE direction = 'inbound') AS inbound,
            count(answered_at) FILTER (WHERE direction = 'inbound') AS answered_inbound,
-           count(d.dur) AS with_duration,
-           sum(d.dur) AS seconds
-    FROM call_sessions
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN answered_at IS NOT NULL
-                    THEN COALESCE(duration_seconds::float8,
-                                  date_part('epoch', ended_at - answered_at))
-               END AS dur
-    ) AS d
-    WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 {agent}
-    GROUP BY 1, 2
+           count(dur) AS with_duration,
+           sum(dur) AS seconds
+    FROM raw_calls GROUP BY 1
+    UNION ALL
+    SELECT (bucket AT TIME ZONE $4)::date, sum(calls), sum(queued), sum(ringing),
+           sum(in_progress), sum(completed), sum(busy), sum(failed), sum(no_answer),
+           sum(canceled), sum(rejected), sum(inbound), sum(answered_inbound),
+           sum(with_duration), sum(seconds)
+    FROM rolled GROUP BY 1
 ),
 totals AS (
     SELECT COALESCE(sum(calls), 0)::int8 AS total,
-           COALESCE(sum(calls) FILTER (WHERE status = 'queued'), 0)::int8 AS queued,
-           COALESCE(sum(calls) FILTER (WHERE status = 'ringing'), 0)::int8 AS ringing,
-           COALESCE(sum(calls) FILTER (WHERE status = 'in-progress'), 0)::int8 AS in_progress,
-           COALESCE(sum(calls) FILTER (WHERE status = 'completed'), 0)::int8 AS completed,
-           COALESCE(sum(calls) FILTER (WHERE status = 'busy'), 0)::int8 AS busy,
-           COALESCE(sum(calls) FILTER (WHERE status = 'failed'), 0)::int8 AS failed,
-           COALESCE(sum(calls) FILTER (WHERE status = 'no-answer'), 0)::int8 AS no_answer,
-           COALESCE(sum(calls) FILTER (WHERE status = 'canceled'), 0)::int8 AS canceled,
-           COALESCE(sum(calls) FILTER (WHERE status = 'rejected'), 0)::int8 AS rejected,
+           COALESCE(sum(queued), 0)::int8 AS queued,
+           COALESCE(sum(ringing), 0)::int8 AS ringing,
+           COALESCE(sum(in_progress), 0)::int8 AS in_progress,
+           COALESCE(sum(completed), 0)::int8 AS completed,
+           COALESCE(sum(busy), 0)::int8 AS busy,
+           COALESCE(sum(failed), 0)::int8 AS failed,
+           COALESCE(sum(no_answer), 0)::int8 AS no_answer,
+           COALESCE(sum(canceled), 0)::int8 AS canceled,
+           COALESCE(sum(rejected), 0)::int8 AS rejected,
            COALESCE(sum(inbound), 0)::int8 AS inbound,
            COALESCE(sum(answered_inbound), 0)::int8 AS answered_inbound,
            COALESCE(sum(with_duration), 0)::int8 AS with_duration,
            (sum(seconds) / NULLIF(sum(with_duration), 0))::float8 AS avg_duration,
            COALESCE(sum(seconds), 0)::float8 AS total_duration
     FROM g
-),
-percentiles AS (
-    SELECT percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (
-               ORDER BY COALESCE(duration_seconds::float8,
-                                 date_part('epoch', ended_at - answered_at))
-           ) AS duration_percentiles
-    FROM call_sessions
-    WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 {agent}
-      AND answered_at IS NOT NULL
 ),
 per_day AS (
     SELECT day, sum(calls)::int8 AS calls, COALESCE(sum(seconds), 0)::float8 AS seconds
@@ -255,34 +280,63 @@ series AS (
     LEFT JOIN per_day p ON p.day = d.day::date
 ),
 tools AS (
-    SELECT count(*) AS tools_total,
-           count(*) FILTER (WHERE te.status = 'succeeded') AS tools_succeeded,
-           count(*) FILTER (WHERE te.status = 'failed') AS tools_failed,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY te.latency_ms::float8)
-               AS tools_p95_latency
-    FROM tool_executions te
-    WHERE te.tenant_id = $1 AND te.created_at >= $2 AND te.created_at < $3 {tool_agent}
+    SELECT COALESCE(sum(total), 0)::int8 AS tools_total,
+           COALESCE(sum(succeeded), 0)::int8 AS tools_succeeded,
+           COALESCE(sum(failed), 0)::int8 AS tools_failed
+    FROM (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE te.status = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE te.status = 'failed') AS failed
+        FROM unnest($6::timestamptz[], $7::timestamptz[]) AS r(s, e)
+        JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= r.s
+                               AND te.created_at < r.e {tool_agent}
+        UNION ALL
+        SELECT sum(tools_total), sum(tools_succeeded), sum(tools_failed) FROM rolled
+    ) AS x
 )
-SELECT * FROM totals, percentiles, series, tools";
+SELECT * FROM totals, series, tools";
 
-fn kpi_sql(with_agent: bool) -> String {
-    let (agent, tool_agent) = if with_agent {
-        (
-            "AND agent_id = $5",
-            // Twilio ends a call after 24 hours at most, so a call with an
-            // execution in the period started at most a day before it: the
-            // bound keeps this to the agent's calls near the period.
-            "AND te.call_id IN (SELECT cs.id FROM call_sessions cs
-                                WHERE cs.tenant_id = $1 AND cs.agent_id = $5
-                                  AND cs.started_at >= $2 - interval '1 day'
-                                  AND cs.started_at < $3)",
-        )
-    } else {
-        ("", "")
+/// The distributions behind the percentiles: whole UTC months and days
+/// from `kpi_histograms`, the rest from the rows. `$1` tenant, `$2` agent
+/// key, `$3` months, `$4` days, `$5`/`$6` the ranges read from the rows.
+const DISTRIBUTIONS_SQL: &str = "
+SELECT metric, vals, counts FROM kpi_histograms
+WHERE tenant_id = $1 AND agent_key = $2 AND metric IN (1, 2)
+  AND ((grain = 2 AND bucket = ANY($3)) OR (grain = 1 AND bucket = ANY($4)))
+UNION ALL
+SELECT 1::int2, array_agg(d.dur), NULL
+FROM unnest($5::timestamptz[], $6::timestamptz[]) AS r(s, e)
+JOIN call_sessions c ON c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+CROSS JOIN LATERAL (SELECT {duration} AS dur) AS d
+WHERE d.dur IS NOT NULL
+UNION ALL
+SELECT 2::int2, array_agg(te.latency_ms::float8), NULL
+FROM unnest($5::timestamptz[], $6::timestamptz[]) AS r(s, e)
+JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= r.s
+                       AND te.created_at < r.e {tool_agent}
+WHERE te.latency_ms IS NOT NULL";
+
+/// One row of `DISTRIBUTIONS_SQL`: a metric's values, with their counts
+/// (a histogram) or without (values read from the rows, once each).
+type DistributionPart = (i16, Option<Vec<f64>>, Option<Vec<i64>>);
+
+/// `sql` with the duration expression and, when `agent_param` is given (the
+/// number of the parameter holding the agent's id), the agent filters.
+fn with_filters(sql: &str, agent_param: Option<u8>) -> String {
+    let (agent, tool_agent) = match agent_param {
+        Some(n) => (
+            format!("AND c.agent_id = ${n}"),
+            // A tool execution counts for the agent of its call.
+            format!(
+                "AND EXISTS (SELECT 1 FROM call_sessions tc
+                             WHERE tc.id = te.call_id AND tc.agent_id = ${n})"
+            ),
+        ),
+        None => (String::new(), String::new()),
     };
-    KPI_SQL
-        .replace("{agent}", agent)
-        .replace("{tool_agent}", tool_agent)
+    sql.replace("{duration}", DURATION_EXPR)
+        .replace("{agent}", &agent)
+        .replace("{tool_agent}", &tool_agent)
 }
 
 /// KPIs of a period for the token's tenant.
@@ -302,19 +356,50 @@ async fn kpis(
     Ok(Json(compute(&pool, claims.tenant_id, &params).await?))
 }
 
+/// The figures of a period, read in one snapshot (a repeatable-read
+/// transaction): the rollups' state, the counts, the distributions.
 pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> AppResult<Kpis> {
-    let sql = kpi_sql(p.agent_id.is_some());
-    let mut query = sqlx::query_as::<_, KpiRow>(sqlx::AssertSqlSafe(sql))
-        .bind(tenant_id)
-        .bind(p.from)
-        .bind(p.to)
-        .bind(p.tz.name());
-    if let Some(agent_id) = p.agent_id {
-        query = query.bind(agent_id);
-    }
-    let row = query.fetch_one(pool).await.map_err(|err| {
-        // chrono-tz and Postgres ship their own zone data; a name only one
-        // of them knows is the caller's problem, not a 500.
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let (rolled_up_to, dirty_hours): (Option<DateTime<Utc>>, Vec<DateTime<Utc>>) =
+        sqlx::query_as(ROLLUP_STATE_SQL)
+            .bind(tenant_id)
+            .bind(p.from)
+            .bind(p.to)
+            .fetch_one(&mut *tx)
+            .await?;
+    let plan = ReadPlan::new(p.from, p.to, rolled_up_to, &dirty_hours);
+    let agent_key = p.agent_id.unwrap_or(ALL_AGENTS);
+    let with_agent = p.agent_id.is_some();
+    let (raw_starts, raw_ends) = plan
+        .counts_from_rows
+        .iter()
+        .copied()
+        .unzip::<_, _, Vec<_>, Vec<_>>();
+    // Both reads are planned with their values each time (unnamed
+    // statements): the ranges read from the rows differ from one period to
+    // the next, and a plan kept from a small table would scan the tenant.
+    let row = sqlx::query_as::<_, KpiRow>(sqlx::AssertSqlSafe(with_filters(
+        KPI_SQL,
+        with_agent.then_some(5),
+    )))
+    .persistent(false)
+    .bind(tenant_id)
+    .bind(p.from)
+    .bind(p.to)
+    .bind(p.tz.name())
+    .bind(agent_key)
+    .bind(&raw_starts)
+    .bind(&raw_ends)
+    .bind(plan.quarters.0)
+    .bind(plan.quarters.1)
+    .bind(&plan.dirty_hours)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|err| {
+        // chrono-tz and Postgres ship their own zone data; a name only
+        // one of them knows is the caller's problem, not a 500.
         match &err {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
                 AppError::bad_request("tz is not a time zone the database knows")
@@ -322,10 +407,36 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
             _ => AppError::from(err),
         }
     })?;
-    let (p50, p95) = match row.duration_percentiles.as_deref() {
-        Some([p50, p95]) => (Some(*p50), Some(*p95)),
-        _ => (None, None),
-    };
+    let (hist_starts, hist_ends) = plan
+        .distributions_from_rows
+        .iter()
+        .copied()
+        .unzip::<_, _, Vec<_>, Vec<_>>();
+    let parts: Vec<DistributionPart> = sqlx::query_as(sqlx::AssertSqlSafe(with_filters(
+        DISTRIBUTIONS_SQL,
+        with_agent.then_some(2),
+    )))
+    .persistent(false)
+    .bind(tenant_id)
+    .bind(agent_key)
+    .bind(&plan.months)
+    .bind(&plan.days)
+    .bind(&hist_starts)
+    .bind(&hist_ends)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut durations = Distribution::default();
+    let mut latencies = Distribution::default();
+    for (metric, vals, counts) in parts {
+        let into = if metric == METRIC_DURATION {
+            &mut durations
+        } else {
+            &mut latencies
+        };
+        into.add(vals.unwrap_or_default(), counts);
+    }
+
     let finished = row.tools_succeeded + row.tools_failed;
     Ok(Kpis {
         from: p.from,
@@ -352,8 +463,8 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
         duration: DurationFigures {
             calls_with_duration: row.with_duration,
             average_seconds: row.avg_duration,
-            p50_seconds: p50,
-            p95_seconds: p95,
+            p50_seconds: durations.percentile(0.5),
+            p95_seconds: durations.percentile(0.95),
             total_seconds: row.total_duration,
             total_minutes: row.total_duration / 60.0,
         },
@@ -362,7 +473,7 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
             succeeded: row.tools_succeeded,
             failed: row.tools_failed,
             success_rate: ratio(row.tools_succeeded, finished),
-            p95_latency_ms: row.tools_p95_latency,
+            p95_latency_ms: latencies.percentile(0.95),
         },
         series: row.series.0,
     })

@@ -12,6 +12,7 @@
 
 pub mod calls;
 pub mod concurrency;
+pub mod kpi_plan;
 pub mod kpis;
 pub mod reads;
 pub mod recording;

@@ -6,7 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::client::{Fixture, NewCall, get_json, viewer};
-use api::testing::spawn_app;
+use api::testing::{TestApp, spawn_app};
+use shared::kpi_rollups::compact;
 
 const PERIOD: &str = "from=2026-11-01T00:00:00Z&to=2026-11-04T00:00:00Z";
 
@@ -226,7 +227,20 @@ async fn kpis_match_the_hand_computed_figures(pool: PgPool) {
     let (_x, y) = load(&pool, a, b).await;
     let token = viewer(&app, a);
 
-    let (status, body) = get_json(&app, &format!("/client/kpis?{PERIOD}"), &token).await;
+    // From the rows alone, then from the rollups once they are computed.
+    assert_hand_computed(&app, &token, y).await;
+    let done = compact(&pool).await.expect("compaction");
+    assert!(done.tenants >= 2 && done.hours > 0, "{done:?}");
+    let rolled: i64 = sqlx::query_scalar("SELECT count(*) FROM kpi_quarters")
+        .fetch_one(&pool)
+        .await
+        .expect("count quarters");
+    assert!(rolled > 0, "the rollups were computed");
+    assert_hand_computed(&app, &token, y).await;
+}
+
+async fn assert_hand_computed(app: &TestApp, token: &str, y: Uuid) {
+    let (status, body) = get_json(app, &format!("/client/kpis?{PERIOD}"), token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tz"], "UTC");
     let calls = &body["calls"];
@@ -276,9 +290,9 @@ async fn kpis_match_the_hand_computed_figures(pool: PgPool) {
     // Paris is UTC+1 in November: call 2 (23:30Z) falls on 11-02, and the
     // period's last hour on 11-04.
     let (status, body) = get_json(
-        &app,
+        app,
         &format!("/client/kpis?{PERIOD}&tz=Europe%2FParis"),
-        &token,
+        token,
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -295,8 +309,7 @@ async fn kpis_match_the_hand_computed_figures(pool: PgPool) {
     assert_eq!(body["calls"]["total"], 9, "tz changes only the series");
 
     // Agent Y: call 9 alone, and its failed execution.
-    let (status, body) =
-        get_json(&app, &format!("/client/kpis?{PERIOD}&agent_id={y}"), &token).await;
+    let (status, body) = get_json(app, &format!("/client/kpis?{PERIOD}&agent_id={y}"), token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["calls"]["total"], 1);
     assert_eq!(body["calls"]["by_status"]["completed"], 1);
@@ -391,4 +404,217 @@ async fn calls_refused_for_capacity_count_apart_from_busy_and_failed(pool: PgPoo
     let (status, page) = get_json(&app, "/client/calls?status=rejected", &viewer(&app, a)).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"].as_array().expect("items").len(), 2);
+}
+
+/// The figures after importing a call straight into the table (as a tenant
+/// moving from the old service would) on 11-02 and a late `completed`
+/// callback for call 6 (11-03, CallDuration 45), worked out by hand:
+/// 10 calls; no-answer 2, in-progress 0, completed 5; inbound 9, answered 4;
+/// durations 30, 45, 60, 120, 300: average 111, p50 60 (rank 2), p95 at
+/// rank 3.8 -> 120 + 0.8 * 180 = 264, total 555 s.
+async fn assert_after_import_and_callback(app: &TestApp, token: &str) {
+    let (status, body) = get_json(app, &format!("/client/kpis?{PERIOD}"), token).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = &body["calls"];
+    assert_eq!(calls["total"], 10, "{body}");
+    assert_eq!(calls["by_status"]["no-answer"], 2);
+    assert_eq!(calls["by_status"]["in-progress"], 0);
+    assert_eq!(calls["by_status"]["completed"], 5);
+    assert_eq!(calls["inbound"], 9);
+    close(&calls["answer_rate"], 4.0 / 9.0, "answer rate");
+    let d = &body["duration"];
+    assert_eq!(d["calls_with_duration"], 5);
+    close(&d["average_seconds"], 111.0, "average");
+    close(&d["p50_seconds"], 60.0, "p50");
+    close(&d["p95_seconds"], 264.0, "p95");
+    close(&d["total_seconds"], 555.0, "total");
+    assert_eq!(
+        series(&body),
+        vec![
+            ("2026-11-01".into(), 2, 3.0),
+            ("2026-11-02".into(), 4, 0.5),
+            ("2026-11-03".into(), 4, 5.75),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn rollups_stay_exact_after_an_import_a_late_callback_and_a_deletion(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let a = app.create_tenant("A").await;
+    let b = app.create_tenant("B").await;
+    let (x, y) = load(&pool, a, b).await;
+    let token = viewer(&app, a);
+    compact(&pool).await.expect("compaction");
+
+    // Both days were computed; each change marks its hour in its own
+    // transaction, and the figures change at once.
+    let fx = Fixture {
+        pool: &pool,
+        tenant_id: a,
+    };
+    fx.call(NewCall {
+        started_at: "2026-11-02T14:30:00Z",
+        status: "no-answer",
+        agent_id: Some(x),
+        ..Default::default()
+    })
+    .await;
+    sqlx::query(
+        "UPDATE call_sessions SET status = 'completed', duration_seconds = 45,
+                ended_at = started_at + interval '48 seconds'
+         WHERE tenant_id = $1 AND started_at = '2026-11-03T09:00:00Z'",
+    )
+    .bind(a)
+    .execute(&pool)
+    .await
+    .expect("late callback");
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM kpi_dirty_hours WHERE tenant_id = $1")
+            .bind(a)
+            .fetch_one(&pool)
+            .await
+            .expect("marks");
+    assert_eq!(marks, 2, "one mark per changed hour");
+    assert_after_import_and_callback(&app, &token).await;
+
+    // Two compactions at once: one takes the tenant, neither counts twice.
+    let (one, two) = tokio::join!(compact(&pool), compact(&pool));
+    let hours = one.expect("first").hours + two.expect("second").hours;
+    assert!(hours >= 2, "the marked hours were computed again");
+    let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM kpi_dirty_hours")
+        .fetch_one(&pool)
+        .await
+        .expect("marks");
+    assert_eq!(marks, 0, "marks consumed");
+    assert_after_import_and_callback(&app, &token).await;
+    compact(&pool).await.expect("again");
+    assert_after_import_and_callback(&app, &token).await;
+
+    // Deleting a call (an erasure) takes it out of the rolled-up figures.
+    sqlx::query(
+        "DELETE FROM call_sessions WHERE tenant_id = $1 AND started_at = '2026-11-02T14:30:00Z'",
+    )
+    .bind(a)
+    .execute(&pool)
+    .await
+    .expect("delete");
+    let (_, body) = get_json(&app, &format!("/client/kpis?{PERIOD}"), &token).await;
+    assert_eq!(body["calls"]["total"], 9, "{body}");
+    compact(&pool).await.expect("after the deletion");
+    let (_, body) = get_json(&app, &format!("/client/kpis?{PERIOD}"), &token).await;
+    assert_eq!(body["calls"]["total"], 9, "{body}");
+    assert_eq!(body["calls"]["by_status"]["no-answer"], 1);
+
+    // An agent deleted: its calls, and their tool executions (even one an
+    // hour after the call rang), leave its figures.
+    let c9: Uuid = sqlx::query_scalar("SELECT id FROM call_sessions WHERE agent_id = $1")
+        .bind(y)
+        .fetch_one(&pool)
+        .await
+        .expect("call 9");
+    let tool = fx.tool("later").await;
+    fx.tool_execution(c9, tool, "2026-11-03T13:10:00Z", "succeeded", Some(50))
+        .await;
+    compact(&pool).await.expect("with the later execution");
+    let agent_y = format!("/client/kpis?{PERIOD}&agent_id={y}");
+    let (_, body) = get_json(&app, &agent_y, &token).await;
+    assert_eq!(body["tools"]["executions_total"], 2, "{body}");
+    sqlx::query("DELETE FROM agents WHERE id = $1")
+        .bind(y)
+        .execute(&pool)
+        .await
+        .expect("delete agent");
+    for when in ["before the compaction", "after it"] {
+        let (_, body) = get_json(&app, &agent_y, &token).await;
+        assert_eq!(body["calls"]["total"], 0, "{when}: {body}");
+        assert_eq!(body["tools"]["executions_total"], 0, "{when}: {body}");
+        compact(&pool).await.expect("after the agent left");
+    }
+}
+
+/// Any period, any zone, any agent: the rollups give what the rows give.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn rollups_and_rows_agree_on_every_period(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let a = app.create_tenant("A").await;
+    let b = app.create_tenant("B").await;
+    let (x, _y) = load(&pool, a, b).await;
+    // A month and more of calls, every 7 h 13 min, so periods cross whole
+    // months, days and quarters.
+    sqlx::query(
+        "INSERT INTO call_sessions (id, tenant_id, call_sid, agent_id, direction, status,
+             started_at, answered_at, ended_at, duration_seconds)
+         SELECT gen_random_uuid(), $1, 'CAgrid' || n, CASE WHEN n % 3 = 0 THEN $2 END,
+                CASE WHEN n % 4 = 0 THEN 'outbound-api' ELSE 'inbound' END,
+                CASE WHEN n % 5 = 0 THEN 'busy' ELSE 'completed' END,
+                at, CASE WHEN n % 5 <> 0 THEN at + interval '3 seconds' END,
+                at + make_interval(secs => 10 + n % 97),
+                CASE WHEN n % 2 = 0 AND n % 5 <> 0 THEN n % 89 END
+         FROM generate_series(1, 250) AS n,
+              LATERAL (SELECT timestamptz '2026-09-20T00:00:00Z' + n * interval '433 minutes') AS t(at)",
+    )
+    .bind(a)
+    .bind(x)
+    .execute(&pool)
+    .await
+    .expect("grid of calls");
+    let token = viewer(&app, a);
+    let periods = [
+        "from=2026-09-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        "from=2026-09-20T05:07:00Z&to=2026-11-29T17:51:00Z",
+        "from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "from=2026-10-14T23:59:00Z&to=2026-10-15T00:16:00Z",
+    ];
+    let queries: Vec<String> = periods
+        .iter()
+        .flat_map(|p| {
+            [
+                p.to_string(),
+                format!("{p}&tz=Asia%2FKolkata"),
+                format!("{p}&tz=America%2FNew_York&agent_id={x}"),
+            ]
+        })
+        .collect();
+    let mut from_rows = Vec::new();
+    for q in &queries {
+        let (status, body) = get_json(&app, &format!("/client/kpis?{q}"), &token).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        from_rows.push(body);
+    }
+    compact(&pool).await.expect("compaction");
+    for (q, expected) in queries.iter().zip(&from_rows) {
+        let (_, body) = get_json(&app, &format!("/client/kpis?{q}"), &token).await;
+        assert_same_figures(&body, expected, q);
+    }
+    assert!(
+        from_rows[0]["calls"]["total"].as_i64().expect("total") > 200,
+        "the grid is in the first period"
+    );
+}
+
+/// Equal, floats within rounding of the order they were summed in.
+fn assert_same_figures(actual: &Value, expected: &Value, what: &str) {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (a.as_f64().expect("number"), e.as_f64().expect("number"));
+            assert!(
+                (a - e).abs() <= 1e-9 * e.abs().max(1.0),
+                "{what}: {a} != {e}"
+            );
+        }
+        (Value::Object(a), Value::Object(e)) => {
+            assert_eq!(a.len(), e.len(), "{what}");
+            for (key, e) in e {
+                assert_same_figures(&a[key], e, &format!("{what} {key}"));
+            }
+        }
+        (Value::Array(a), Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{what}");
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_same_figures(a, e, &format!("{what} [{i}]"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{what}"),
+    }
 }

@@ -29,6 +29,7 @@ pub struct NewCall<'a> {
     pub ended_after: Option<f64>,
     pub duration_seconds: Option<i32>,
     pub from_number: &'a str,
+    pub to_number: &'a str,
 }
 
 impl Default for NewCall<'_> {
@@ -42,6 +43,7 @@ impl Default for NewCall<'_> {
             ended_after: None,
             duration_seconds: None,
             from_number: "+14155550100",
+            to_number: "+14155559999",
         }
     }
 }
@@ -94,7 +96,7 @@ impl Fixture<'_> {
         sqlx::query(
             "INSERT INTO call_sessions (id, tenant_id, call_sid, agent_id, from_number, to_number,
                  direction, status, started_at, answered_at, ended_at, duration_seconds)
-             VALUES ($1, $2, $3, $4, $5, '+14155559999', $6, $7, $8::timestamptz,
+             VALUES ($1, $2, $3, $4, $5, $12, $6, $7, $8::timestamptz,
                      $8::timestamptz + make_interval(secs => $9),
                      $8::timestamptz + make_interval(secs => $10), $11)",
         )
@@ -109,6 +111,7 @@ impl Fixture<'_> {
         .bind(c.answered_after)
         .bind(c.ended_after)
         .bind(c.duration_seconds)
+        .bind(c.to_number)
         .execute(self.pool)
         .await
         .expect("insert call");
@@ -242,6 +245,7 @@ async fn list_filters_and_orders_newest_first(pool: PgPool) {
             agent_id: Some(agent),
             duration_seconds: Some(17),
             answered_after: Some(1.0),
+            to_number: "+442079460000",
             ..Default::default()
         })
         .await;
@@ -277,6 +281,31 @@ async fn list_filters_and_orders_newest_first(pool: PgPool) {
     assert_eq!(ids(&page), [c2.to_string()], "q matches part of the caller");
     let (_, page) = get_json(&app, "/client/calls?q=0100", &token).await;
     assert_eq!(ids(&page), [c3, c1].map(|c| c.to_string()));
+    let (_, page) = get_json(&app, "/client/calls?q=207%20946", &token).await;
+    assert_eq!(ids(&page), [c3.to_string()], "q matches part of the callee");
+    let (_, page) = get_json(&app, "/client/calls?q=5559999", &token).await;
+    assert_eq!(ids(&page), [c2, c1].map(|c| c.to_string()));
+    let (_, page) = get_json(&app, "/client/calls?q=7777", &token).await;
+    assert_eq!(ids(&page), Vec::<String>::new(), "a miss");
+    let sid = format!("CA{}", c2.simple());
+    let (_, page) = get_json(&app, &format!("/client/calls?q={sid}"), &token).await;
+    assert_eq!(ids(&page), [c2.to_string()], "q finds a CallSid");
+    // Another tenant's call, by its number or its CallSid: never found.
+    let other = Fixture {
+        pool: &pool,
+        tenant_id: app.create_tenant("B").await,
+    };
+    let foreign = other
+        .call(NewCall {
+            from_number: "+33612345678",
+            ..Default::default()
+        })
+        .await;
+    let sid = format!("CA{}", foreign.simple());
+    let (_, page) = get_json(&app, &format!("/client/calls?q={sid}"), &token).await;
+    assert_eq!(ids(&page), Vec::<String>::new());
+    let (_, page) = get_json(&app, "/client/calls?q=%2B33612", &token).await;
+    assert_eq!(ids(&page), [c2.to_string()]);
     let (_, page) = get_json(&app, "/client/calls?limit=2", &token).await;
     assert_eq!(ids(&page), [c3, c2].map(|c| c.to_string()));
     let cursor = page["next_cursor"].as_str().expect("more pages");
@@ -309,6 +338,7 @@ async fn bad_parameters_are_400s_naming_the_parameter(pool: PgPool) {
             "from",
         ),
         ("/client/calls?q=abc", "q"),
+        ("/client/calls?q=12", "at least 3"),
         ("/client/kpis?from=2026-11-01", "from"),
         ("/client/kpis?to=soon", "to"),
         (

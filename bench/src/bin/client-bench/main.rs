@@ -52,6 +52,13 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         small_calls: i64,
     },
+    /// Compute the KPI rollups of every tenant (what the dispatch-worker
+    /// does on its schedule), timed; or, with `--drop`, delete them all so
+    /// every KPI is read from the rows.
+    Rollups {
+        #[arg(long)]
+        drop: bool,
+    },
     /// Time the endpoints of a running api.
     Measure {
         /// Base URL of the api, e.g. http://127.0.0.1:4100.
@@ -60,6 +67,13 @@ enum Command {
         /// Timed requests per endpoint (after 10 warm-up requests).
         #[arg(long, default_value_t = 300)]
         samples: usize,
+        /// Only the KPIs, each with a tenth of the samples (at least 10;
+        /// a full year with 5): for the pass that reads them from the rows.
+        #[arg(long)]
+        kpis_only: bool,
+        /// Printed above the table.
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// Tenant A's full-year KPI reads beside tenant B's claims and tool
     /// executions, against a running api and automation-worker.
@@ -94,10 +108,21 @@ async fn main() -> anyhow::Result<()> {
             small_tenants,
             small_calls,
         } => load(&pool, big_calls, small_tenants, small_calls).await,
-        Command::Measure { api_url, samples } => {
+        Command::Rollups { drop } => rollups(&pool, drop).await,
+        Command::Measure {
+            api_url,
+            samples,
+            kpis_only,
+            label,
+        } => {
             let secret = args.auth.secret(&args.common)?;
             let keys = JwtKeys::new(&secret, &args.auth.jwt_issuer, &args.auth.jwt_audience);
-            measure(&pool, &keys, &api_url, samples).await
+            let settings = MeasureSettings {
+                samples,
+                kpis_only,
+                label,
+            };
+            measure(&pool, &keys, &api_url, &settings).await
         }
         Command::Noisy {
             api_url,
@@ -169,6 +194,19 @@ async fn load(pool: &PgPool, big: i64, small_tenants: i64, small: i64) -> anyhow
     )
     .execute(&mut *conn)
     .await?;
+    // The search index is built once after the load: a GIN index takes
+    // millions of rows far faster in one build than row by row.
+    let search_index: Option<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+         WHERE indexrelid = to_regclass('call_sessions_numbers_trgm_idx')",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if search_index.is_some() {
+        sqlx::query("DROP INDEX call_sessions_numbers_trgm_idx")
+            .execute(&mut *conn)
+            .await?;
+    }
     println!("loading {expected} calls...");
     // Calls of all tenants interleaved in time order, as they would arrive;
     // 90% inbound; 74.5% completed (80% of those with Twilio's CallDuration).
@@ -176,7 +214,7 @@ async fn load(pool: &PgPool, big: i64, small_tenants: i64, small: i64) -> anyhow
         "INSERT INTO call_sessions (id, tenant_id, call_sid, agent_id, from_number, to_number,
              direction, status, started_at, answered_at, ended_at, duration_seconds,
              created_at, updated_at)
-         SELECT gen_random_uuid(), tenant_id, 'CAbench' || idx || '_' || n,
+         SELECT gen_random_uuid(), tenant_id, 'CA' || md5('bench' || idx || '_' || n),
                 agents[1 + (n % 5)::int],
                 '+1415' || lpad(((n * 7919) % 10000000)::text, 7, '0'),
                 '+1800555' || lpad(idx::text, 4, '0'),
@@ -247,6 +285,15 @@ async fn load(pool: &PgPool, big: i64, small_tenants: i64, small: i64) -> anyhow
     sqlx::query("RESET session_replication_role")
         .execute(&mut *conn)
         .await?;
+    if let Some(definition) = search_index {
+        println!("building the search index...");
+        sqlx::query("SET maintenance_work_mem = '1GB'")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(definition))
+            .execute(&mut *conn)
+            .await?;
+    }
     println!("vacuum analyze...");
     for table in [
         "call_sessions",
@@ -269,12 +316,47 @@ async fn load(pool: &PgPool, big: i64, small_tenants: i64, small: i64) -> anyhow
     Ok(())
 }
 
+/// Deletes the KPI rollups (every read then comes from the rows), or
+/// computes them all as the dispatch-worker would, timed.
+async fn rollups(pool: &PgPool, drop: bool) -> anyhow::Result<()> {
+    if drop {
+        sqlx::query("TRUNCATE kpi_quarters, kpi_histograms, kpi_rollup_progress, kpi_dirty_hours")
+            .execute(pool)
+            .await?;
+        println!("kpi rollups dropped: every KPI is read from the rows");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let done = shared::kpi_rollups::compact(pool).await?;
+    let (quarters, histograms, values): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM kpi_quarters), (SELECT count(*) FROM kpi_histograms),
+                (SELECT COALESCE(sum(cardinality(vals)), 0)::int8 FROM kpi_histograms)",
+    )
+    .fetch_one(pool)
+    .await?;
+    println!(
+        "kpi rollups computed in {:.1?}: {} tenants, {} hours; {quarters} quarter rows, \
+         {histograms} distributions holding {values} values",
+        started.elapsed(),
+        done.tenants,
+        done.hours
+    );
+    Ok(())
+}
+
+struct MeasureSettings {
+    samples: usize,
+    kpis_only: bool,
+    label: String,
+}
+
 async fn measure(
     pool: &PgPool,
     keys: &JwtKeys,
     api_url: &str,
-    samples: usize,
+    settings: &MeasureSettings,
 ) -> anyhow::Result<()> {
+    let samples = settings.samples;
     let tenant_id: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
         .bind(BIG)
         .fetch_one(pool)
@@ -312,37 +394,98 @@ async fn measure(
     let now = Utc::now();
     let days_ago = |d: i64| (now - chrono::Duration::days(d)).format("%Y-%m-%dT%H:%M:%SZ");
     let to = now.format("%Y-%m-%dT%H:%M:%SZ");
-    let kpi_30 = format!("/client/kpis?from={}&to={to}", days_ago(30));
+    let kpi = |days: i64| format!("/client/kpis?from={}&to={to}", days_ago(days));
+    let (kpi_1, kpi_30, kpi_366) = (kpi(1), kpi(30), kpi(366));
     let kpi_30_agent = format!("{kpi_30}&agent_id={agent_id}");
-    let kpi_30_tz = format!("{kpi_30}&tz=Europe%2FParis");
-    let kpi_366 = format!("/client/kpis?from={}&to={to}", days_ago(366));
+    let kpi_30_tz = format!("{kpi_30}&tz=Asia%2FKolkata");
+    let kpi_366_agent = format!("{kpi_366}&agent_id={agent_id}");
     let first = "/client/calls?limit=50".to_owned();
+    // Searches: the last 7 digits of one caller (a hit: a handful of
+    // calls), digits no number holds (a miss), the tenant's own number that
+    // every call was made to (matches them all), and a CallSid.
+    let (caller, call_sid): (String, String) = sqlx::query_as(
+        "SELECT from_number, call_sid FROM call_sessions WHERE tenant_id = $1
+         ORDER BY started_at LIMIT 1 OFFSET $2",
+    )
+    .bind(tenant_id)
+    .bind(calls / 2)
+    .fetch_one(pool)
+    .await?;
+    let callee: String =
+        sqlx::query_scalar("SELECT to_number FROM call_sessions WHERE tenant_id = $1 LIMIT 1")
+            .bind(tenant_id)
+            .fetch_one(pool)
+            .await?;
+    let hit_digits = &caller[caller.len().saturating_sub(7)..];
+    let search_hit = format!("/client/calls?q={hit_digits}");
+    let search_miss = "/client/calls?q=99999999".to_owned();
+    let search_all = format!("/client/calls?q={}", callee.replace('+', "%2B"));
+    let search_sid = format!("/client/calls?q={call_sid}");
+    let (hits, _) = get(&client, api_url, &search_hit, &token).await?;
+    let (misses, _) = get(&client, api_url, &search_miss, &token).await?;
+    ensure!(
+        hits["items"].as_array().is_some_and(|i| !i.is_empty())
+            && misses["items"].as_array().is_some_and(Vec::is_empty),
+        "the search hit must find calls and the miss none"
+    );
     let deep = format!("/client/calls?limit=50&cursor={deep_cursor}");
 
     let (kpis_in_30d, _) = get(&client, api_url, &kpi_30, &token).await?;
+    let (kpis_in_366d, _) = get(&client, api_url, &kpi_366, &token).await?;
+    println!(
+        "366 days: {} calls, {} tool executions, duration p50/p95 {}/{} s, tool p95 {} ms",
+        kpis_in_366d["calls"]["total"],
+        kpis_in_366d["tools"]["executions_total"],
+        kpis_in_366d["duration"]["p50_seconds"],
+        kpis_in_366d["duration"]["p95_seconds"],
+        kpis_in_366d["tools"]["p95_latency_ms"],
+    );
     println!(
         "tenant {tenant_id}: {calls} calls; 30-day window holds {} calls; deep page starts \
          {deep_offset} calls down",
         kpis_in_30d["calls"]["total"]
     );
+    if !settings.label.is_empty() {
+        println!("-- {}", settings.label);
+    }
     println!("machine: {} cpus, load average {}", cpus(), load_average());
     println!(
         "{:<34} {:>8} {:>10} {:>10}",
         "endpoint", "samples", "p50 ms", "p99 ms"
     );
     let few = (samples / 10).max(20);
-    for (name, path, n) in [
-        ("GET /client/kpis (30 days)", &kpi_30, samples),
-        ("GET /client/calls (first page)", &first, samples),
-        ("GET /client/calls (deep page)", &deep, samples),
-        ("kpis 30 days, tz=Europe/Paris", &kpi_30_tz, few),
-        ("kpis 30 days, agent_id", &kpi_30_agent, few),
-        ("kpis 366 days (whole tenant)", &kpi_366, few),
-    ] {
+    let endpoints: Vec<(&str, &String, usize)> = if settings.kpis_only {
+        let rows = (samples / 10).max(10);
+        vec![
+            ("kpis 1 day", &kpi_1, rows),
+            ("kpis 30 days", &kpi_30, rows),
+            ("kpis 30 days, tz=Asia/Kolkata", &kpi_30_tz, rows),
+            ("kpis 30 days, agent_id", &kpi_30_agent, rows),
+            ("kpis 366 days", &kpi_366, 5),
+        ]
+    } else {
+        vec![
+            ("kpis 1 day", &kpi_1, samples),
+            ("kpis 30 days", &kpi_30, samples),
+            ("kpis 366 days", &kpi_366, samples),
+            ("kpis 30 days, tz=Asia/Kolkata", &kpi_30_tz, few),
+            ("kpis 30 days, agent_id", &kpi_30_agent, few),
+            ("kpis 366 days, agent_id", &kpi_366_agent, few),
+            ("GET /client/calls (first page)", &first, samples),
+            ("GET /client/calls (deep page)", &deep, samples),
+            ("calls ?q= caller digits (hit)", &search_hit, samples),
+            ("calls ?q= digits (miss)", &search_miss, samples),
+            ("calls ?q= callee (every call)", &search_all, few),
+            ("calls ?q= CallSid", &search_sid, few),
+        ]
+    };
+    // Reads from the rows of a big tenant take seconds: fewer warm-ups.
+    let warm_up = if settings.kpis_only { 2 } else { 10 };
+    for (name, path, n) in endpoints {
         let mut times = Vec::with_capacity(n);
-        for i in 0..n + 10 {
+        for i in 0..n + warm_up {
             let (_, took) = get(&client, api_url, path, &token).await?;
-            if i >= 10 {
+            if i >= warm_up {
                 times.push(took);
             }
         }

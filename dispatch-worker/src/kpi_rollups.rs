@@ -1,0 +1,41 @@
+//! Keeps the KPI rollups computed (`shared::kpi_rollups`): every
+//! `KPI_ROLLUP_INTERVAL`, each tenant's hours that are over and the hours
+//! marked dirty since. A tenant with a long history (an import, or a
+//! deployment that ran without this task) catches up a week per
+//! transaction. The KPIs are exact meanwhile: what is not computed is read
+//! from the rows.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        // A long catch-up stops with the worker; its open transaction is
+        // rolled back and the next start goes on from the last commit.
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            outcome = shared::kpi_rollups::compact(&pool) => outcome,
+        };
+        match outcome {
+            Ok(done) => {
+                metrics::histogram!("kpi_rollup_seconds").record(started.elapsed());
+                metrics::counter!("kpi_rollup_hours_total").increment(done.hours as u64);
+                if done.marks > 0 {
+                    tracing::debug!(?done, "kpi rollups computed");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "computing kpi rollups failed; the kpis read the rows meanwhile");
+            }
+        }
+    }
+}

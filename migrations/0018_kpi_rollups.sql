@@ -1,0 +1,184 @@
+-- Rollups for GET /client/kpis, so a range costs the same whatever its
+-- length and the tenant's size. See docs/decisions/0047-kpi-rollups.md.
+--
+-- The rollups are a pure function of the rows: the dispatch-worker
+-- computes them from call_sessions and tool_executions, hour by hour, once
+-- an hour is over (kpi_rollup_progress says how far), and computes an hour
+-- again when a row of it changed later. Such a change, whatever wrote it
+-- (a late status callback, an import of past calls, a deletion), marks its
+-- hour in kpi_dirty_hours from a trigger, in the same transaction; a reader
+-- takes a rollup only for hours that are computed and not marked, and reads
+-- the rows for the rest. Figures are therefore exact at every moment, and
+-- the compaction can run late, twice, or not at all.
+
+-- "All agents" rows use this key; a per-agent row uses the agent's id.
+-- (No agent has the nil id; the api refuses it as a filter.)
+
+-- Counts and sums per quarter hour (every time zone's days start on one):
+-- calls by started_at, tool executions by created_at.
+CREATE TABLE kpi_quarters (
+    tenant_id        uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    agent_key        uuid NOT NULL,
+    bucket           timestamptz NOT NULL,
+    calls            bigint NOT NULL DEFAULT 0,
+    queued           bigint NOT NULL DEFAULT 0,
+    ringing          bigint NOT NULL DEFAULT 0,
+    in_progress      bigint NOT NULL DEFAULT 0,
+    completed        bigint NOT NULL DEFAULT 0,
+    busy             bigint NOT NULL DEFAULT 0,
+    failed           bigint NOT NULL DEFAULT 0,
+    no_answer        bigint NOT NULL DEFAULT 0,
+    canceled         bigint NOT NULL DEFAULT 0,
+    rejected         bigint NOT NULL DEFAULT 0,
+    inbound          bigint NOT NULL DEFAULT 0,
+    answered_inbound bigint NOT NULL DEFAULT 0,
+    with_duration    bigint NOT NULL DEFAULT 0,
+    seconds          float8 NOT NULL DEFAULT 0,
+    tools_total      bigint NOT NULL DEFAULT 0,
+    tools_succeeded  bigint NOT NULL DEFAULT 0,
+    tools_failed     bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, agent_key, bucket)
+);
+
+-- Exact distributions for the percentiles: each value with how many calls
+-- had that duration (metric 1, seconds) or tool executions that latency
+-- (metric 2, ms), per UTC day (grain 1) and UTC month (grain 2), as two
+-- arrays sorted by value. Twilio's durations are whole seconds and
+-- latencies whole milliseconds, so a day or a month holds a few thousand
+-- values at most however many calls it had. A day is computed once it is
+-- over, a month once it is over.
+CREATE TABLE kpi_histograms (
+    tenant_id uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    agent_key uuid NOT NULL,
+    metric    smallint NOT NULL CHECK (metric IN (1, 2)),
+    grain     smallint NOT NULL CHECK (grain IN (1, 2)),
+    bucket    timestamptz NOT NULL,
+    vals      float8[] NOT NULL,
+    counts    bigint[] NOT NULL,
+    PRIMARY KEY (tenant_id, agent_key, metric, grain, bucket)
+);
+
+-- Every hour before rolled_up_to has been computed (unless marked dirty).
+CREATE TABLE kpi_rollup_progress (
+    tenant_id    uuid PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
+    rolled_up_to timestamptz NOT NULL
+);
+
+-- Hours whose rows changed after they may have been computed. Append only
+-- (no unique key): a writer never waits for another writer here, and the
+-- compaction deletes exactly the marks its snapshot saw.
+CREATE TABLE kpi_dirty_hours (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id uuid NOT NULL,
+    hour      timestamptz NOT NULL
+);
+CREATE INDEX kpi_dirty_hours_tenant_idx ON kpi_dirty_hours (tenant_id, hour);
+
+-- Whether a change to a row of this hour must be marked: the compaction
+-- computes an hour only once it ended more than five minutes before (see
+-- kpi_compaction_cutoff), so a change made while the hour is running, or
+-- less than a minute before its end, needs no mark as long as its
+-- transaction commits within six minutes. Calls ringing now cost nothing.
+CREATE FUNCTION kpi_hour_needs_mark(p_at timestamptz) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT date_trunc('hour', p_at, 'UTC') + interval '1 hour'
+           <= clock_timestamp() + interval '1 minute'
+$$;
+
+CREATE FUNCTION kpi_compaction_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT date_trunc('hour', now() - interval '5 minutes', 'UTC')
+$$;
+
+CREATE FUNCTION kpi_mark_calls() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
+        FROM new_rows WHERE kpi_hour_needs_mark(started_at);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
+        FROM old_rows WHERE kpi_hour_needs_mark(started_at);
+    ELSE
+        -- Only changes to what the figures read; both the old and the new
+        -- hour.
+        WITH changed AS (
+            SELECT o.tenant_id AS old_tenant, o.started_at AS old_at,
+                   n.tenant_id, n.started_at
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE (n.tenant_id, n.agent_id, n.status, n.direction, n.started_at,
+                   n.answered_at, n.ended_at, n.duration_seconds)
+                  IS DISTINCT FROM
+                  (o.tenant_id, o.agent_id, o.status, o.direction, o.started_at,
+                   o.answered_at, o.ended_at, o.duration_seconds)
+        )
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT t, date_trunc('hour', at, 'UTC') FROM (
+            SELECT old_tenant AS t, old_at AS at FROM changed
+            UNION ALL
+            SELECT tenant_id, started_at FROM changed
+        ) AS hours
+        WHERE kpi_hour_needs_mark(at);
+        -- A call whose agent changed (its agent was deleted) moves its tool
+        -- executions to another agent's figures. Rare; kept out of the
+        -- statement above so a status update never reads tool_executions.
+        IF EXISTS (SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+                   WHERE n.agent_id IS DISTINCT FROM o.agent_id) THEN
+            INSERT INTO kpi_dirty_hours (tenant_id, hour)
+            SELECT DISTINCT te.tenant_id, date_trunc('hour', te.created_at, 'UTC')
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            CROSS JOIN LATERAL (SELECT tenant_id, created_at FROM tool_executions
+                                WHERE call_id = n.id) AS te
+            WHERE n.agent_id IS DISTINCT FROM o.agent_id
+              AND kpi_hour_needs_mark(te.created_at);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION kpi_mark_tool_executions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
+        FROM new_rows WHERE kpi_hour_needs_mark(created_at);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
+        FROM old_rows WHERE kpi_hour_needs_mark(created_at);
+    ELSE
+        WITH changed AS (
+            SELECT o.tenant_id AS old_tenant, o.created_at AS old_at, n.tenant_id, n.created_at
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE (n.tenant_id, n.call_id, n.status, n.latency_ms, n.created_at)
+                  IS DISTINCT FROM (o.tenant_id, o.call_id, o.status, o.latency_ms, o.created_at)
+        )
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT t, date_trunc('hour', at, 'UTC') FROM (
+            SELECT old_tenant AS t, old_at AS at FROM changed
+            UNION ALL
+            SELECT tenant_id, created_at FROM changed
+        ) AS hours
+        WHERE kpi_hour_needs_mark(at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER call_sessions_kpi_insert AFTER INSERT ON call_sessions
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
+CREATE TRIGGER call_sessions_kpi_update AFTER UPDATE ON call_sessions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
+CREATE TRIGGER call_sessions_kpi_delete AFTER DELETE ON call_sessions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
+
+CREATE TRIGGER tool_executions_kpi_insert AFTER INSERT ON tool_executions
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
+CREATE TRIGGER tool_executions_kpi_update AFTER UPDATE ON tool_executions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
+CREATE TRIGGER tool_executions_kpi_delete AFTER DELETE ON tool_executions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
