@@ -90,95 +90,91 @@ LANGUAGE sql STABLE AS $$
     SELECT date_trunc('hour', now() - interval '5 minutes', 'UTC')
 $$;
 
-CREATE FUNCTION kpi_mark_calls() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Inserts and deletions: one statement per batch of rows (transition
+-- tables), so an import of a million past calls writes one mark per hour.
+CREATE FUNCTION kpi_mark_call_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO kpi_dirty_hours (tenant_id, hour)
         SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
         FROM new_rows WHERE kpi_hour_needs_mark(started_at);
-    ELSIF TG_OP = 'DELETE' THEN
+    ELSE
         INSERT INTO kpi_dirty_hours (tenant_id, hour)
         SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
         FROM old_rows WHERE kpi_hour_needs_mark(started_at);
-    ELSE
-        -- Only changes to what the figures read; both the old and the new
-        -- hour.
-        WITH changed AS (
-            SELECT o.tenant_id AS old_tenant, o.started_at AS old_at,
-                   n.tenant_id, n.started_at
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE (n.tenant_id, n.agent_id, n.status, n.direction, n.started_at,
-                   n.answered_at, n.ended_at, n.duration_seconds)
-                  IS DISTINCT FROM
-                  (o.tenant_id, o.agent_id, o.status, o.direction, o.started_at,
-                   o.answered_at, o.ended_at, o.duration_seconds)
-        )
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT t, date_trunc('hour', at, 'UTC') FROM (
-            SELECT old_tenant AS t, old_at AS at FROM changed
-            UNION ALL
-            SELECT tenant_id, started_at FROM changed
-        ) AS hours
-        WHERE kpi_hour_needs_mark(at);
-        -- A call whose agent changed (its agent was deleted) moves its tool
-        -- executions to another agent's figures. Rare; kept out of the
-        -- statement above so a status update never reads tool_executions.
-        IF EXISTS (SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-                   WHERE n.agent_id IS DISTINCT FROM o.agent_id) THEN
-            INSERT INTO kpi_dirty_hours (tenant_id, hour)
-            SELECT DISTINCT te.tenant_id, date_trunc('hour', te.created_at, 'UTC')
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            CROSS JOIN LATERAL (SELECT tenant_id, created_at FROM tool_executions
-                                WHERE call_id = n.id) AS te
-            WHERE n.agent_id IS DISTINCT FROM o.agent_id
-              AND kpi_hour_needs_mark(te.created_at);
-        END IF;
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION kpi_mark_tool_executions() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION kpi_mark_tool_execution_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO kpi_dirty_hours (tenant_id, hour)
         SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
         FROM new_rows WHERE kpi_hour_needs_mark(created_at);
-    ELSIF TG_OP = 'DELETE' THEN
+    ELSE
         INSERT INTO kpi_dirty_hours (tenant_id, hour)
         SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
         FROM old_rows WHERE kpi_hour_needs_mark(created_at);
-    ELSE
-        WITH changed AS (
-            SELECT o.tenant_id AS old_tenant, o.created_at AS old_at, n.tenant_id, n.created_at
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE (n.tenant_id, n.call_id, n.status, n.latency_ms, n.created_at)
-                  IS DISTINCT FROM (o.tenant_id, o.call_id, o.status, o.latency_ms, o.created_at)
-        )
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT t, date_trunc('hour', at, 'UTC') FROM (
-            SELECT old_tenant AS t, old_at AS at FROM changed
-            UNION ALL
-            SELECT tenant_id, created_at FROM changed
-        ) AS hours
-        WHERE kpi_hour_needs_mark(at);
     END IF;
     RETURN NULL;
 END
 $$;
 
+-- Updates come one row at a time (status callbacks, tool outcomes): a row
+-- trigger whose WHEN is evaluated in place, so an update of a call ringing
+-- now, or of a column the figures do not read, runs no function at all.
+CREATE FUNCTION kpi_mark_call_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO kpi_dirty_hours (tenant_id, hour)
+    SELECT DISTINCT t, date_trunc('hour', at, 'UTC')
+    FROM (VALUES (OLD.tenant_id, OLD.started_at), (NEW.tenant_id, NEW.started_at)) AS v(t, at)
+    WHERE kpi_hour_needs_mark(at);
+    -- A call whose agent changed (its agent was deleted) moves its tool
+    -- executions to another agent's figures.
+    IF NEW.agent_id IS DISTINCT FROM OLD.agent_id THEN
+        INSERT INTO kpi_dirty_hours (tenant_id, hour)
+        SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
+        FROM tool_executions
+        WHERE call_id = NEW.id AND kpi_hour_needs_mark(created_at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION kpi_mark_tool_execution_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO kpi_dirty_hours (tenant_id, hour)
+    SELECT DISTINCT t, date_trunc('hour', at, 'UTC')
+    FROM (VALUES (OLD.tenant_id, OLD.created_at), (NEW.tenant_id, NEW.created_at)) AS v(t, at)
+    WHERE kpi_hour_needs_mark(at);
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER call_sessions_kpi_insert AFTER INSERT ON call_sessions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
-CREATE TRIGGER call_sessions_kpi_update AFTER UPDATE ON call_sessions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_call_rows();
 CREATE TRIGGER call_sessions_kpi_delete AFTER DELETE ON call_sessions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_calls();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_call_rows();
+-- A call's tool executions are created after it rang: when its own hour
+-- needs no mark, neither do theirs.
+CREATE TRIGGER call_sessions_kpi_update AFTER UPDATE ON call_sessions FOR EACH ROW
+    WHEN ((kpi_hour_needs_mark(OLD.started_at) OR kpi_hour_needs_mark(NEW.started_at))
+          AND (OLD.tenant_id, OLD.agent_id, OLD.status, OLD.direction, OLD.started_at,
+               OLD.answered_at, OLD.ended_at, OLD.duration_seconds)
+              IS DISTINCT FROM
+              (NEW.tenant_id, NEW.agent_id, NEW.status, NEW.direction, NEW.started_at,
+               NEW.answered_at, NEW.ended_at, NEW.duration_seconds))
+    EXECUTE FUNCTION kpi_mark_call_update();
 
 CREATE TRIGGER tool_executions_kpi_insert AFTER INSERT ON tool_executions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
-CREATE TRIGGER tool_executions_kpi_update AFTER UPDATE ON tool_executions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_execution_rows();
 CREATE TRIGGER tool_executions_kpi_delete AFTER DELETE ON tool_executions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_executions();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_execution_rows();
+CREATE TRIGGER tool_executions_kpi_update AFTER UPDATE ON tool_executions FOR EACH ROW
+    WHEN ((kpi_hour_needs_mark(OLD.created_at) OR kpi_hour_needs_mark(NEW.created_at))
+          AND (OLD.tenant_id, OLD.call_id, OLD.status, OLD.latency_ms, OLD.created_at)
+              IS DISTINCT FROM
+              (NEW.tenant_id, NEW.call_id, NEW.status, NEW.latency_ms, NEW.created_at))
+    EXECUTE FUNCTION kpi_mark_tool_execution_update();

@@ -444,3 +444,39 @@ async fn relay_republishes_a_published_event_that_was_never_processed(pool: PgPo
     );
     w.delete_streams().await;
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_worker_keeps_the_kpi_rollups_computed(pool: PgPool) {
+    let w = world(pool).await;
+    w.spawn_worker(|c| c.kpi_rollup_interval = Duration::from_millis(200))
+        .await;
+    let seeded = seed_number(&w.pool, "+14155550307").await;
+    // A call of yesterday written straight into the table while the worker
+    // runs (an import): its hour is marked, then computed.
+    sqlx::query(
+        "INSERT INTO call_sessions (id, tenant_id, call_sid, status, started_at, answered_at,
+             ended_at, duration_seconds)
+         VALUES (gen_random_uuid(), $1, 'CA00000000000000000000000000000307', 'completed',
+                 now() - interval '1 day', now() - interval '1 day' + interval '2 seconds',
+                 now() - interval '1 day' + interval '44 seconds', 42)",
+    )
+    .bind(seeded.tenant_id)
+    .execute(&w.pool)
+    .await
+    .expect("import a call");
+    let rolled_up = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM kpi_quarters
+             WHERE tenant_id = $1 AND agent_key = '00000000-0000-0000-0000-000000000000'
+               AND completed = 1 AND seconds = 42
+               AND NOT EXISTS (SELECT 1 FROM kpi_dirty_hours WHERE tenant_id = $1)",
+        )
+        .bind(seeded.tenant_id)
+        .fetch_one(&w.pool)
+        .await
+        .expect("rollups")
+            == 1
+    };
+    assert!(eventually(Duration::from_secs(10), rolled_up).await);
+    w.delete_streams().await;
+}
