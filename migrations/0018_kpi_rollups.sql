@@ -14,11 +14,14 @@
 -- "All agents" rows use this key; a per-agent row uses the agent's id.
 -- (No agent has the nil id; the api refuses it as a filter.)
 
--- Counts and sums per quarter hour (every time zone's days start on one):
--- calls by started_at, tool executions by created_at.
-CREATE TABLE kpi_quarters (
+-- Counts and sums per quarter hour (grain 0), hour (grain 1) and UTC day
+-- (grain 2): calls by started_at, tool executions by created_at. A reader
+-- covers each day of its time zone with the largest that fit (a UTC day,
+-- hours, and quarters where a zone's day starts on one, as India's does).
+CREATE TABLE kpi_counts (
     tenant_id        uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     agent_key        uuid NOT NULL,
+    grain            smallint NOT NULL CHECK (grain IN (0, 1, 2)),
     bucket           timestamptz NOT NULL,
     calls            bigint NOT NULL DEFAULT 0,
     queued           bigint NOT NULL DEFAULT 0,
@@ -37,12 +40,12 @@ CREATE TABLE kpi_quarters (
     tools_total      bigint NOT NULL DEFAULT 0,
     tools_succeeded  bigint NOT NULL DEFAULT 0,
     tools_failed     bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (tenant_id, agent_key, bucket)
+    PRIMARY KEY (tenant_id, agent_key, grain, bucket)
 );
 
 -- Exact distributions for the percentiles: each value with how many calls
 -- had that duration (metric 1, seconds) or tool executions that latency
--- (metric 2, ms), per UTC day (grain 1) and UTC month (grain 2), as two
+-- (metric 2, ms), per UTC day (grain 2) and UTC month (grain 3), as two
 -- arrays sorted by value. Twilio's durations are whole seconds and
 -- latencies whole milliseconds, so a day or a month holds a few thousand
 -- values at most however many calls it had. A day is computed once it is
@@ -51,7 +54,7 @@ CREATE TABLE kpi_histograms (
     tenant_id uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     agent_key uuid NOT NULL,
     metric    smallint NOT NULL CHECK (metric IN (1, 2)),
-    grain     smallint NOT NULL CHECK (grain IN (1, 2)),
+    grain     smallint NOT NULL CHECK (grain IN (2, 3)),
     bucket    timestamptz NOT NULL,
     vals      float8[] NOT NULL,
     counts    bigint[] NOT NULL,

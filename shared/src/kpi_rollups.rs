@@ -19,9 +19,9 @@ pub const ALL_AGENTS: Uuid = Uuid::nil();
 pub const METRIC_DURATION: i16 = 1;
 /// `kpi_histograms.metric`: a tool execution's latency in ms.
 pub const METRIC_TOOL_LATENCY: i16 = 2;
-/// `kpi_histograms.grain`.
-pub const GRAIN_DAY: i16 = 1;
-pub const GRAIN_MONTH: i16 = 2;
+/// `kpi_histograms.grain` (days and months); `kpi_counts.grain` (days).
+pub const GRAIN_DAY: i16 = 2;
+pub const GRAIN_MONTH: i16 = 3;
 
 /// Most hours one compaction takes for one tenant when catching up (a new
 /// deployment with an imported history, or a worker that was down): a
@@ -55,16 +55,36 @@ SELECT COALESCE(
 
 const MARKS: &str = "SELECT id, hour FROM kpi_dirty_hours WHERE tenant_id = $1 ORDER BY hour";
 
-/// `$1` tenant, `$2`/`$3` the starts and ends of whole hours to compute.
-const DELETE_QUARTERS: &str = "
-DELETE FROM kpi_quarters q USING unnest($2::timestamptz[], $3::timestamptz[]) AS r(s, e)
-WHERE q.tenant_id = $1 AND q.bucket >= r.s AND q.bucket < r.e";
+/// `kpi_counts.grain`.
+pub const GRAIN_QUARTER: i16 = 0;
+pub const GRAIN_HOUR: i16 = 1;
+
+/// `$1` tenant, `$2`/`$3` the starts and ends of whole hours (or days) to
+/// compute, `$4` the grain.
+const DELETE_COUNTS: &str = "
+DELETE FROM kpi_counts k USING unnest($2::timestamptz[], $3::timestamptz[]) AS r(s, e)
+WHERE k.tenant_id = $1 AND k.grain = $4 AND k.bucket >= r.s AND k.bucket < r.e";
+
+/// The columns every grain of `kpi_counts` sums.
+const COUNT_COLUMNS: &str = "calls, queued, ringing, in_progress, completed, busy, failed,
+    no_answer, canceled, rejected, inbound, answered_inbound, with_duration, seconds,
+    tools_total, tools_succeeded, tools_failed";
+
+/// Hours (`$4` = 1) from their quarters, or UTC days (`$4` = 2) from their
+/// hours; `$2`/`$3` ranges of whole buckets of grain `$4`.
+const INSERT_COARSER_COUNTS: &str = "
+INSERT INTO kpi_counts (tenant_id, agent_key, grain, bucket, {columns})
+SELECT $1, k.agent_key, $4, date_trunc(CASE $4 WHEN 1 THEN 'hour' ELSE 'day' END, k.bucket, 'UTC'),
+       {sums}
+FROM unnest($2::timestamptz[], $3::timestamptz[]) AS r(s, e)
+JOIN kpi_counts k ON k.tenant_id = $1 AND k.grain = $4 - 1 AND k.bucket >= r.s AND k.bucket < r.e
+GROUP BY k.agent_key, 4";
 
 const INSERT_QUARTERS: &str = "
-INSERT INTO kpi_quarters (tenant_id, agent_key, bucket, calls, queued, ringing, in_progress,
+INSERT INTO kpi_counts (tenant_id, agent_key, grain, bucket, calls, queued, ringing, in_progress,
     completed, busy, failed, no_answer, canceled, rejected, inbound, answered_inbound,
     with_duration, seconds, tools_total, tools_succeeded, tools_failed)
-SELECT $1, agent_key, bucket, sum(calls), sum(queued), sum(ringing), sum(in_progress),
+SELECT $1, agent_key, 0, bucket, sum(calls), sum(queued), sum(ringing), sum(in_progress),
        sum(completed), sum(busy), sum(failed), sum(no_answer), sum(canceled), sum(rejected),
        sum(inbound), sum(answered_inbound), sum(with_duration), sum(seconds),
        sum(tools_total), sum(tools_succeeded), sum(tools_failed)
@@ -104,7 +124,7 @@ DELETE FROM kpi_histograms WHERE tenant_id = $1 AND grain = $3 AND bucket = ANY(
 
 const INSERT_DAY_HISTOGRAMS: &str = "
 INSERT INTO kpi_histograms (tenant_id, agent_key, metric, grain, bucket, vals, counts)
-SELECT $1, agent_key, metric, 1, day, array_agg(value ORDER BY value), array_agg(n ORDER BY value)
+SELECT $1, agent_key, metric, 2, day, array_agg(value ORDER BY value), array_agg(n ORDER BY value)
 FROM (
     SELECT agent_key, metric, day, value, count(*) AS n
     FROM (
@@ -132,11 +152,11 @@ GROUP BY agent_key, metric, day";
 /// transaction), so `interval '1 month'` is a UTC month.
 const INSERT_MONTH_HISTOGRAMS: &str = "
 INSERT INTO kpi_histograms (tenant_id, agent_key, metric, grain, bucket, vals, counts)
-SELECT $1, agent_key, metric, 2, month, array_agg(value ORDER BY value), array_agg(n ORDER BY value)
+SELECT $1, agent_key, metric, 3, month, array_agg(value ORDER BY value), array_agg(n ORDER BY value)
 FROM (
     SELECT h.agent_key, h.metric, m.month, u.value, sum(u.n)::int8 AS n
     FROM unnest($2::timestamptz[]) AS m(month)
-    JOIN kpi_histograms h ON h.tenant_id = $1 AND h.grain = 1
+    JOIN kpi_histograms h ON h.tenant_id = $1 AND h.grain = 2
                          AND h.bucket >= m.month AND h.bucket < m.month + interval '1 month'
     CROSS JOIN LATERAL unnest(h.vals, h.counts) AS u(value, n)
     GROUP BY 1, 2, 3, 4
@@ -252,24 +272,13 @@ async fn compact_locked(
     }
     hours += dirty.len();
     let (starts, ends): (Vec<_>, Vec<_>) = ranges.iter().copied().unzip();
-    sqlx::query(DELETE_QUARTERS)
-        .bind(tenant_id)
-        .bind(&starts)
-        .bind(&ends)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(
-        INSERT_QUARTERS.replace("{duration}", DURATION_EXPR),
-    ))
-    .persistent(false)
-    .bind(tenant_id)
-    .bind(&starts)
-    .bind(&ends)
-    .execute(&mut *tx)
-    .await?;
+    replace_counts(&mut tx, tenant_id, GRAIN_QUARTER, &starts, &ends).await?;
+    replace_counts(&mut tx, tenant_id, GRAIN_HOUR, &starts, &ends).await?;
 
     // Days (and months) that are over by `to` and lost or gained an hour.
     let days = whole_units(&ranges, to, day_start, |d| d + Duration::days(1));
+    let day_ends: Vec<_> = days.iter().map(|d| *d + Duration::days(1)).collect();
+    replace_counts(&mut tx, tenant_id, GRAIN_DAY, &days, &day_ends).await?;
     replace_histograms(&mut tx, tenant_id, GRAIN_DAY, &days).await?;
     let months = whole_units(
         &days
@@ -302,6 +311,49 @@ async fn compact_locked(
         marks: marks.len(),
         behind: to < cutoff,
     })
+}
+
+/// The counts of grain `grain` in the ranges, computed again: quarters from
+/// the rows, hours from quarters, days from hours.
+async fn replace_counts(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+    grain: i16,
+    starts: &[DateTime<Utc>],
+    ends: &[DateTime<Utc>],
+) -> Result<(), sqlx::Error> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(DELETE_COUNTS)
+        .bind(tenant_id)
+        .bind(starts)
+        .bind(ends)
+        .bind(grain)
+        .execute(&mut **tx)
+        .await?;
+    let insert = if grain == GRAIN_QUARTER {
+        INSERT_QUARTERS.replace("{duration}", DURATION_EXPR)
+    } else {
+        let sums = COUNT_COLUMNS
+            .split(',')
+            .map(|c| format!("sum(k.{})", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        INSERT_COARSER_COUNTS
+            .replace("{columns}", COUNT_COLUMNS)
+            .replace("{sums}", &sums)
+    };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert))
+        .persistent(false)
+        .bind(tenant_id)
+        .bind(starts)
+        .bind(ends);
+    if grain != GRAIN_QUARTER {
+        query = query.bind(grain);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
 
 async fn replace_histograms(

@@ -3,23 +3,27 @@
 //!
 //! A rollup is taken only for time the compaction has computed (before
 //! `rolled_up_to`) and that no later change marked dirty; everything else
-//! in the period is read from the rows. The counts use quarter hours, so
+//! in the period is read from the rows. The counts cover each day of the
+//! reader's time zone with the largest buckets that fit in it: a UTC day
+//! (in UTC), hours, quarter hours (where a zone's day starts on one); so
 //! the rows read are the period's ragged ends (under 15 minutes each), the
 //! hours not computed yet (the last hour or so) and any dirty hour. The
-//! distributions use whole UTC months where they fit, whole UTC days
-//! elsewhere, and the rows for the rest.
+//! distributions, which need no time zone, use whole UTC months where they
+//! fit, whole UTC days elsewhere, and the rows for the rest.
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
-use shared::kpi_rollups::{day_start, month_start, next_month};
+use chrono::{DateTime, Duration, DurationRound, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use shared::kpi_rollups::{
+    GRAIN_DAY, GRAIN_HOUR, GRAIN_QUARTER, day_start, month_start, next_month,
+};
 
 type Range = (DateTime<Utc>, DateTime<Utc>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadPlan {
-    /// Quarters `[start, end)` read from `kpi_quarters` (empty when start
-    /// equals end), except those of `dirty_hours`.
-    pub quarters: Range,
-    pub dirty_hours: Vec<DateTime<Utc>>,
+    /// Runs of `kpi_counts` buckets: the grain, and the first bucket and
+    /// the end of the last. Each bucket lies within one day of the zone.
+    pub counts: Vec<(i16, Range)>,
     /// Read from the rows for the counts.
     pub counts_from_rows: Vec<Range>,
     /// Whole UTC months and days read from `kpi_histograms`.
@@ -34,36 +38,24 @@ impl ReadPlan {
     pub fn new(
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        tz: Tz,
         rolled_up_to: Option<DateTime<Utc>>,
         dirty: &[DateTime<Utc>],
     ) -> Self {
         let hour = Duration::hours(1);
-        let quarter = Duration::minutes(15);
         // Rollups cover nothing at or after this.
         let limit = rolled_up_to.map_or(from, |r| r.min(to)).max(from);
         let is_dirty = |start: DateTime<Utc>, end: DateTime<Utc>| {
             dirty.iter().any(|h| *h < end && *h + hour > start)
         };
+        let usable =
+            |start: DateTime<Utc>, end: DateTime<Utc>| end <= limit && !is_dirty(start, end);
 
-        let qa = ceil(from, quarter);
-        let qb = floor(limit, quarter).max(qa);
-        let dirty_hours: Vec<_> = dirty
-            .iter()
-            .copied()
-            .filter(|h| *h < qb && *h + hour > qa)
-            .collect();
-        let mut covered: Vec<Range> = Vec::new();
-        let mut at = qa;
-        for h in &dirty_hours {
-            if *h > at {
-                covered.push((at, *h));
-            }
-            at = at.max(*h + hour);
+        let mut counts: Vec<(i16, Range)> = Vec::new();
+        let mut counts_from_rows: Vec<Range> = Vec::new();
+        for day in zone_days(from, to, tz) {
+            cover(day, limit, &usable, &mut counts, &mut counts_from_rows);
         }
-        if qb > at {
-            covered.push((at, qb));
-        }
-        let counts_from_rows = subtract((from, to), &covered);
 
         let mut months = Vec::new();
         let mut days = Vec::new();
@@ -87,13 +79,79 @@ impl ReadPlan {
         }
         let distributions_from_rows = subtract((from, to), &merge(hist_covered));
         ReadPlan {
-            quarters: (qa, qb),
-            dirty_hours,
-            counts_from_rows,
+            counts,
+            counts_from_rows: merge(counts_from_rows),
             months,
             days,
             distributions_from_rows,
         }
+    }
+}
+
+/// The period cut at each midnight of the zone.
+fn zone_days(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Vec<Range> {
+    let mut cuts = vec![from];
+    let mut date = from.with_timezone(&tz).date_naive();
+    while let Some(next) = date.succ_opt() {
+        date = next;
+        // A zone whose clocks skip midnight starts that day at the first
+        // instant it has.
+        let midnight = date.and_time(NaiveTime::MIN);
+        let Some(start) = tz.from_local_datetime(&midnight).earliest().or_else(|| {
+            tz.from_local_datetime(&(midnight + Duration::hours(1)))
+                .earliest()
+        }) else {
+            continue;
+        };
+        let start = start.with_timezone(&Utc);
+        if start >= to {
+            break;
+        }
+        if start > from {
+            cuts.push(start);
+        }
+    }
+    cuts.push(to);
+    cuts.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// `[start, end)` covered greedily with the largest usable aligned bucket
+/// (a UTC day, an hour, a quarter hour); what none covers (all of it from
+/// `limit` on) goes to `rows`.
+fn cover(
+    (start, end): Range,
+    limit: DateTime<Utc>,
+    usable: &dyn Fn(DateTime<Utc>, DateTime<Utc>) -> bool,
+    counts: &mut Vec<(i16, Range)>,
+    rows: &mut Vec<Range>,
+) {
+    let grains = [
+        (GRAIN_DAY, Duration::days(1)),
+        (GRAIN_HOUR, Duration::hours(1)),
+        (GRAIN_QUARTER, Duration::minutes(15)),
+    ];
+    let mut at = start;
+    'next: while at < end {
+        if at >= limit {
+            // Past what is computed: the rest from the rows.
+            rows.push((at, end));
+            return;
+        }
+        for (grain, len) in grains {
+            let bucket_end = at + len;
+            if floor(at, len) == at && bucket_end <= end && usable(at, bucket_end) {
+                match counts.last_mut() {
+                    Some((g, run)) if *g == grain && run.1 == at => run.1 = bucket_end,
+                    _ => counts.push((grain, (at, bucket_end))),
+                }
+                at = bucket_end;
+                continue 'next;
+            }
+        }
+        let quarter = Duration::minutes(15);
+        let next = (floor(at, quarter) + quarter).min(end);
+        rows.push((at, next));
+        at = next;
     }
 }
 
@@ -194,11 +252,11 @@ mod tests {
     #[test]
     fn nothing_computed_reads_everything_from_the_rows() {
         let (from, to) = (t("2026-11-01T10:07:00Z"), t("2026-11-03T00:00:00Z"));
-        let plan = ReadPlan::new(from, to, None, &[]);
+        let plan = ReadPlan::new(from, to, chrono_tz::UTC, None, &[]);
         assert_eq!(plan.counts_from_rows, [(from, to)]);
         assert_eq!(plan.distributions_from_rows, [(from, to)]);
+        assert!(plan.counts.is_empty());
         assert!(plan.months.is_empty() && plan.days.is_empty());
-        assert_eq!(plan.quarters.0, plan.quarters.1);
     }
 
     #[test]
@@ -207,9 +265,7 @@ mod tests {
         let to = t("2026-12-02T12:34:00Z");
         let rolled = t("2026-12-02T11:00:00Z");
         let dirty = [t("2026-11-15T08:00:00Z"), t("2026-12-02T11:00:00Z")];
-        let plan = ReadPlan::new(from, to, Some(rolled), &dirty);
-        assert_eq!(plan.quarters, (t("2026-10-30T10:15:00Z"), rolled));
-        assert_eq!(plan.dirty_hours, [t("2026-11-15T08:00:00Z")]);
+        let plan = ReadPlan::new(from, to, chrono_tz::UTC, Some(rolled), &dirty);
         assert_eq!(
             plan.counts_from_rows,
             [
@@ -218,6 +274,29 @@ mod tests {
                 (rolled, to),
             ]
         );
+        // In UTC: quarters to the hour, hours to midnight, then days; the
+        // dirty day in hours around its dirty hour.
+        assert_eq!(
+            plan.counts[..3],
+            [
+                (
+                    GRAIN_QUARTER,
+                    (t("2026-10-30T10:15:00Z"), t("2026-10-30T11:00:00Z"))
+                ),
+                (
+                    GRAIN_HOUR,
+                    (t("2026-10-30T11:00:00Z"), t("2026-10-31T00:00:00Z"))
+                ),
+                (
+                    GRAIN_DAY,
+                    (t("2026-10-31T00:00:00Z"), t("2026-11-15T00:00:00Z"))
+                ),
+            ]
+        );
+        assert!(plan.counts.contains(&(
+            GRAIN_HOUR,
+            (t("2026-11-15T09:00:00Z"), t("2026-11-16T00:00:00Z"))
+        )));
         // November holds a dirty hour: its days instead, but the 15th.
         assert!(plan.months.is_empty());
         assert_eq!(plan.days.first(), Some(&t("2026-10-31T00:00:00Z")));
@@ -234,10 +313,50 @@ mod tests {
     }
 
     #[test]
+    fn each_bucket_lies_within_one_day_of_the_zone() {
+        let from = t("2026-03-20T00:00:00Z");
+        let to = t("2026-04-10T00:00:00Z");
+        for tz in [
+            chrono_tz::Europe::Paris,
+            chrono_tz::Asia::Kolkata,
+            chrono_tz::Asia::Kathmandu,
+            chrono_tz::America::New_York,
+        ] {
+            let plan = ReadPlan::new(from, to, tz, Some(to), &[]);
+            assert!(plan.counts_from_rows.is_empty(), "{tz}: all computed");
+            let mut at = from;
+            for (grain, (start, end)) in &plan.counts {
+                assert_eq!(*start, at, "{tz}: runs are contiguous");
+                let len = match *grain {
+                    GRAIN_DAY => Duration::days(1),
+                    GRAIN_HOUR => Duration::hours(1),
+                    _ => Duration::minutes(15),
+                };
+                let mut bucket = *start;
+                while bucket < *end {
+                    let first = bucket.with_timezone(&tz).date_naive();
+                    let last = (bucket + len - Duration::nanoseconds(1))
+                        .with_timezone(&tz)
+                        .date_naive();
+                    assert_eq!(first, last, "{tz}: {bucket} crosses a midnight");
+                    bucket += len;
+                }
+                at = *end;
+            }
+            assert_eq!(at, to);
+        }
+        // Paris (whole hours) needs no quarter; Kathmandu (+5:45) does.
+        let paris = ReadPlan::new(from, to, chrono_tz::Europe::Paris, Some(to), &[]);
+        assert!(paris.counts.iter().all(|(g, _)| *g == GRAIN_HOUR));
+        let kathmandu = ReadPlan::new(from, to, chrono_tz::Asia::Kathmandu, Some(to), &[]);
+        assert!(kathmandu.counts.iter().any(|(g, _)| *g == GRAIN_QUARTER));
+    }
+
+    #[test]
     fn whole_clean_months_replace_their_days() {
         let from = t("2025-12-02T00:00:00Z");
         let to = t("2026-12-02T00:00:00Z");
-        let plan = ReadPlan::new(from, to, Some(to), &[]);
+        let plan = ReadPlan::new(from, to, chrono_tz::UTC, Some(to), &[]);
         assert_eq!(plan.months.len(), 11, "January to November");
         assert_eq!(plan.months[0], t("2026-01-01T00:00:00Z"));
         assert_eq!(
@@ -247,6 +366,7 @@ mod tests {
         );
         assert!(plan.distributions_from_rows.is_empty());
         assert!(plan.counts_from_rows.is_empty());
+        assert_eq!(plan.counts, [(GRAIN_DAY, (from, to))]);
     }
 
     #[test]

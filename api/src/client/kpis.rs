@@ -203,18 +203,18 @@ SELECT (SELECT rolled_up_to FROM kpi_rollup_progress WHERE tenant_id = $1) AS ro
              WHERE tenant_id = $1 AND hour > $2 - interval '1 hour' AND hour < $3
              ORDER BY hour) AS dirty_hours";
 
-/// The counts, sums and the series: whole quarter hours from
-/// `kpi_quarters`, the rest (the period's ragged ends, hours not computed
-/// yet or marked dirty) from the rows. `$1` tenant, `$2` from, `$3` to,
-/// `$4` IANA zone, `$5` agent key, `$6`/`$7` starts and ends of the ranges
-/// read from the rows, `$8`/`$9` the quarters read from the rollups,
-/// `$10` the dirty hours among them. `{agent}` and `{tool_agent}` are empty
-/// or filter on `$5` (fixed text, never input).
+/// The counts, sums and the series: the plan's runs of `kpi_counts`
+/// buckets, and the rows for the rest (the period's ragged ends, hours not
+/// computed yet or marked dirty). `$1` tenant, `$2` from, `$3` to, `$4`
+/// IANA zone, `$5` agent key, `$6`/`$7` starts and ends of the ranges read
+/// from the rows, `$8`/`$9`/`$10` the runs' grains, starts and ends.
+/// `{agent}` and `{tool_agent}` are empty or filter on `$5` (fixed text,
+/// never input).
 const KPI_SQL: &str = "
 WITH rolled AS (
-    SELECT * FROM kpi_quarters
-    WHERE tenant_id = $1 AND agent_key = $5 AND bucket >= $8 AND bucket < $9
-      AND date_trunc('hour', bucket, 'UTC') <> ALL($10::timestamptz[])
+    SELECT k.* FROM unnest($8::int2[], $9::timestamptz[], $10::timestamptz[]) AS p(grain, s, e)
+    JOIN kpi_counts k ON k.tenant_id = $1 AND k.agent_key = $5 AND k.grain = p.grain
+                     AND k.bucket >= p.s AND k.bucket < p.e
 ),
 raw_calls AS (
     SELECT c.started_at, c.status, c.direction, c.answered_at, d.dur
@@ -302,7 +302,7 @@ SELECT * FROM totals, series, tools";
 const DISTRIBUTIONS_SQL: &str = "
 SELECT metric, vals, counts FROM kpi_histograms
 WHERE tenant_id = $1 AND agent_key = $2 AND metric IN (1, 2)
-  AND ((grain = 2 AND bucket = ANY($3)) OR (grain = 1 AND bucket = ANY($4)))
+  AND ((grain = 3 AND bucket = ANY($3)) OR (grain = 2 AND bucket = ANY($4)))
 UNION ALL
 SELECT 1::int2, array_agg(d.dur), NULL
 FROM unnest($5::timestamptz[], $6::timestamptz[]) AS r(s, e)
@@ -369,9 +369,11 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
             .bind(p.to)
             .fetch_one(&mut *tx)
             .await?;
-    let plan = ReadPlan::new(p.from, p.to, rolled_up_to, &dirty_hours);
+    let plan = ReadPlan::new(p.from, p.to, p.tz, rolled_up_to, &dirty_hours);
     let agent_key = p.agent_id.unwrap_or(ALL_AGENTS);
     let with_agent = p.agent_id.is_some();
+    let run_grains: Vec<i16> = plan.counts.iter().map(|(grain, _)| *grain).collect();
+    let (run_starts, run_ends): (Vec<_>, Vec<_>) = plan.counts.iter().map(|(_, run)| *run).unzip();
     let (raw_starts, raw_ends) = plan
         .counts_from_rows
         .iter()
@@ -392,9 +394,9 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
     .bind(agent_key)
     .bind(&raw_starts)
     .bind(&raw_ends)
-    .bind(plan.quarters.0)
-    .bind(plan.quarters.1)
-    .bind(&plan.dirty_hours)
+    .bind(&run_grains)
+    .bind(&run_starts)
+    .bind(&run_ends)
     .fetch_one(&mut *tx)
     .await
     .map_err(|err| {

@@ -60,7 +60,9 @@ impl ClientReads {
     /// database.
     pub fn open(main: &PgPool, limits: ClientReadLimits) -> Self {
         // Set at connection start-up: no extra round trip per read, and no
-        // statement on this pool can run without it.
+        // statement on this pool can run without it. No JIT: these reads
+        // take milliseconds, and compiling a KPI read whose row estimates
+        // look large took longer than the read itself.
         let timeout_ms = limits.statement_timeout.as_millis().max(1).to_string();
         let options: PgConnectOptions = main
             .connect_options()
@@ -70,6 +72,7 @@ impl ClientReads {
             .options([
                 ("statement_timeout", timeout_ms.as_str()),
                 ("max_parallel_workers_per_gather", "0"),
+                ("jit", "off"),
             ]);
         let pool = shared::db::pool_options(limits.max_connections).connect_lazy_with(options);
         Self::with_pool(pool, limits.per_tenant)

@@ -38,7 +38,7 @@ pub const PER_CALL_TABLES: &[&str] = &[
 /// (`shared::kpi_rollups`): a background job, not per call, that reads the
 /// rows of the hours it computes by range, and plans every run with its
 /// values (unnamed statements); see docs/decisions/0047-kpi-rollups.md.
-const BACKGROUND_TABLES: &[&str] = &["kpi_quarters", "kpi_histograms", "kpi_rollup_progress"];
+const BACKGROUND_TABLES: &[&str] = &["kpi_counts", "kpi_histograms", "kpi_rollup_progress"];
 
 static NOTICES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
 

@@ -231,7 +231,7 @@ async fn kpis_match_the_hand_computed_figures(pool: PgPool) {
     assert_hand_computed(&app, &token, y).await;
     let done = compact(&pool).await.expect("compaction");
     assert!(done.tenants >= 2 && done.hours > 0, "{done:?}");
-    let rolled: i64 = sqlx::query_scalar("SELECT count(*) FROM kpi_quarters")
+    let rolled: i64 = sqlx::query_scalar("SELECT count(*) FROM kpi_counts")
         .fetch_one(&pool)
         .await
         .expect("count quarters");

@@ -320,7 +320,7 @@ async fn load(pool: &PgPool, big: i64, small_tenants: i64, small: i64) -> anyhow
 /// computes them all as the dispatch-worker would, timed.
 async fn rollups(pool: &PgPool, drop: bool) -> anyhow::Result<()> {
     if drop {
-        sqlx::query("TRUNCATE kpi_quarters, kpi_histograms, kpi_rollup_progress, kpi_dirty_hours")
+        sqlx::query("TRUNCATE kpi_counts, kpi_histograms, kpi_rollup_progress, kpi_dirty_hours")
             .execute(pool)
             .await?;
         println!("kpi rollups dropped: every KPI is read from the rows");
@@ -328,14 +328,14 @@ async fn rollups(pool: &PgPool, drop: bool) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let done = shared::kpi_rollups::compact(pool).await?;
-    let (quarters, histograms, values): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM kpi_quarters), (SELECT count(*) FROM kpi_histograms),
+    let (counts, histograms, values): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM kpi_counts), (SELECT count(*) FROM kpi_histograms),
                 (SELECT COALESCE(sum(cardinality(vals)), 0)::int8 FROM kpi_histograms)",
     )
     .fetch_one(pool)
     .await?;
     println!(
-        "kpi rollups computed in {:.1?}: {} tenants, {} hours; {quarters} quarter rows, \
+        "kpi rollups computed in {:.1?}: {} tenants, {} hours; {counts} count rows (quarters, hours, days), \
          {histograms} distributions holding {values} values",
         started.elapsed(),
         done.tenants,
@@ -401,8 +401,8 @@ async fn measure(
     let kpi_366_agent = format!("{kpi_366}&agent_id={agent_id}");
     let first = "/client/calls?limit=50".to_owned();
     // Searches: the last 7 digits of one caller (a hit: a handful of
-    // calls), digits no number holds (a miss), the tenant's own number that
-    // every call was made to (matches them all), and a CallSid.
+    // calls), a London number no call has (a miss), the tenant's own number
+    // that every call was made to (matches them all), and a CallSid.
     let (caller, call_sid): (String, String) = sqlx::query_as(
         "SELECT from_number, call_sid FROM call_sessions WHERE tenant_id = $1
          ORDER BY started_at LIMIT 1 OFFSET $2",
@@ -418,7 +418,7 @@ async fn measure(
             .await?;
     let hit_digits = &caller[caller.len().saturating_sub(7)..];
     let search_hit = format!("/client/calls?q={hit_digits}");
-    let search_miss = "/client/calls?q=99999999".to_owned();
+    let search_miss = "/client/calls?q=%2B442079460958".to_owned();
     let search_all = format!("/client/calls?q={}", callee.replace('+', "%2B"));
     let search_sid = format!("/client/calls?q={call_sid}");
     let (hits, _) = get(&client, api_url, &search_hit, &token).await?;

@@ -466,9 +466,9 @@ async fn the_worker_keeps_the_kpi_rollups_computed(pool: PgPool) {
     .expect("import a call");
     let rolled_up = || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM kpi_quarters
+            "SELECT count(*) FROM kpi_counts
              WHERE tenant_id = $1 AND agent_key = '00000000-0000-0000-0000-000000000000'
-               AND completed = 1 AND seconds = 42
+               AND grain = 0 AND completed = 1 AND seconds = 42
                AND NOT EXISTS (SELECT 1 FROM kpi_dirty_hours WHERE tenant_id = $1)",
         )
         .bind(seeded.tenant_id)
