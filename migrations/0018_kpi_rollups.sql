@@ -42,6 +42,8 @@ CREATE TABLE kpi_counts (
     tools_failed     bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, agent_key, grain, bucket)
 );
+-- The compaction replaces a range of buckets for every agent at once.
+CREATE INDEX kpi_counts_compaction_idx ON kpi_counts (tenant_id, grain, bucket);
 
 -- Exact distributions for the percentiles: each value with how many calls
 -- had that duration (metric 1, seconds) or tool executions that latency

@@ -34,6 +34,12 @@ const CATCH_UP_HOURS: i64 = 7 * 24;
 pub const DURATION_EXPR: &str = "CASE WHEN c.answered_at IS NOT NULL
      THEN COALESCE(c.duration_seconds::float8, date_part('epoch', c.ended_at - c.answered_at)) END";
 
+/// The agent of a tool execution's call (`te`), looked up by primary key.
+/// `LIMIT 1` keeps Postgres from turning the lookup into a join that reads
+/// every call when its estimates of the rows run high.
+pub const CALL_AGENT_LOOKUP: &str =
+    "SELECT agent_id FROM call_sessions WHERE id = te.call_id LIMIT 1";
+
 /// Tenants with hours to compute: new hours are over, or marks wait.
 const TENANTS_DUE: &str = "
 SELECT t.id FROM tenants t
@@ -111,7 +117,7 @@ FROM (
            1, (te.status = 'succeeded')::int, (te.status = 'failed')::int
     FROM unnest($2::timestamptz[], $3::timestamptz[]) AS r(s, e)
     JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= r.s AND te.created_at < r.e
-    LEFT JOIN call_sessions c ON c.id = te.call_id
+    LEFT JOIN LATERAL ({call_agent}) AS c ON true
     CROSS JOIN LATERAL (VALUES ('00000000-0000-0000-0000-000000000000'::uuid), (c.agent_id)) AS k(agent_key)
     WHERE k.agent_key IS NOT NULL
 ) AS x
@@ -140,7 +146,7 @@ FROM (
         FROM unnest($2::timestamptz[]) AS d(day)
         JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= d.day
                                AND te.created_at < d.day + interval '24 hours'
-        LEFT JOIN call_sessions c ON c.id = te.call_id
+        LEFT JOIN LATERAL ({call_agent}) AS c ON true
         CROSS JOIN LATERAL (VALUES ('00000000-0000-0000-0000-000000000000'::uuid), (c.agent_id)) AS k(agent_key)
         WHERE k.agent_key IS NOT NULL AND te.latency_ms IS NOT NULL
     ) AS v
@@ -333,7 +339,9 @@ async fn replace_counts(
         .execute(&mut **tx)
         .await?;
     let insert = if grain == GRAIN_QUARTER {
-        INSERT_QUARTERS.replace("{duration}", DURATION_EXPR)
+        INSERT_QUARTERS
+            .replace("{duration}", DURATION_EXPR)
+            .replace("{call_agent}", CALL_AGENT_LOOKUP)
     } else {
         let sums = COUNT_COLUMNS
             .split(',')
@@ -372,7 +380,9 @@ async fn replace_histograms(
         .execute(&mut **tx)
         .await?;
     let insert = if grain == GRAIN_DAY {
-        INSERT_DAY_HISTOGRAMS.replace("{duration}", DURATION_EXPR)
+        INSERT_DAY_HISTOGRAMS
+            .replace("{duration}", DURATION_EXPR)
+            .replace("{call_agent}", CALL_AGENT_LOOKUP)
     } else {
         INSERT_MONTH_HISTOGRAMS.to_owned()
     };

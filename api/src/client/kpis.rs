@@ -27,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use shared::kpi_rollups::{ALL_AGENTS, DURATION_EXPR, METRIC_DURATION};
+use shared::kpi_rollups::{ALL_AGENTS, CALL_AGENT_LOOKUP, DURATION_EXPR, METRIC_DURATION};
 
 use super::kpi_plan::{Distribution, ReadPlan};
 use super::reads::ClientRead;
@@ -209,17 +209,25 @@ SELECT (SELECT rolled_up_to FROM kpi_rollup_progress WHERE tenant_id = $1) AS ro
 /// IANA zone, `$5` agent key, `$6`/`$7` starts and ends of the ranges read
 /// from the rows, `$8`/`$9`/`$10` the runs' grains, starts and ends.
 /// `{agent}` and `{tool_agent}` are empty or filter on `$5` (fixed text,
-/// never input).
+/// never input). Every range is read through its own index range scan
+/// (`OFFSET 0` keeps each lateral subquery apart): the plan must not depend
+/// on how many rows Postgres guesses the rollups or the ranges hold.
 const KPI_SQL: &str = "
 WITH rolled AS (
     SELECT k.* FROM unnest($8::int2[], $9::timestamptz[], $10::timestamptz[]) AS p(grain, s, e)
-    JOIN kpi_counts k ON k.tenant_id = $1 AND k.agent_key = $5 AND k.grain = p.grain
-                     AND k.bucket >= p.s AND k.bucket < p.e
+    CROSS JOIN LATERAL (
+        SELECT * FROM kpi_counts
+        WHERE tenant_id = $1 AND agent_key = $5 AND grain = p.grain
+          AND bucket >= p.s AND bucket < p.e
+        OFFSET 0) AS k
 ),
 raw_calls AS (
     SELECT c.started_at, c.status, c.direction, c.answered_at, d.dur
     FROM unnest($6::timestamptz[], $7::timestamptz[]) AS r(s, e)
-    JOIN call_sessions c ON c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+    CROSS JOIN LATERAL (
+        SELECT * FROM call_sessions c
+        WHERE c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+        OFFSET 0) AS c
     CROSS JOIN LATERAL (SELECT {duration} AS dur) AS d
 ),
 g AS (
@@ -288,8 +296,11 @@ tools AS (
                count(*) FILTER (WHERE te.status = 'succeeded') AS succeeded,
                count(*) FILTER (WHERE te.status = 'failed') AS failed
         FROM unnest($6::timestamptz[], $7::timestamptz[]) AS r(s, e)
-        JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= r.s
-                               AND te.created_at < r.e {tool_agent}
+        CROSS JOIN LATERAL (
+            SELECT * FROM tool_executions te
+            WHERE te.tenant_id = $1 AND te.created_at >= r.s AND te.created_at < r.e
+                  {tool_agent}
+            OFFSET 0) AS te
         UNION ALL
         SELECT sum(tools_total), sum(tools_succeeded), sum(tools_failed) FROM rolled
     ) AS x
@@ -306,14 +317,19 @@ WHERE tenant_id = $1 AND agent_key = $2 AND metric IN (1, 2)
 UNION ALL
 SELECT 1::int2, array_agg(d.dur), NULL
 FROM unnest($5::timestamptz[], $6::timestamptz[]) AS r(s, e)
-JOIN call_sessions c ON c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+CROSS JOIN LATERAL (
+    SELECT * FROM call_sessions c
+    WHERE c.tenant_id = $1 AND c.started_at >= r.s AND c.started_at < r.e {agent}
+    OFFSET 0) AS c
 CROSS JOIN LATERAL (SELECT {duration} AS dur) AS d
 WHERE d.dur IS NOT NULL
 UNION ALL
 SELECT 2::int2, array_agg(te.latency_ms::float8), NULL
 FROM unnest($5::timestamptz[], $6::timestamptz[]) AS r(s, e)
-JOIN tool_executions te ON te.tenant_id = $1 AND te.created_at >= r.s
-                       AND te.created_at < r.e {tool_agent}
+CROSS JOIN LATERAL (
+    SELECT * FROM tool_executions te
+    WHERE te.tenant_id = $1 AND te.created_at >= r.s AND te.created_at < r.e {tool_agent}
+    OFFSET 0) AS te
 WHERE te.latency_ms IS NOT NULL";
 
 /// One row of `DISTRIBUTIONS_SQL`: a metric's values, with their counts
@@ -327,10 +343,7 @@ fn with_filters(sql: &str, agent_param: Option<u8>) -> String {
         Some(n) => (
             format!("AND c.agent_id = ${n}"),
             // A tool execution counts for the agent of its call.
-            format!(
-                "AND EXISTS (SELECT 1 FROM call_sessions tc
-                             WHERE tc.id = te.call_id AND tc.agent_id = ${n})"
-            ),
+            format!("AND ({CALL_AGENT_LOOKUP}) = ${n}"),
         ),
         None => (String::new(), String::new()),
     };
