@@ -71,7 +71,8 @@ CREATE TABLE kpi_rollup_progress (
 
 -- Hours whose rows changed after they may have been computed. Append only
 -- (no unique key): a writer never waits for another writer here, and the
--- compaction deletes exactly the marks its snapshot saw.
+-- compaction, in a repeatable-read snapshot, deletes exactly the marks that
+-- snapshot saw (a mark committed later stays for the next run).
 CREATE TABLE kpi_dirty_hours (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id uuid NOT NULL,
@@ -95,50 +96,44 @@ LANGUAGE sql STABLE AS $$
     SELECT date_trunc('hour', now() - interval '5 minutes', 'UTC')
 $$;
 
--- Inserts and deletions: one statement per batch of rows (transition
--- tables), so an import of a million past calls writes one mark per hour.
-CREATE FUNCTION kpi_mark_call_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Deletions: one statement per batch of rows (transition tables), so an
+-- erasure of many calls writes one mark per hour.
+CREATE FUNCTION kpi_mark_deleted_calls() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
-        FROM new_rows WHERE kpi_hour_needs_mark(started_at);
-    ELSE
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
-        FROM old_rows WHERE kpi_hour_needs_mark(started_at);
-    END IF;
+    INSERT INTO kpi_dirty_hours (tenant_id, hour)
+    SELECT DISTINCT tenant_id, date_trunc('hour', started_at, 'UTC')
+    FROM old_rows WHERE kpi_hour_needs_mark(started_at);
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION kpi_mark_tool_execution_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION kpi_mark_deleted_tool_executions() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
-        FROM new_rows WHERE kpi_hour_needs_mark(created_at);
-    ELSE
-        INSERT INTO kpi_dirty_hours (tenant_id, hour)
-        SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
-        FROM old_rows WHERE kpi_hour_needs_mark(created_at);
-    END IF;
+    INSERT INTO kpi_dirty_hours (tenant_id, hour)
+    SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
+    FROM old_rows WHERE kpi_hour_needs_mark(created_at);
     RETURN NULL;
 END
 $$;
 
--- Updates come one row at a time (status callbacks, tool outcomes): a row
--- trigger whose WHEN is evaluated in place, so an update of a call ringing
--- now, or of a column the figures do not read, runs no function at all.
-CREATE FUNCTION kpi_mark_call_update() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Inserts and updates come a row or a batch at a time on the hot paths:
+-- row triggers whose WHEN Postgres evaluates in place, so inserting a call
+-- that rings now, updating it, or recording a tool's outcome runs no
+-- function at all. A row of an earlier hour (an import, a late callback)
+-- writes a mark.
+CREATE FUNCTION kpi_mark_call() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO kpi_dirty_hours (tenant_id, hour)
     SELECT DISTINCT t, date_trunc('hour', at, 'UTC')
-    FROM (VALUES (OLD.tenant_id, OLD.started_at), (NEW.tenant_id, NEW.started_at)) AS v(t, at)
-    WHERE kpi_hour_needs_mark(at);
+    FROM (VALUES (NEW.tenant_id, NEW.started_at)) AS n(t, at)
+    WHERE kpi_hour_needs_mark(at)
+    UNION
+    SELECT o.t, date_trunc('hour', o.at, 'UTC')
+    FROM (SELECT OLD.tenant_id, OLD.started_at WHERE TG_OP = 'UPDATE') AS o(t, at)
+    WHERE kpi_hour_needs_mark(o.at);
     -- A call whose agent changed (its agent was deleted) moves its tool
     -- executions to another agent's figures.
-    IF NEW.agent_id IS DISTINCT FROM OLD.agent_id THEN
+    IF TG_OP = 'UPDATE' AND NEW.agent_id IS DISTINCT FROM OLD.agent_id THEN
         INSERT INTO kpi_dirty_hours (tenant_id, hour)
         SELECT DISTINCT tenant_id, date_trunc('hour', created_at, 'UTC')
         FROM tool_executions
@@ -148,20 +143,23 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION kpi_mark_tool_execution_update() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION kpi_mark_tool_execution() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO kpi_dirty_hours (tenant_id, hour)
     SELECT DISTINCT t, date_trunc('hour', at, 'UTC')
-    FROM (VALUES (OLD.tenant_id, OLD.created_at), (NEW.tenant_id, NEW.created_at)) AS v(t, at)
-    WHERE kpi_hour_needs_mark(at);
+    FROM (VALUES (NEW.tenant_id, NEW.created_at)) AS n(t, at)
+    WHERE kpi_hour_needs_mark(at)
+    UNION
+    SELECT o.t, date_trunc('hour', o.at, 'UTC')
+    FROM (SELECT OLD.tenant_id, OLD.created_at WHERE TG_OP = 'UPDATE') AS o(t, at)
+    WHERE kpi_hour_needs_mark(o.at);
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER call_sessions_kpi_insert AFTER INSERT ON call_sessions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_call_rows();
-CREATE TRIGGER call_sessions_kpi_delete AFTER DELETE ON call_sessions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_call_rows();
+CREATE TRIGGER call_sessions_kpi_insert AFTER INSERT ON call_sessions FOR EACH ROW
+    WHEN (kpi_hour_needs_mark(NEW.started_at))
+    EXECUTE FUNCTION kpi_mark_call();
 -- A call's tool executions are created after it rang: when its own hour
 -- needs no mark, neither do theirs.
 CREATE TRIGGER call_sessions_kpi_update AFTER UPDATE ON call_sessions FOR EACH ROW
@@ -171,15 +169,18 @@ CREATE TRIGGER call_sessions_kpi_update AFTER UPDATE ON call_sessions FOR EACH R
               IS DISTINCT FROM
               (NEW.tenant_id, NEW.agent_id, NEW.status, NEW.direction, NEW.started_at,
                NEW.answered_at, NEW.ended_at, NEW.duration_seconds))
-    EXECUTE FUNCTION kpi_mark_call_update();
+    EXECUTE FUNCTION kpi_mark_call();
+CREATE TRIGGER call_sessions_kpi_delete AFTER DELETE ON call_sessions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_deleted_calls();
 
-CREATE TRIGGER tool_executions_kpi_insert AFTER INSERT ON tool_executions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_execution_rows();
-CREATE TRIGGER tool_executions_kpi_delete AFTER DELETE ON tool_executions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_tool_execution_rows();
+CREATE TRIGGER tool_executions_kpi_insert AFTER INSERT ON tool_executions FOR EACH ROW
+    WHEN (kpi_hour_needs_mark(NEW.created_at))
+    EXECUTE FUNCTION kpi_mark_tool_execution();
 CREATE TRIGGER tool_executions_kpi_update AFTER UPDATE ON tool_executions FOR EACH ROW
     WHEN ((kpi_hour_needs_mark(OLD.created_at) OR kpi_hour_needs_mark(NEW.created_at))
           AND (OLD.tenant_id, OLD.call_id, OLD.status, OLD.latency_ms, OLD.created_at)
               IS DISTINCT FROM
               (NEW.tenant_id, NEW.call_id, NEW.status, NEW.latency_ms, NEW.created_at))
-    EXECUTE FUNCTION kpi_mark_tool_execution_update();
+    EXECUTE FUNCTION kpi_mark_tool_execution();
+CREATE TRIGGER tool_executions_kpi_delete AFTER DELETE ON tool_executions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kpi_mark_deleted_tool_executions();

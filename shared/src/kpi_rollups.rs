@@ -59,7 +59,9 @@ SELECT COALESCE(
         kpi_compaction_cutoff()), 'UTC')),
     kpi_compaction_cutoff()";
 
-const MARKS: &str = "SELECT id, hour FROM kpi_dirty_hours WHERE tenant_id = $1 ORDER BY hour";
+/// The hours marked dirty, each once (an import marks an hour per row).
+const MARKED_HOURS: &str =
+    "SELECT DISTINCT hour FROM kpi_dirty_hours WHERE tenant_id = $1 ORDER BY hour";
 
 /// `kpi_counts.grain`.
 pub const GRAIN_QUARTER: i16 = 0;
@@ -176,7 +178,7 @@ pub struct Compacted {
     pub tenants: usize,
     /// Hours computed (new ones and dirty ones again).
     pub hours: usize,
-    /// Dirty marks consumed.
+    /// Hours marked dirty, consumed.
     pub marks: usize,
     /// Hours that are over remain to be computed (a catch-up goes on).
     pub behind: bool,
@@ -189,15 +191,18 @@ pub async fn compact(pool: &PgPool) -> Result<Compacted, sqlx::Error> {
     let tenants: Vec<Uuid> = sqlx::query_scalar(TENANTS_DUE).fetch_all(pool).await?;
     let mut done = Compacted::default();
     for tenant_id in tenants {
-        // A week per transaction until the tenant is caught up.
+        // A week per transaction until the tenant is caught up; a tenant
+        // another worker holds is that worker's.
+        let mut computed = false;
         while let Some(one) = compact_tenant(pool, tenant_id).await? {
+            computed = true;
             done.hours += one.hours;
             done.marks += one.marks;
             if !one.behind {
                 break;
             }
         }
-        done.tenants += 1;
+        done.tenants += usize::from(computed);
     }
     Ok(done)
 }
@@ -253,7 +258,7 @@ async fn compact_locked(
         .fetch_one(&mut *tx)
         .await?;
     let to = cutoff.min(from + Duration::hours(CATCH_UP_HOURS)).max(from);
-    let marks: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(MARKS)
+    let marks: Vec<DateTime<Utc>> = sqlx::query_scalar(MARKED_HOURS)
         .bind(tenant_id)
         .fetch_all(&mut *tx)
         .await?;
@@ -267,12 +272,7 @@ async fn compact_locked(
         ranges.push((from, to));
         hours += usize::try_from((to - from).num_hours()).unwrap_or(0);
     }
-    let mut dirty: Vec<DateTime<Utc>> = marks
-        .iter()
-        .map(|(_, hour)| *hour)
-        .filter(|hour| *hour < from)
-        .collect();
-    dirty.dedup();
+    let dirty: Vec<DateTime<Utc>> = marks.iter().copied().filter(|hour| *hour < from).collect();
     for hour in &dirty {
         ranges.push((*hour, *hour + Duration::hours(1)));
     }
@@ -297,9 +297,9 @@ async fn compact_locked(
     );
     replace_histograms(&mut tx, tenant_id, GRAIN_MONTH, &months).await?;
 
-    let ids: Vec<i64> = marks.iter().map(|(id, _)| *id).collect();
-    sqlx::query("DELETE FROM kpi_dirty_hours WHERE id = ANY($1)")
-        .bind(&ids)
+    // Repeatable read: this deletes the marks the snapshot saw, no more.
+    sqlx::query("DELETE FROM kpi_dirty_hours WHERE tenant_id = $1")
+        .bind(tenant_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
