@@ -1,14 +1,16 @@
 //! `client-bench`: the benchmark of the client read API.
 //!
-//! `client-bench load` fills a database with one tenant of 1,000,000 calls
-//! and 10 tenants of 100,000 (spread over the last 365 days, about one call
-//! in five with a tool execution), with `INSERT ... SELECT generate_series`.
-//! `client-bench measure` then times, over HTTP against a running api,
-//! sequential requests of the big tenant: the KPIs of the last 30 days, the
-//! first page of the calls list and a deep page (a cursor 900,000 calls
-//! down), and prints p50/p99. `scripts/bench-client-api.sh` runs both around
-//! a release build of the api. `client-bench noisy` (module [`noisy`]) runs
-//! a noisy tenant's reads beside a quiet tenant's runtime work.
+//! `client-bench load` fills a database with one tenant of `--big-calls`
+//! calls (default 1,000,000) and 10 tenants of 100,000 (spread over the
+//! last 365 days, about one call in five with a tool execution), with
+//! `INSERT ... SELECT generate_series`. `client-bench rollups` computes the
+//! KPI rollups (or `--drop`s them); `client-bench measure` times, over HTTP
+//! against a running api, sequential requests of the big tenant: the KPIs
+//! of 1, 30 and 366 days, the first page of the calls list and a deep page
+//! (a cursor 90 % down), and the search, and prints p50/p99.
+//! `scripts/bench-client-api.sh` runs them around a release build of the
+//! api. `client-bench noisy` (module [`noisy`]) runs a noisy tenant's reads
+//! beside a quiet tenant's runtime work.
 
 mod noisy;
 
