@@ -64,6 +64,14 @@ pub struct Claims {
     pub exp: i64,
 }
 
+impl Claims {
+    /// Ops staff: an internal role on a token marked internal (either
+    /// alone is not enough).
+    pub fn is_internal_staff(&self) -> bool {
+        self.is_internal && self.role.is_internal()
+    }
+}
+
 /// Signing and verification keys plus the pinned validation rules.
 pub struct JwtKeys {
     encoding: EncodingKey,
@@ -248,7 +256,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let claims = bearer_claims(parts, state)?;
-        if !claims.is_internal || !claims.role.is_internal() {
+        if !claims.is_internal_staff() {
             return Err(AuthError::Forbidden("internal role required"));
         }
         Ok(InternalPrincipal(claims))
@@ -264,8 +272,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let claims = bearer_claims(parts, state)?;
-        let internal = claims.is_internal && claims.role.is_internal();
-        if !internal && claims.role != Role::Runtime {
+        if !claims.is_internal_staff() && claims.role != Role::Runtime {
             return Err(AuthError::Forbidden("runtime or internal role required"));
         }
         Ok(RuntimePrincipal(claims))

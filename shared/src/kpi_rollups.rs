@@ -34,11 +34,12 @@ const CATCH_UP_HOURS: i64 = 7 * 24;
 pub const DURATION_EXPR: &str = "CASE WHEN c.answered_at IS NOT NULL
      THEN COALESCE(c.duration_seconds::float8, date_part('epoch', c.ended_at - c.answered_at)) END";
 
-/// The agent of a tool execution's call (`te`), looked up by primary key.
-/// `LIMIT 1` keeps Postgres from turning the lookup into a join that reads
-/// every call when its estimates of the rows run high.
+/// The agent of a tool execution's call (`te`), looked up by primary key
+/// within the execution's tenant. `LIMIT 1` keeps Postgres from turning the
+/// lookup into a join that reads every call when its estimates of the rows
+/// run high.
 pub const CALL_AGENT_LOOKUP: &str =
-    "SELECT agent_id FROM call_sessions WHERE id = te.call_id LIMIT 1";
+    "SELECT agent_id FROM call_sessions WHERE id = te.call_id AND tenant_id = te.tenant_id LIMIT 1";
 
 /// Tenants with hours to compute: new hours are over, or marks wait.
 const TENANTS_DUE: &str = "
@@ -89,13 +90,8 @@ JOIN kpi_counts k ON k.tenant_id = $1 AND k.grain = $4 - 1 AND k.bucket >= r.s A
 GROUP BY k.agent_key, 4";
 
 const INSERT_QUARTERS: &str = "
-INSERT INTO kpi_counts (tenant_id, agent_key, grain, bucket, calls, queued, ringing, in_progress,
-    completed, busy, failed, no_answer, canceled, rejected, inbound, answered_inbound,
-    with_duration, seconds, tools_total, tools_succeeded, tools_failed)
-SELECT $1, agent_key, 0, bucket, sum(calls), sum(queued), sum(ringing), sum(in_progress),
-       sum(completed), sum(busy), sum(failed), sum(no_answer), sum(canceled), sum(rejected),
-       sum(inbound), sum(answered_inbound), sum(with_duration), sum(seconds),
-       sum(tools_total), sum(tools_succeeded), sum(tools_failed)
+INSERT INTO kpi_counts (tenant_id, agent_key, grain, bucket, {columns})
+SELECT $1, agent_key, 0, bucket, {sums}
 FROM (
     SELECT k.agent_key, date_bin('15 minutes', c.started_at, timestamptz '2000-01-01 00:00:00+00') AS bucket,
            1 AS calls,
@@ -124,6 +120,16 @@ FROM (
     WHERE k.agent_key IS NOT NULL
 ) AS x
 GROUP BY agent_key, bucket";
+
+/// `sum(x)` of every column of `COUNT_COLUMNS`, prefixed by `alias.` when
+/// given.
+fn count_sums(alias: &str) -> String {
+    COUNT_COLUMNS
+        .split(',')
+        .map(|c| format!("sum({alias}{})", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// `$1` tenant, `$2` starts of whole UTC days, `$3` the grain's
 /// (`GRAIN_DAY`) value.
@@ -188,6 +194,14 @@ pub struct Compacted {
 /// time, each in a repeatable-read transaction under an advisory lock of
 /// its own, so two workers share the tenants instead of both computing one.
 pub async fn compact(pool: &PgPool) -> Result<Compacted, sqlx::Error> {
+    // Marks carry no foreign key (the hot path's insert stays free of the
+    // check): those of a deleted tenant are dropped here.
+    sqlx::query(
+        "DELETE FROM kpi_dirty_hours d
+         WHERE NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = d.tenant_id)",
+    )
+    .execute(pool)
+    .await?;
     let tenants: Vec<Uuid> = sqlx::query_scalar(TENANTS_DUE).fetch_all(pool).await?;
     let mut done = Compacted::default();
     for tenant_id in tenants {
@@ -340,17 +354,14 @@ async fn replace_counts(
         .await?;
     let insert = if grain == GRAIN_QUARTER {
         INSERT_QUARTERS
+            .replace("{columns}", COUNT_COLUMNS)
+            .replace("{sums}", &count_sums(""))
             .replace("{duration}", DURATION_EXPR)
             .replace("{call_agent}", CALL_AGENT_LOOKUP)
     } else {
-        let sums = COUNT_COLUMNS
-            .split(',')
-            .map(|c| format!("sum(k.{})", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
         INSERT_COARSER_COUNTS
             .replace("{columns}", COUNT_COLUMNS)
-            .replace("{sums}", &sums)
+            .replace("{sums}", &count_sums("k."))
     };
     let mut query = sqlx::query(sqlx::AssertSqlSafe(insert))
         .persistent(false)

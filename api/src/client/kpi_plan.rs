@@ -13,9 +13,7 @@
 
 use chrono::{DateTime, Duration, DurationRound, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use shared::kpi_rollups::{
-    GRAIN_DAY, GRAIN_HOUR, GRAIN_QUARTER, day_start, month_start, next_month,
-};
+use shared::kpi_rollups::{GRAIN_DAY, GRAIN_HOUR, GRAIN_QUARTER, month_start, next_month};
 
 type Range = (DateTime<Utc>, DateTime<Utc>);
 
@@ -42,24 +40,19 @@ impl ReadPlan {
         rolled_up_to: Option<DateTime<Utc>>,
         dirty: &[DateTime<Utc>],
     ) -> Self {
-        let hour = Duration::hours(1);
         // Rollups cover nothing at or after this.
         let limit = rolled_up_to.map_or(from, |r| r.min(to)).max(from);
-        let is_dirty = |start: DateTime<Utc>, end: DateTime<Utc>| {
-            dirty.iter().any(|h| *h < end && *h + hour > start)
-        };
-        let usable =
-            |start: DateTime<Utc>, end: DateTime<Utc>| end <= limit && !is_dirty(start, end);
+        let is_dirty = |start, end| touches_dirty(dirty, start, end);
 
         let mut counts: Vec<(i16, Range)> = Vec::new();
         let mut counts_from_rows: Vec<Range> = Vec::new();
         for day in zone_days(from, to, tz) {
-            cover(day, limit, &usable, &mut counts, &mut counts_from_rows);
+            cover(day, limit, dirty, &mut counts, &mut counts_from_rows);
         }
 
         let mut months = Vec::new();
         let mut days = Vec::new();
-        let mut day = day_start(ceil(from, Duration::days(1)));
+        let mut day = ceil(from, Duration::days(1));
         let day_limit = floor(limit, Duration::days(1));
         let mut hist_covered: Vec<Range> = Vec::new();
         while day < day_limit {
@@ -115,13 +108,20 @@ fn zone_days(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Vec<Range> {
     cuts.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
-/// `[start, end)` covered greedily with the largest usable aligned bucket
-/// (a UTC day, an hour, a quarter hour); what none covers (all of it from
-/// `limit` on) goes to `rows`.
+/// Whether `[start, end)` holds an hour of `dirty`.
+fn touches_dirty(dirty: &[DateTime<Utc>], start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
+    dirty
+        .iter()
+        .any(|h| *h < end && *h + Duration::hours(1) > start)
+}
+
+/// `[start, end)` covered greedily with the largest aligned bucket that is
+/// computed (ends by `limit`) and clean (a UTC day, an hour, a quarter
+/// hour); what none covers (all of it from `limit` on) goes to `rows`.
 fn cover(
     (start, end): Range,
     limit: DateTime<Utc>,
-    usable: &dyn Fn(DateTime<Utc>, DateTime<Utc>) -> bool,
+    dirty: &[DateTime<Utc>],
     counts: &mut Vec<(i16, Range)>,
     rows: &mut Vec<Range>,
 ) {
@@ -139,7 +139,10 @@ fn cover(
         }
         for (grain, len) in grains {
             let bucket_end = at + len;
-            if floor(at, len) == at && bucket_end <= end && usable(at, bucket_end) {
+            if floor(at, len) == at
+                && bucket_end <= end.min(limit)
+                && !touches_dirty(dirty, at, bucket_end)
+            {
                 match counts.last_mut() {
                     Some((g, run)) if *g == grain && run.1 == at => run.1 = bucket_end,
                     _ => counts.push((grain, (at, bucket_end))),
@@ -207,20 +210,12 @@ impl Distribution {
         }
     }
 
-    /// Postgres's `percentile_cont`: the value at `p * (n - 1)` in sorted
-    /// order, interpolated between its neighbours; `None` when empty.
-    pub fn percentile(&mut self, p: f64) -> Option<f64> {
+    /// Postgres's `percentile_cont` for each of `ps`: the value at
+    /// `p * (n - 1)` in sorted order, interpolated between its neighbours;
+    /// `None` when empty. Sorts once.
+    pub fn percentiles<const N: usize>(mut self, ps: [f64; N]) -> [Option<f64>; N] {
         self.values.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         let total: i64 = self.values.iter().map(|(_, n)| n).sum();
-        if total <= 0 {
-            return None;
-        }
-        // Counts stay far below 2^52: f64 holds them exactly.
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-        let (position, lower) = {
-            let position = p * (total - 1) as f64;
-            (position, position.floor() as i64)
-        };
         let value_at = |rank: i64| {
             let mut seen = 0;
             for (value, n) in &self.values {
@@ -231,11 +226,22 @@ impl Distribution {
             }
             self.values.last().map_or(0.0, |(v, _)| *v)
         };
-        let low = value_at(lower);
-        let high = value_at((lower + 1).min(total - 1));
-        #[allow(clippy::cast_precision_loss)]
-        let fraction = position - lower as f64;
-        Some(low + (high - low) * fraction)
+        ps.map(|p| {
+            if total <= 0 {
+                return None;
+            }
+            // Counts stay far below 2^52: f64 holds them exactly.
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            let (position, lower) = {
+                let position = p * (total - 1) as f64;
+                (position, position.floor() as i64)
+            };
+            let low = value_at(lower);
+            let high = value_at((lower + 1).min(total - 1));
+            #[allow(clippy::cast_precision_loss)]
+            let fraction = position - lower as f64;
+            Some(low + (high - low) * fraction)
+        })
     }
 }
 
@@ -371,17 +377,17 @@ mod tests {
 
     #[test]
     fn percentiles_match_percentile_cont() {
-        let mut d = Distribution::default();
-        assert_eq!(d.percentile(0.5), None);
+        assert_eq!(Distribution::default().percentiles([0.5]), [None]);
         // 60, 120, 30, 300 as in the hand-computed KPI test: p50 = 90,
         // p95 = 120 + 0.85 * 180 = 273.
+        let mut d = Distribution::default();
         d.add(vec![30.0, 120.0], Some(vec![1, 1]));
         d.add(vec![300.0, 60.0], None);
-        assert_eq!(d.percentile(0.5), Some(90.0));
-        assert!((d.percentile(0.95).expect("p95") - 273.0).abs() < 1e-9);
+        let [p50, p95] = d.percentiles([0.5, 0.95]);
+        assert_eq!(p50, Some(90.0));
+        assert!((p95.expect("p95") - 273.0).abs() < 1e-9);
         let mut repeated = Distribution::default();
         repeated.add(vec![1.0, 2.0], Some(vec![3, 1]));
-        assert_eq!(repeated.percentile(0.5), Some(1.0));
-        assert_eq!(repeated.percentile(1.0), Some(2.0));
+        assert_eq!(repeated.percentiles([0.5, 1.0]), [Some(1.0), Some(2.0)]);
     }
 }

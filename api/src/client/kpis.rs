@@ -27,7 +27,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use shared::kpi_rollups::{ALL_AGENTS, CALL_AGENT_LOOKUP, DURATION_EXPR, METRIC_DURATION};
+use shared::kpi_rollups::{
+    ALL_AGENTS, CALL_AGENT_LOOKUP, DURATION_EXPR, METRIC_DURATION, METRIC_TOOL_LATENCY,
+};
 
 use super::kpi_plan::{Distribution, ReadPlan};
 use super::reads::ClientRead;
@@ -444,13 +446,15 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
     let mut durations = Distribution::default();
     let mut latencies = Distribution::default();
     for (metric, vals, counts) in parts {
-        let into = if metric == METRIC_DURATION {
-            &mut durations
-        } else {
-            &mut latencies
+        let into = match metric {
+            METRIC_DURATION => &mut durations,
+            METRIC_TOOL_LATENCY => &mut latencies,
+            _ => continue,
         };
         into.add(vals.unwrap_or_default(), counts);
     }
+    let [p50, p95] = durations.percentiles([0.5, 0.95]);
+    let [latency_p95] = latencies.percentiles([0.95]);
 
     let finished = row.tools_succeeded + row.tools_failed;
     Ok(Kpis {
@@ -478,8 +482,8 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
         duration: DurationFigures {
             calls_with_duration: row.with_duration,
             average_seconds: row.avg_duration,
-            p50_seconds: durations.percentile(0.5),
-            p95_seconds: durations.percentile(0.95),
+            p50_seconds: p50,
+            p95_seconds: p95,
             total_seconds: row.total_duration,
             total_minutes: row.total_duration / 60.0,
         },
@@ -488,7 +492,7 @@ pub async fn compute(pool: &sqlx::PgPool, tenant_id: Uuid, p: &KpiParams) -> App
             succeeded: row.tools_succeeded,
             failed: row.tools_failed,
             success_rate: ratio(row.tools_succeeded, finished),
-            p95_latency_ms: latencies.percentile(0.95),
+            p95_latency_ms: latency_p95,
         },
         series: row.series.0,
     })

@@ -583,6 +583,12 @@ async fn rollups_and_rows_agree_on_every_period(pool: PgPool) {
         from_rows.push(body);
     }
     compact(&pool).await.expect("compaction");
+    let rolled: i64 = sqlx::query_scalar("SELECT count(*) FROM kpi_counts WHERE tenant_id = $1")
+        .bind(a)
+        .fetch_one(&pool)
+        .await
+        .expect("count rollups");
+    assert!(rolled > 0, "the second pass reads the rollups");
     for (q, expected) in queries.iter().zip(&from_rows) {
         let (_, body) = get_json(&app, &format!("/client/kpis?{q}"), &token).await;
         assert_same_figures(&body, expected, q);
@@ -617,4 +623,44 @@ fn assert_same_figures(actual: &Value, expected: &Value, what: &str) {
         }
         _ => assert_eq!(actual, expected, "{what}"),
     }
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn marks_of_a_deleted_tenant_are_dropped(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let gone = app.create_tenant("Gone").await;
+    let kept = app.create_tenant("Kept").await;
+    for tenant in [gone, kept] {
+        Fixture {
+            pool: &pool,
+            tenant_id: tenant,
+        }
+        .call(NewCall::default())
+        .await;
+    }
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(gone)
+        .execute(&pool)
+        .await
+        .expect("delete tenant");
+    let marks = |tenant: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM kpi_dirty_hours WHERE tenant_id = $1",
+            )
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .expect("marks")
+        }
+    };
+    assert!(marks(gone).await > 0, "the deletion marked its hours");
+    compact(&pool).await.expect("compaction");
+    assert_eq!(marks(gone).await, 0);
+    assert_eq!(
+        marks(kept).await,
+        0,
+        "the kept tenant's marks were consumed"
+    );
 }
