@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared::config::{
-    AuthArgs, CommonArgs, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck,
+    AuthArgs, CommonArgs, ConfigError, DbArgs, EncryptionArgs, NatsArgs, ProductionCheck,
     UnsafeProductionConfig, redacted,
 };
 
@@ -109,6 +109,12 @@ pub struct Config {
     /// when false the answer only says that a recording (and a URL) exists.
     #[arg(long, env = "RECORDINGS_EXPOSE_URL", default_value_t = false, action = clap::ArgAction::Set)]
     pub recordings_expose_url: bool,
+    /// Lets event webhook URLs name loopback, private and link-local
+    /// addresses: the automation-worker's setting of the same name, which
+    /// the worker applies again at every attempt. Development and tests
+    /// only; refused in production.
+    #[arg(long, env = "AUTOMATION_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub automation_allow_private_networks: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -128,6 +134,10 @@ impl Config {
             .encryption(&self.encryption)
             .bootstrap_key("AUTH_BOOTSTRAP_KEY", self.auth_bootstrap_key.as_deref())
             .bootstrap_key("DEV_BOOTSTRAP_KEY", self.dev_bootstrap_key.as_deref())
+            .refuse(
+                self.automation_allow_private_networks,
+                ConfigError::PrivateNetworksAllowed,
+            )
             .finish()
     }
 
@@ -170,6 +180,7 @@ impl fmt::Debug for Config {
             max_tool_schema_bytes,
             max_tool_input_bytes,
             recordings_expose_url,
+            automation_allow_private_networks,
         } = self;
         f.debug_struct("Config")
             .field("command", command)
@@ -212,6 +223,10 @@ impl fmt::Debug for Config {
             .field("max_tool_schema_bytes", max_tool_schema_bytes)
             .field("max_tool_input_bytes", max_tool_input_bytes)
             .field("recordings_expose_url", recordings_expose_url)
+            .field(
+                "automation_allow_private_networks",
+                automation_allow_private_networks,
+            )
             .finish()
     }
 }

@@ -116,6 +116,9 @@ pub fn settings(config: &Config) -> Settings {
             tool_schema: config.max_tool_schema_bytes,
             tool_input: config.max_tool_input_bytes,
         },
+        webhooks: crate::management::webhook_endpoints::WebhookSettings {
+            allow_private_networks: config.automation_allow_private_networks,
+        },
     }
 }
 
@@ -131,6 +134,7 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(crate::management::legal_holds::routes())
         .merge(crate::management::calls_admin::routes())
         .merge(crate::management::audit_log::routes())
+        .merge(crate::management::webhook_endpoints::routes())
         .merge(crate::automation::routes())
         .merge(crate::client::routes())
         .merge(crate::runtime::dispatches::routes())

@@ -27,6 +27,7 @@ pub struct Settings {
     /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub size_caps: crate::http::size_caps::SizeCaps,
+    pub webhooks: crate::management::webhook_endpoints::WebhookSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -40,6 +41,7 @@ impl std::fmt::Debug for Settings {
             recordings_expose_url,
             trusted_proxies,
             size_caps,
+            webhooks,
         } = self;
         f.debug_struct("Settings")
             .field("is_production", is_production)
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Settings {
             .field("recordings_expose_url", recordings_expose_url)
             .field("trusted_proxies", trusted_proxies)
             .field("size_caps", size_caps)
+            .field("webhooks", webhooks)
             .finish()
     }
 }

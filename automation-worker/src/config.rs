@@ -29,6 +29,41 @@ pub struct Config {
     pub encryption: EncryptionArgs,
     #[command(flatten)]
     pub automation: AutomationArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Tenant event webhooks (docs/decisions/0048-tenant-event-webhooks.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// The delays before each attempt of a delivery, comma-separated; the
+    /// number of delays is the number of attempts.
+    #[arg(long = "webhook-retry-schedule", env = "WEBHOOK_RETRY_SCHEDULE", default_value = shared::webhooks::DEFAULT_RETRY_SCHEDULE, value_parser = shared::webhooks::RetrySchedule::parse)]
+    pub retry_schedule: shared::webhooks::RetrySchedule,
+    /// How long one attempt may take.
+    #[arg(id = "webhook_timeout", long = "webhook-timeout", env = "WEBHOOK_TIMEOUT", default_value = "15s", value_parser = shared::config::positive_duration)]
+    pub timeout: Duration,
+    /// How often due deliveries are looked for in Postgres.
+    #[arg(long = "webhook-poll-interval", env = "WEBHOOK_POLL_INTERVAL", default_value = "20ms", value_parser = shared::config::positive_duration)]
+    pub poll_interval: Duration,
+    /// Attempts at once to one endpoint, per instance.
+    #[arg(long = "webhook-endpoint-concurrency", env = "WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub endpoint_concurrency: usize,
+    /// Deliveries waiting behind those for one endpoint, per instance;
+    /// more go back to Postgres for a second.
+    #[arg(long = "webhook-endpoint-queue", env = "WEBHOOK_ENDPOINT_QUEUE", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    pub endpoint_queue: usize,
+    /// Deliveries in hand at once, per instance (the consumer's
+    /// unacknowledged messages).
+    #[arg(id = "webhook_max_in_flight", long = "webhook-max-in-flight", env = "WEBHOOK_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub max_in_flight: usize,
+    /// An endpoint whose every attempt has failed for this long is disabled.
+    #[arg(long = "webhook-disable-after", env = "WEBHOOK_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub disable_after: Duration,
+    /// `call.recording_ready` carries the recording's URL (the api's setting
+    /// of the same name).
+    #[arg(long, env = "RECORDINGS_EXPOSE_URL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub recordings_expose_url: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

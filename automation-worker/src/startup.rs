@@ -6,6 +6,7 @@
 //! reaper and the ops server.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
@@ -30,6 +31,11 @@ use crate::execute::Executor;
 use crate::outbound::{Backoff, Outbound};
 use crate::probe::ProbeSettings;
 use crate::ssrf::Policy;
+use crate::webhooks::{Deliverer, DeliverySettings, EndpointLimits, Webhooks};
+
+/// How long a delivery waits for its endpoint's turn before it goes back to
+/// Postgres; the consumer's ack wait and the relay's lease follow from it.
+const WEBHOOK_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Reply header naming the instance that answered (`AUTOMATION_WORKER_ID`).
 pub const WORKER_ID_HEADER: &str = "worker-id";
@@ -50,6 +56,7 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
 
 struct Worker {
     executor: Executor,
+    webhooks: Arc<Webhooks>,
     probe: ProbeSettings,
     nats: async_nats::Client,
     worker_id: String,
@@ -87,7 +94,33 @@ pub async fn run(
             max: a.backoff_max,
         },
     )?;
+    let w = &config.webhooks;
+    let subjects = Subjects::new(&config.nats.nats_subject_prefix);
+    let webhooks = Arc::new(Webhooks::new(
+        Deliverer {
+            pool: pool.clone(),
+            outbound: outbound.clone(),
+            secrets: SecretBox::new(&key),
+            settings: DeliverySettings {
+                schedule: w.retry_schedule.clone(),
+                timeout: w.timeout,
+                disable_after: w.disable_after,
+                expose_recording_url: w.recordings_expose_url,
+            },
+        },
+        subjects.clone(),
+        EndpointLimits {
+            concurrency: w.endpoint_concurrency,
+            queue: w.endpoint_queue,
+        },
+        WEBHOOK_MAX_WAIT,
+    ));
+    // A message unacknowledged this long is delivered again; a lease runs
+    // longer, so a delivery is handed on only when its worker is gone.
+    let ack_wait = w.timeout + WEBHOOK_MAX_WAIT + Duration::from_secs(10);
+    let lease = ack_wait + Duration::from_secs(15);
     let worker = Arc::new(Worker {
+        webhooks: webhooks.clone(),
         executor: Executor {
             pool: pool.clone(),
             outbound,
@@ -116,13 +149,15 @@ pub async fn run(
     let tasks = WorkerTasks::default();
     tasks.serve_ops(listener, readiness, "automation-worker");
 
-    let subjects = Subjects::new(&config.nats.nats_subject_prefix);
     let group = subjects.automation_queue_group();
     let execute_sub = nats
         .queue_subscribe(subjects.automation_tool_execute(), group.clone())
         .await?;
     let test_sub = nats
-        .queue_subscribe(subjects.automation_integration_test(), group)
+        .queue_subscribe(subjects.automation_integration_test(), group.clone())
+        .await?;
+    let webhook_test_sub = nats
+        .queue_subscribe(subjects.webhooks_test(), group)
         .await?;
     // Make sure the server has the subscriptions before anyone is told we
     // are up (tests send requests right after start). While NATS is down
@@ -136,13 +171,53 @@ pub async fn run(
     }
 
     let permits = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
-    for (sub, kind) in [(execute_sub, Kind::Execute), (test_sub, Kind::Test)] {
+    for (sub, kind) in [
+        (execute_sub, Kind::Execute),
+        (test_sub, Kind::Test),
+        (webhook_test_sub, Kind::WebhookTest),
+    ] {
         let (worker, permits) = (worker.clone(), permits.clone());
         let in_flight = tasks.intake.tracker().clone();
         tasks
             .intake
             .spawn(|stop| consume(sub, kind, worker, in_flight, permits, stop));
     }
+    // Tenant event webhooks: the stream is this service's own.
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = shared::nats::webhooks_stream_config(&subjects, config.nats.nats_stream_replicas);
+    let spec = shared::consumer::ConsumerSpec {
+        stream: subjects.webhooks_stream(),
+        durable: crate::webhooks::CONSUMER,
+        filter_subject: subjects.webhooks_deliver_all(),
+        ack_wait,
+        owned_stream: Some(stream),
+    };
+    let in_flight = w.max_in_flight;
+    tasks.intake.spawn({
+        let (js, webhooks) = (js.clone(), webhooks.clone());
+        move |stop| {
+            shared::consumer::run("webhooks", js, spec, 1, in_flight, stop, move |messages| {
+                let webhooks = webhooks.clone();
+                async move {
+                    futures::future::join_all(
+                        messages.into_iter().map(|m| webhooks.clone().handle(m)),
+                    )
+                    .await
+                }
+            })
+        }
+    });
+    let relay = crate::webhooks::relay::Relay {
+        pool: pool.clone(),
+        js,
+        subjects: subjects.clone(),
+        lease,
+        poll_interval: w.poll_interval,
+    };
+    tasks.background.spawn(|stop| relay.run(stop));
+    tasks
+        .background
+        .spawn(|stop| crate::webhooks::watch_backlog(pool.clone(), stop));
     let (reaper_interval, reaper_grace) = (a.reaper_interval, a.reaper_grace);
     tasks
         .background
@@ -162,6 +237,7 @@ pub async fn run(
 enum Kind {
     Execute,
     Test,
+    WebhookTest,
 }
 
 /// Takes requests until shutdown, then drains the subscription: what the
@@ -231,6 +307,7 @@ async fn handle_in_span(worker: &Worker, kind: Kind, msg: Message) {
     let request_kind = match kind {
         Kind::Test => RequestKind::IntegrationTest,
         Kind::Execute => RequestKind::ToolExecute,
+        Kind::WebhookTest => RequestKind::WebhookTest,
     };
     let signature = msg
         .headers
@@ -259,6 +336,24 @@ async fn handle_in_span(worker: &Worker, kind: Kind, msg: Message) {
                 None
             }
         },
+        Kind::WebhookTest => {
+            match serde_json::from_slice::<shared::webhooks::TestDeliveryRequest>(&msg.payload) {
+                Ok(req) => match worker.webhooks.test(req).await {
+                    Ok(Some(outcome)) => serde_json::to_vec(&outcome).ok(),
+                    // Not ours to take (already attempted): no answer, the
+                    // api says the delivery is made later.
+                    Ok(None) => None,
+                    Err(err) => {
+                        tracing::error!(error = %err, "webhook test could not run");
+                        None
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "malformed webhook test request");
+                    None
+                }
+            }
+        }
         Kind::Execute => match serde_json::from_slice::<ToolExecuteRequest>(&msg.payload) {
             Ok(req) => {
                 let execution_id = req.execution_id;

@@ -9,7 +9,6 @@
 
 pub mod bus_recovery;
 pub mod config;
-pub mod consumer;
 pub mod expiry;
 pub mod kpi_rollups;
 pub mod lifecycle;

@@ -17,7 +17,7 @@ use shared::nats::Subjects;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::consumer::Outcome;
+use shared::consumer::Outcome;
 
 pub struct Lifecycle {
     pub pool: PgPool,

@@ -6,7 +6,7 @@ use shared::calls::{RuntimeEvent, RuntimeEventData};
 use shared::nats::Subjects;
 use sqlx::PgPool;
 
-use crate::consumer::Outcome;
+use shared::consumer::Outcome;
 
 pub async fn handle(
     pool: PgPool,

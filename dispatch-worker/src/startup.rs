@@ -14,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus_recovery::BusRecovery;
 use crate::config::Config;
-use crate::consumer::ConsumerSpec;
 use crate::lifecycle::Lifecycle;
 use crate::relay::Relay;
+use shared::consumer::ConsumerSpec;
 
 /// Durable consumer names, shared by every instance.
 pub const CALLS_CONSUMER: &str = "dispatch-worker";
 pub const RUNTIME_EVENTS_CONSUMER: &str = "dispatch-worker-runtime-events";
+/// Redelivery after this long unacknowledged; handlers are idempotent.
+const CONSUMER_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
@@ -85,11 +87,15 @@ pub async fn run(
         stream: subjects.calls_stream(),
         durable: CALLS_CONSUMER,
         filter_subject: subjects.calls_all(),
+        ack_wait: CONSUMER_ACK_WAIT,
+        owned_stream: None,
     };
     let events_spec = ConsumerSpec {
         stream: subjects.runtime_events_stream(),
         durable: RUNTIME_EVENTS_CONSUMER,
         filter_subject: subjects.runtime_events_all(),
+        ack_wait: CONSUMER_ACK_WAIT,
+        owned_stream: None,
     };
     let consumers = shared::shutdown::retry_until_cancelled(
         "set up JetStream",
@@ -122,17 +128,17 @@ pub async fn run(
         });
         tasks
             .background
-            .spawn(|stop| crate::consumer::watch_lag("calls", calls, stop));
+            .spawn(|stop| shared::consumer::watch_lag("calls", calls, stop));
         tasks
             .background
-            .spawn(|stop| crate::consumer::watch_lag("runtime_events", events, stop));
+            .spawn(|stop| shared::consumer::watch_lag("runtime_events", events, stop));
         let (batch_size, parallel_batches) = (
             usize::from(config.batch_size),
             usize::from(config.parallel_batches),
         );
         let calls_js = js.clone();
         tasks.intake.spawn(|stop| {
-            crate::consumer::run(
+            shared::consumer::run(
                 "calls",
                 calls_js,
                 calls_spec,
@@ -145,7 +151,7 @@ pub async fn run(
         let (events_pool, events_subjects) = (pool.clone(), subjects.clone());
         let events_js = js.clone();
         tasks.intake.spawn(|stop| {
-            crate::consumer::run(
+            shared::consumer::run(
                 "runtime_events",
                 events_js,
                 events_spec,

@@ -15,7 +15,11 @@
 //!   5 s later (WAL recovery, every pooled connection broken);
 //! - `..._when_a_cluster_node_is_lost`: a three-node JetStream cluster, the
 //!   streams replicated three times; the node leading the calls stream is
-//!   SIGKILLed and started again 10 s later.
+//!   SIGKILLed and started again 10 s later;
+//! - `every_webhook_event_is_delivered_through_a_killed_worker_and_a_nats_restart`:
+//!   tenant event webhooks, 2,000 events in flight while one of two
+//!   automation-workers is SIGKILLed and NATS restarts: every event reaches
+//!   the receiver at least once, copies counted and printed.
 //!
 //! After each, once the system settles, every webhook answered 200 must have
 //! exactly one call session, one runtime dispatch and one
@@ -1295,4 +1299,167 @@ async fn nothing_accepted_is_lost_when_a_cluster_node_is_lost() {
         },
     )
     .await;
+}
+
+// The receiver of the webhook tests; this suite uses part of it.
+#[allow(dead_code)]
+#[path = "it/webhooks/receiver.rs"]
+mod receiver;
+
+/// Tenant event webhooks under faults: 2,000 events recorded while one of
+/// two automation-workers is SIGKILLed (and started again) and NATS
+/// restarts. Every event must reach the receiver at least once with a
+/// valid signature and end `succeeded`; copies (the same `webhook-id`
+/// twice: a worker killed after the receiver answered, before the record)
+/// are counted and printed.
+#[tokio::test]
+async fn every_webhook_event_is_delivered_through_a_killed_worker_and_a_nats_restart() {
+    let _alone = ONE_SUITE_AT_A_TIME.lock().await;
+    shared::install_crypto_providers();
+    const EVENTS: usize = 2000;
+    let pg = PrivatePostgres::start().await;
+    let pool = pg.migrated_pool().await;
+    let mut nats = PrivateNats::start().await;
+    let receiver = receiver::Receiver::start().await;
+    // Each answer takes 10 ms, so deliveries are in flight when the faults hit.
+    receiver.script(
+        "/events",
+        (0..2 * EVENTS).map(|_| receiver::Answer::Delay(Duration::from_millis(10))),
+    );
+
+    let tenant = Uuid::now_v7();
+    let endpoint = Uuid::now_v7();
+    let secret = shared::webhooks::generate_secret();
+    let key = shared::config::decode_key(shared::config::DEV_ENCRYPTION_KEY).expect("key");
+    let sealed = shared::crypto::SecretBox::new(&key)
+        .seal(
+            secret.as_bytes(),
+            &shared::webhooks::secret_aad(tenant, endpoint),
+        )
+        .expect("seal");
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'Hooks')")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret_ciphertext, secret_nonce, secret_key_id)
+         VALUES ($1, $2, $3, '{call.ended}', $4, $5, $6)",
+    )
+    .bind(endpoint)
+    .bind(tenant)
+    .bind(receiver.url("/events"))
+    .bind(&sealed.ciphertext)
+    .bind(&sealed.nonce)
+    .bind(&sealed.key_id)
+    .execute(&pool)
+    .await
+    .expect("endpoint");
+
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", pg.url()),
+        ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+        ("NATS_URL", nats.url()),
+        (
+            "NATS_SUBJECT_PREFIX",
+            format!("wf{}", Uuid::new_v4().simple()),
+        ),
+        ("APP_ENV", "development".to_owned()),
+        (
+            "ENCRYPTION_KEY",
+            shared::config::DEV_ENCRYPTION_KEY.to_owned(),
+        ),
+        ("AUTOMATION_ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+        ("WEBHOOK_TIMEOUT", "2s".to_owned()),
+        (
+            "WEBHOOK_RETRY_SCHEDULE",
+            "0s,200ms,500ms,1s,1s,1s,1s,1s,1s,1s".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut killed = Service::new("automation-worker", env.clone());
+    let mut peer = Service::new("automation-worker", env);
+    killed.start().await;
+    peer.start().await;
+
+    // The events, recorded as the triggers record them, over about 2 s.
+    let recorder = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for batch in 0..20 {
+                sqlx::query(
+                    "SELECT record_webhook_event($1, 'call.ended', jsonb_build_object('n', g))
+                     FROM generate_series($2::int, $2::int + 99) g",
+                )
+                .bind(tenant)
+                .bind(batch * 100)
+                .execute(&pool)
+                .await
+                .expect("record");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // The faults, while deliveries are in flight.
+    let started = Instant::now();
+    while receiver.received("/events").len() < 300 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no deliveries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    killed.kill9();
+    nats.restart().await;
+    recorder.await.expect("recorder");
+    killed.start().await;
+
+    // Settled: every delivery succeeded (a stranded one is due again once
+    // its lease runs out).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (succeeded, other): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status <> 'succeeded')
+             FROM webhook_deliveries",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        if succeeded == EVENTS as i64 && other == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{succeeded} of {EVENTS} deliveries succeeded, {other} not yet"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let received = receiver.received("/events");
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for request in &received {
+        assert!(
+            request.verifies_with(&secret),
+            "a request that does not verify"
+        );
+        *per_message.entry(request.webhook_id()).or_default() += 1;
+    }
+    let messages: HashSet<String> =
+        sqlx::query_scalar::<_, Uuid>("SELECT id FROM webhook_messages")
+            .fetch_all(&pool)
+            .await
+            .expect("messages")
+            .into_iter()
+            .map(shared::webhooks::message_id)
+            .collect();
+    assert_eq!(messages.len(), EVENTS);
+    let delivered: HashSet<String> = per_message.keys().cloned().collect();
+    assert_eq!(delivered, messages, "every event reached the receiver");
+    let copies = received.len() - per_message.len();
+    report(format!(
+        "webhook fault (one of two workers SIGKILLed, NATS restarted): {EVENTS} events, \
+         {} requests, {} delivered, {copies} copies of {} messages (same webhook-id), settled after {:?}",
+        received.len(),
+        per_message.len(),
+        per_message.values().filter(|n| **n > 1).count(),
+        started.elapsed()
+    ));
 }

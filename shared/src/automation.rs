@@ -60,6 +60,7 @@ const REQUEST_MAX_AGE_SECS: i64 = 60;
 pub enum RequestKind {
     ToolExecute,
     IntegrationTest,
+    WebhookTest,
 }
 
 impl RequestKind {
@@ -67,6 +68,7 @@ impl RequestKind {
         match self {
             Self::ToolExecute => b"tool.execute",
             Self::IntegrationTest => b"integration.test",
+            Self::WebhookTest => b"webhooks.test",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod automation;
 pub mod calls;
 pub mod config;
+pub mod consumer;
 pub mod crypto;
 pub mod db;
 pub mod error;
@@ -20,12 +21,14 @@ pub mod kpi_rollups;
 pub mod nats;
 pub mod service;
 pub mod shutdown;
+pub mod ssrf;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tool_executions;
 pub mod trace;
 pub mod twilio;
+pub mod webhooks;
 
 /// Installs the process-wide crypto providers (rustls and jsonwebtoken).
 ///

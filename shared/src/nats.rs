@@ -96,6 +96,22 @@ impl Subjects {
     pub fn automation_queue_group(&self) -> String {
         self.stream("automation-workers")
     }
+
+    // --- flow 4: tenant event webhooks (within the automation-worker) ---
+    /// A due delivery of one of `tenant_id`'s endpoints.
+    pub fn webhooks_deliver(&self, tenant_id: Uuid) -> String {
+        self.subject(&format!("webhooks.deliver.{tenant_id}"))
+    }
+    pub fn webhooks_deliver_all(&self) -> String {
+        self.subject("webhooks.deliver.>")
+    }
+    pub fn webhooks_stream(&self) -> String {
+        self.stream("WEBHOOKS")
+    }
+    /// The api's request to send a test event now (request/reply).
+    pub fn webhooks_test(&self) -> String {
+        self.subject("webhooks.test")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +261,23 @@ pub fn stream_configs(subjects: &Subjects, replicas: u8) -> Vec<stream::Config> 
             ..Default::default()
         },
     ]
+}
+
+/// The stream of due webhook deliveries, owned by the automation-worker
+/// (which relays into it and consumes it). Its messages only name a
+/// delivery, Postgres holds the schedule, so a lost message costs a lease's
+/// wait, not the event.
+pub fn webhooks_stream_config(subjects: &Subjects, replicas: u8) -> stream::Config {
+    stream::Config {
+        name: subjects.webhooks_stream(),
+        subjects: vec![subjects.webhooks_deliver_all()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_age: Duration::from_secs(3600),
+        num_replicas: usize::from(replicas),
+        ..Default::default()
+    }
 }
 
 /// Ensures every stream of [`stream_configs`].

@@ -12,7 +12,19 @@ use utoipa::{Modify, OpenApi};
                        Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     modifiers(&BearerAuth),
-    components(schemas(shared::error::ErrorBody))
+    components(schemas(
+        shared::error::ErrorBody,
+        // What event webhooks send (docs/architecture.md#event-webhooks):
+        // the body, and `data` of each event type.
+        shared::webhooks::WebhookEvent,
+        shared::webhooks::CallEventData,
+        shared::webhooks::CallEndedData,
+        shared::webhooks::RecordingReadyData,
+        shared::webhooks::TranscriptReadyData,
+        shared::webhooks::ToolExecutionFailedData,
+        shared::webhooks::DispatchExpiredData,
+        shared::webhooks::TestEventData,
+    ))
 )]
 pub struct ApiDoc;
 

@@ -1,6 +1,6 @@
 //! The internal management API for ops staff: one module per resource
 //! (tenants, agents and versions, phone numbers, tools, integrations, legal
-//! holds, call deletion, the audit log). This module holds what they share:
+//! holds, call deletion, the audit log, event webhook endpoints). This module holds what they share:
 //! the tenant-scoped list, the audit helper, input checks and constraint mapping.
 
 pub mod agents;
@@ -12,6 +12,7 @@ pub mod legal_holds;
 pub mod phone_numbers;
 pub mod tenants;
 pub mod tools;
+pub mod webhook_endpoints;
 
 use crate::audit::{self, AuditEntry};
 use serde::{Deserialize, Deserializer};

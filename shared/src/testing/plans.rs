@@ -32,6 +32,9 @@ pub const PER_CALL_TABLES: &[&str] = &[
     "recordings",
     "tool_executions",
     "runtime_dispatches",
+    "webhook_messages",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 
 /// Statements that name one of these are the KPI compaction's

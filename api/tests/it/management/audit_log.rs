@@ -13,12 +13,15 @@ async fn admins_read_their_tenants_audit_log_in_pages(pool: PgPool) {
     let (s, page) = get(&app, &path, &a.tokens.admin).await;
     assert_eq!(s, 200, "{page}");
     let items = page["items"].as_array().expect("items");
-    // The seed: agent, 2 versions, publish, number, tool, hold.
-    assert_eq!(items.len(), 7, "{page}");
+    // The seed: agent, 2 versions, publish, number, tool, hold, webhook
+    // endpoint.
+    assert_eq!(items.len(), 8, "{page}");
     assert!(items.iter().all(|e| e["tenant_id"] == a.tenant.to_string()));
-    assert_eq!(items[0]["action"], "legal_hold.create");
-    assert_eq!(items[0]["actor"], "test-user");
-    assert_eq!(items[0]["target_id"], a.hold.to_string());
+    assert_eq!(items[0]["action"], "webhook_endpoint.create");
+    assert_eq!(items[0]["target_id"], a.webhook_endpoint.to_string());
+    assert_eq!(items[1]["action"], "legal_hold.create");
+    assert_eq!(items[1]["actor"], "test-user");
+    assert_eq!(items[1]["target_id"], a.hold.to_string());
     assert!(items.iter().any(|e| e["action"] == "agent_version.publish"));
 
     // Pages of 3 cover the same entries in the same order.

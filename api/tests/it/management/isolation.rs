@@ -57,6 +57,8 @@ struct Ids {
     integration: Uuid,
     call: Uuid,
     hold: Uuid,
+    webhook_endpoint: Uuid,
+    webhook_delivery: Uuid,
 }
 
 fn cases(ids: &Ids) -> Vec<Case> {
@@ -71,7 +73,10 @@ fn cases(ids: &Ids) -> Vec<Case> {
         integration,
         call,
         hold,
+        webhook_endpoint,
+        webhook_delivery,
     } = ids;
+    let hooks = format!("/internal/webhook-endpoints/{webhook_endpoint}");
     let v = format!("/internal/agents/{agent}/versions");
     vec![
         case(
@@ -258,6 +263,67 @@ fn cases(ids: &Ids) -> Vec<Case> {
             true,
             Forbidden,
         ),
+        case(
+            Method::POST,
+            "/internal/webhook-endpoints".into(),
+            Some(
+                json!({"tenant_id": tenant, "url": "https://hooks.example.com/x",
+                        "event_types": ["call.ended"]}),
+            ),
+            false,
+            Forbidden,
+        ),
+        case(
+            Method::GET,
+            format!("/internal/webhook-endpoints?tenant_id={tenant}"),
+            None,
+            false,
+            Forbidden,
+        ),
+        case(Method::GET, hooks.clone(), None, false, NotFound),
+        case(
+            Method::PATCH,
+            hooks.clone(),
+            Some(json!({"url": "https://evil.example.com/"})),
+            false,
+            NotFound,
+        ),
+        case(
+            Method::POST,
+            format!("{hooks}/rotate-secret"),
+            Some(json!({})),
+            false,
+            NotFound,
+        ),
+        case(
+            Method::GET,
+            format!("{hooks}/deliveries"),
+            None,
+            false,
+            NotFound,
+        ),
+        case(
+            Method::POST,
+            format!("{hooks}/replay"),
+            Some(json!({"since": chrono::Utc::now() - chrono::Duration::hours(1)})),
+            false,
+            NotFound,
+        ),
+        case(
+            Method::POST,
+            format!("{hooks}/test"),
+            Some(json!({})),
+            false,
+            NotFound,
+        ),
+        case(
+            Method::POST,
+            format!("/internal/webhook-deliveries/{webhook_delivery}/resend"),
+            Some(json!({})),
+            false,
+            NotFound,
+        ),
+        case(Method::DELETE, hooks, None, false, NotFound),
     ]
 }
 
@@ -278,6 +344,8 @@ async fn every_route_refuses_other_tenants_and_wrong_roles(pool: PgPool) {
         integration: a.integration,
         call: free_call,
         hold: a.hold,
+        webhook_endpoint: a.webhook_endpoint,
+        webhook_delivery: a.webhook_delivery,
     };
     let random = Ids {
         tenant: Uuid::new_v4(),
@@ -289,6 +357,8 @@ async fn every_route_refuses_other_tenants_and_wrong_roles(pool: PgPool) {
         integration: Uuid::new_v4(),
         call: Uuid::new_v4(),
         hold: Uuid::new_v4(),
+        webhook_endpoint: Uuid::new_v4(),
+        webhook_delivery: Uuid::new_v4(),
     };
     let before = snapshot(&app.pool).await;
 
@@ -396,6 +466,8 @@ async fn every_route_refuses_other_tenants_and_wrong_roles(pool: PgPool) {
         a.integration,
         a.call,
         a.hold,
+        a.webhook_endpoint,
+        a.webhook_delivery,
     ]
     .iter()
     .map(Uuid::to_string)
@@ -407,6 +479,7 @@ async fn every_route_refuses_other_tenants_and_wrong_roles(pool: PgPool) {
         "integrations",
         "legal-holds",
         "audit-log",
+        "webhook-endpoints",
     ] {
         let (s, page) = get(
             &app,

@@ -1,5 +1,6 @@
 //! The internal management API: tenants, agents and versions,
 //! phone numbers, tools, integrations, legal holds, call deletion, audit log,
+//! webhook endpoints,
 //! and the tenant-isolation matrix over all of them.
 
 mod agents;
@@ -11,3 +12,4 @@ mod phone_numbers;
 mod support;
 mod tenants;
 mod tools;
+mod webhook_endpoints;

@@ -30,6 +30,10 @@ pub const TABLES: &[&str] = &[
     "runtime_dispatches",
     "legal_holds",
     "audit_log",
+    "webhook_endpoints",
+    "webhook_messages",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 
 /// A digest of every row of every table: equal snapshots mean nothing
@@ -205,6 +209,8 @@ pub struct Seeded {
     pub integration: Uuid,
     pub call: Uuid,
     pub hold: Uuid,
+    pub webhook_endpoint: Uuid,
+    pub webhook_delivery: Uuid,
 }
 
 pub async fn seed(app: &TestApp, name: &str, e164: &str) -> Seeded {
@@ -262,7 +268,31 @@ pub async fn seed(app: &TestApp, name: &str, e164: &str) -> Seeded {
     )
     .await;
     assert_eq!(s, 201, "{hold}");
+    let (s, endpoint) = post(
+        app,
+        "/internal/webhook-endpoints",
+        t,
+        &serde_json::json!({"tenant_id": tenant, "url": "https://hooks.example.com/calls",
+                            "event_types": ["call.answered"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{endpoint}");
+    // An event as the triggers record it, so the endpoint has a delivery.
+    let message: Uuid =
+        sqlx::query_scalar("SELECT record_webhook_event($1, 'call.answered', '{}')")
+            .bind(tenant)
+            .fetch_one(&app.pool)
+            .await
+            .expect("event");
+    let webhook_delivery: Uuid =
+        sqlx::query_scalar("SELECT id FROM webhook_deliveries WHERE message_id = $1")
+            .bind(message)
+            .fetch_one(&app.pool)
+            .await
+            .expect("delivery");
     Seeded {
+        webhook_endpoint: id_of(&endpoint),
+        webhook_delivery,
         tenant,
         agent,
         draft_version: id_of(&v2),

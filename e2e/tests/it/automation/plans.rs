@@ -19,7 +19,12 @@ use api::testing::{spawn_app, status_json};
 /// Read on purpose through non-unique indexes, with ranges bounded by one
 /// call or by the open executions, not by the tables' size: the per-call
 /// rate window and the reaper's open executions.
-const BOUNDED: &[&str] = &["tool_executions_call_idx", "tool_executions_open_idx"];
+const BOUNDED: &[&str] = &[
+    "tool_executions_call_idx",
+    "tool_executions_open_idx",
+    // The webhook relay and backlog gauge: bounded by the deliveries due.
+    "webhook_deliveries_due_idx",
+];
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn every_per_call_read_of_a_tool_execution_pins_one_row(pool: PgPool) {

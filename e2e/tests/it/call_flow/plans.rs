@@ -27,6 +27,8 @@ const BOUNDED: &[&str] = &[
     // Admission's count of a tenant's (or agent's) live calls, the sweep
     // and the gauges: bounded by the calls in progress.
     "call_sessions_live_idx",
+    // `call.transcript_ready` counts the call's segments: bounded by one call.
+    "transcript_segments_call_idx",
 ];
 
 /// The test's own checks go through `pool`, and their plans are not
@@ -60,6 +62,17 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("agent limit");
+    // An event webhook endpoint on every event, so each call also runs the
+    // triggers that record them (no worker delivers them here).
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret_ciphertext, secret_nonce, secret_key_id)
+         VALUES (gen_random_uuid(), $1, 'https://hooks.example.com/', $2, '\\x00', '\\x00', 'k')",
+    )
+    .bind(seeded.tenant_id)
+    .bind(shared::webhooks::EVENT_TYPES)
+    .execute(&pool)
+    .await
+    .expect("endpoint");
     // The flow's connections plan generically and log their plans.
     let app_pool = plans::capture_plans(&pool).await;
     let w = world(app_pool.clone()).await;
@@ -177,11 +190,17 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
     );
 
     // A dispatch expires and its call is released; the safety net sweeps.
+    let mut quiet = pool.acquire().await.expect("a connection");
+    sqlx::query("SET auto_explain.log_min_duration = -1")
+        .execute(&mut *quiet)
+        .await
+        .expect("no plan logging for the test's own statement");
     sqlx::query("UPDATE runtime_dispatches SET expires_at = now() WHERE call_id <> $1")
         .bind(call_id)
-        .execute(&pool)
+        .execute(&mut *quiet)
         .await
         .expect("make dispatches due");
+    drop(quiet);
     dispatch_worker::expiry::expire_once(&app_pool)
         .await
         .expect("expiry");
@@ -197,6 +216,17 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
     dispatch_worker::expiry::release_overdue_once(&app_pool, Duration::from_secs(3600))
         .await
         .expect("sweep");
+
+    // Every kind of event the flow makes was recorded for the endpoint.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(DISTINCT event_type) FROM webhook_messages"
+        )
+        .await,
+        6,
+        "call.started, answered, ended, recording_ready, transcript_ready, dispatch_expired"
+    );
 
     let captured = plans::captured();
     // The capture saw the flow: the foreign-key check of a new event and

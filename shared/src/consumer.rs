@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, stream};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -27,12 +27,13 @@ pub async fn ensure_consumer(
     stream: &str,
     durable: &str,
     filter_subject: String,
+    ack_wait: Duration,
 ) -> anyhow::Result<PullConsumer> {
     let stream = js.get_stream(stream).await?;
     let config = consumer::pull::Config {
         durable_name: Some(durable.to_owned()),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait,
         max_deliver: -1,
         max_ack_pending: 4096,
         filter_subject,
@@ -60,11 +61,30 @@ pub struct ConsumerSpec {
     pub stream: String,
     pub durable: &'static str,
     pub filter_subject: String,
+    /// How long a delivered message may go unacknowledged before it is
+    /// delivered again.
+    pub ack_wait: Duration,
+    /// The stream's configuration when this consumer's service owns it:
+    /// made again here if NATS lost it. `None` where another task does
+    /// that (the dispatch-worker's bus recovery).
+    pub owned_stream: Option<stream::Config>,
 }
 
 impl ConsumerSpec {
     pub async fn ensure(&self, js: &jetstream::Context) -> anyhow::Result<PullConsumer> {
-        ensure_consumer(js, &self.stream, self.durable, self.filter_subject.clone()).await
+        if let Some(config) = &self.owned_stream
+            && js.get_stream(&self.stream).await.is_err()
+        {
+            crate::nats::ensure_stream(js, config.clone()).await?;
+        }
+        ensure_consumer(
+            js,
+            &self.stream,
+            self.durable,
+            self.filter_subject.clone(),
+            self.ack_wait,
+        )
+        .await
     }
 }
 
@@ -74,7 +94,7 @@ impl ConsumerSpec {
 ///
 /// A pull error ends the current pull and binds the consumer again from
 /// `spec`: after NATS lost its store, the consumer (and its stream, which
-/// `bus_recovery` recreates) must be created anew before anything flows.
+/// the dispatch-worker's `bus_recovery` or `owned_stream` recreates) must be created anew before anything flows.
 pub async fn run<H, F>(
     name: &'static str,
     js: jetstream::Context,
@@ -186,7 +206,7 @@ async fn settle(name: &'static str, message: jetstream::Message, outcome: Outcom
     let ack = match outcome {
         Outcome::Done => message.ack().await,
         Outcome::Reject(reason) => {
-            metrics::counter!("dispatch_messages_rejected_total", "consumer" => name).increment(1);
+            metrics::counter!("nats_messages_rejected_total", "consumer" => name).increment(1);
             tracing::warn!(consumer = name, subject = %message.subject, %reason, "dropping message");
             message.ack_with(AckKind::Term).await
         }
