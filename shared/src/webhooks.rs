@@ -117,16 +117,52 @@ pub fn body(event_type: &str, recorded_at: DateTime<Utc>, data: &serde_json::Val
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// A due delivery, carried from the relay to whichever worker takes it.
-/// `lease` is the one the relay gave it: only its holder records the
-/// attempt, so a copy that arrives after the attempt changes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A due delivery with what its attempt needs, carried from the relay to
+/// whichever worker takes it (the relay reads it for a batch in one
+/// statement, so an attempt reads nothing). `lease` is the one the relay
+/// gave it: only its holder records the attempt, so a copy that arrives
+/// after the attempt changes nothing. The signing secrets travel sealed,
+/// as the automation requests' do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct DueDelivery {
     pub delivery_id: Uuid,
     pub tenant_id: Uuid,
     pub endpoint_id: Uuid,
     pub lease: Uuid,
+    /// Attempts already recorded.
+    pub attempts: i32,
+    pub url: String,
+    pub disabled: bool,
+    pub secret_ciphertext: Vec<u8>,
+    pub secret_nonce: Vec<u8>,
+    pub secret_key_id: String,
+    /// The secret before the last rotation, while it still signs.
+    pub previous_secret_ciphertext: Option<Vec<u8>>,
+    pub previous_secret_nonce: Option<Vec<u8>>,
+    pub previous_secret_key_id: Option<String>,
+    pub message_id: Uuid,
+    pub event_type: String,
+    pub data: serde_json::Value,
+    /// When the event was recorded: the body's `timestamp`.
+    pub recorded_at: DateTime<Utc>,
 }
+
+/// The columns of a [`DueDelivery`], from `webhook_deliveries d` with its
+/// endpoint `e` and message `m` (each looked up by key).
+pub const DUE_DELIVERY_COLUMNS: &str = "d.id AS delivery_id, d.tenant_id, d.endpoint_id, d.lease, d.attempts,
+    e.url, e.disabled, e.secret_ciphertext, e.secret_nonce, e.secret_key_id,
+    CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_ciphertext END AS previous_secret_ciphertext,
+    CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_nonce END AS previous_secret_nonce,
+    CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_key_id END AS previous_secret_key_id,
+    m.id AS message_id, m.event_type, m.data, m.created_at AS recorded_at";
+
+/// The endpoint `e` and message `m` of a delivery `d`, each by its primary
+/// key (`LIMIT 1` keeps a generic plan from joining them by scanning).
+pub const DUE_DELIVERY_JOINS: &str = "
+CROSS JOIN LATERAL (SELECT * FROM webhook_endpoints WHERE id = d.endpoint_id
+                    AND tenant_id IS NOT DISTINCT FROM d.tenant_id LIMIT 1) e
+CROSS JOIN LATERAL (SELECT * FROM webhook_messages WHERE id = d.message_id
+                    AND tenant_id IS NOT DISTINCT FROM d.tenant_id LIMIT 1) m";
 
 /// `webhooks.test`: the api asks a worker to make the first attempt of a
 /// test delivery now and answer with its outcome.

@@ -109,7 +109,23 @@ impl Webhooks {
                 Outcome::Reject("subject does not match the delivery's tenant".into()),
             );
         }
-        let outcome = match self.attempt_in_turn(due).await {
+        // A message delivered again may have had its attempt already: only
+        // a delivery still under its lease is attempted.
+        let redelivered = message.info().is_ok_and(|info| info.delivered > 1);
+        let due = if redelivered {
+            match self
+                .deliverer
+                .leased(due.delivery_id, due.tenant_id, due.lease)
+                .await
+            {
+                Ok(Some(current)) => current,
+                Ok(None) => return (message, Outcome::Done),
+                Err(err) => return (message, Outcome::Retry(err.to_string())),
+            }
+        } else {
+            due
+        };
+        let outcome = match self.attempt_in_turn(&due).await {
             Ok(()) => Outcome::Done,
             Err(err) => Outcome::Retry(err.to_string()),
         };
@@ -118,7 +134,7 @@ impl Webhooks {
 
     /// Waits for the endpoint's turn, then makes the attempt; a delivery
     /// that cannot wait goes back to Postgres.
-    async fn attempt_in_turn(&self, due: DueDelivery) -> anyhow::Result<()> {
+    async fn attempt_in_turn(&self, due: &DueDelivery) -> anyhow::Result<()> {
         let gate = self.gate(due.endpoint_id);
         let limit = self.limits.concurrency + self.limits.queue;
         if gate.admitted.fetch_add(1, Ordering::AcqRel) >= limit {
@@ -137,7 +153,7 @@ impl Webhooks {
     }
 
     /// Gives the delivery back: due again in a second, without the lease.
-    async fn defer(&self, due: DueDelivery) -> anyhow::Result<()> {
+    async fn defer(&self, due: &DueDelivery) -> anyhow::Result<()> {
         metrics::counter!("webhook_deliveries_deferred_total").increment(1);
         sqlx::query(
             "UPDATE webhook_deliveries SET lease = NULL, next_attempt_at = now() + interval '1 second'
@@ -173,14 +189,14 @@ impl Webhooks {
         if taken == 0 {
             return Ok(None);
         }
-        self.deliverer
-            .attempt(DueDelivery {
-                delivery_id: request.delivery_id,
-                tenant_id: request.tenant_id,
-                endpoint_id: request.endpoint_id,
-                lease,
-            })
-            .await
+        match self
+            .deliverer
+            .leased(request.delivery_id, request.tenant_id, lease)
+            .await?
+        {
+            Some(due) => self.deliverer.attempt(&due).await,
+            None => Ok(None),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use api::testing::fixtures::{ToolSpec, insert_integration, insert_tool, seed};
 use api::testing::n8n::FakeN8n;
 use api::testing::spawn_app_with;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -32,7 +32,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// A fresh database for the run (sqlx::test's runtime is single-threaded;
 /// a benchmark wants the multi-threaded one the binaries use).
-async fn fresh_database() -> (PgPool, String, String) {
+pub(crate) async fn fresh_database() -> (PgPool, String, String) {
     // Postgres on this machine: no TLS on loopback (it only costs CPU).
     let admin_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into());
@@ -59,7 +59,7 @@ async fn fresh_database() -> (PgPool, String, String) {
     (pool, admin_url, name)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -3,7 +3,7 @@
 //! management API would create are inserted with SQL
 //! (`api::testing::fixtures`).
 
-mod bench;
+pub(crate) mod bench;
 mod bus;
 mod faults;
 mod plans;

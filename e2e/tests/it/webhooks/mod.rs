@@ -4,6 +4,7 @@
 //! with the Standard Webhooks library; retries, resend and replay, secret
 //! rotation, the SSRF guard, one endpoint's trouble kept from another's.
 
+mod bench;
 mod events;
 mod receiver;
 

@@ -29,6 +29,8 @@ pub enum Answer {
 /// One request received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the request arrived.
+    pub at: std::time::Instant,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -146,6 +148,7 @@ async fn answer(
 ) -> Response {
     let path = uri.path().to_owned();
     shared.received.lock().expect("lock").push(Received {
+        at: std::time::Instant::now(),
         path: path.clone(),
         headers,
         body,
