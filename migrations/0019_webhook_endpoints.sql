@@ -173,18 +173,21 @@ CREATE TRIGGER call_sessions_webhook_2_ended AFTER UPDATE ON call_sessions FOR E
           AND NEW.status IN ('completed', 'busy', 'failed', 'no-answer', 'canceled'))
     EXECUTE FUNCTION webhook_call_ended();
 
+-- The agent of a call, for events of rows that hang off it.
+CREATE FUNCTION webhook_call_agent(p_call uuid, p_tenant uuid) RETURNS uuid
+LANGUAGE sql STABLE AS $$
+    SELECT agent_id FROM call_sessions WHERE id = p_call AND tenant_id IS NOT DISTINCT FROM p_tenant
+$$;
+
 -- call.recording_ready: a recording completed. The URL is not part of the
 -- record; the worker adds it to the body where RECORDINGS_EXPOSE_URL=true.
 CREATE FUNCTION webhook_recording_ready() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_agent uuid;
 BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'call.recording_ready') THEN
         RETURN NULL;
     END IF;
-    SELECT agent_id INTO v_agent FROM call_sessions WHERE id = NEW.call_id AND tenant_id IS NOT DISTINCT FROM NEW.tenant_id;
     PERFORM record_webhook_event(NEW.tenant_id, 'call.recording_ready', jsonb_build_object(
-        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', v_agent,
+        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'recording_id', NEW.id, 'recording_sid', NEW.recording_sid,
         'duration_seconds', NEW.duration_seconds, 'channels', NEW.channels, 'status', NEW.status));
     RETURN NULL;
@@ -198,15 +201,12 @@ CREATE TRIGGER recordings_webhook_ready_update AFTER UPDATE ON recordings FOR EA
 
 -- call.transcript_ready: the runtime ended the call, so no segment follows.
 CREATE FUNCTION webhook_transcript_ready() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_agent uuid;
 BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'call.transcript_ready') THEN
         RETURN NULL;
     END IF;
-    SELECT agent_id INTO v_agent FROM call_sessions WHERE id = NEW.call_id AND tenant_id IS NOT DISTINCT FROM NEW.tenant_id;
     PERFORM record_webhook_event(NEW.tenant_id, 'call.transcript_ready', jsonb_build_object(
-        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', v_agent,
+        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'segments', (SELECT count(*) FROM transcript_segments t
                      WHERE t.call_id = NEW.call_id AND t.tenant_id IS NOT DISTINCT FROM NEW.tenant_id)));
     RETURN NULL;
@@ -216,15 +216,12 @@ CREATE TRIGGER call_events_webhook_transcript_ready AFTER INSERT ON call_events 
     EXECUTE FUNCTION webhook_transcript_ready();
 
 CREATE FUNCTION webhook_tool_failed() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_agent uuid;
 BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'tool.execution_failed') THEN
         RETURN NULL;
     END IF;
-    SELECT agent_id INTO v_agent FROM call_sessions WHERE id = NEW.call_id AND tenant_id IS NOT DISTINCT FROM NEW.tenant_id;
     PERFORM record_webhook_event(NEW.tenant_id, 'tool.execution_failed', jsonb_build_object(
-        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', v_agent,
+        'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'execution_id', NEW.id, 'tool_id', NEW.tool_id, 'error_code', NEW.error_code,
         'error_message', NEW.error_message, 'http_status', NEW.http_status,
         'attempts', NEW.attempts, 'latency_ms', NEW.latency_ms));

@@ -59,6 +59,22 @@ pub(crate) async fn fresh_database() -> (PgPool, String, String) {
     (pool, admin_url, name)
 }
 
+/// Drops the run's database (made by [`fresh_database`]).
+pub(crate) async fn drop_database(pool: PgPool, admin_url: &str, name: &str) {
+    pool.close().await;
+    if let Ok(admin) = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await
+    {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -232,17 +248,6 @@ async fn automation_bench_gateway_overhead() {
 
     worker.shutdown().await;
     drop(app);
-    pool.close().await;
-    if let Ok(admin) = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    }
+    drop_database(pool, &admin_url, &db_name).await;
     assert_eq!(gateway_failed, 0, "gateway calls failed");
 }

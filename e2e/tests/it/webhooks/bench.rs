@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use super::receiver::Receiver;
 use super::{endpoint, worker_with};
-use crate::automation::bench::{env_u64, fresh_database, percentile};
+use crate::automation::bench::{drop_database, env_u64, fresh_database, percentile};
 use api::testing::spawn_app_with;
 
 /// Requests/s one client makes to the receiver with 64 requests at once.
@@ -235,17 +234,6 @@ async fn webhooks_bench_deliveries() {
 
     worker.shutdown().await;
     drop(app);
-    pool.close().await;
-    if let Ok(admin) = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    }
+    drop_database(pool, &admin_url, &db_name).await;
     assert_eq!(latencies.len() as u64, latency_total, "every event timed");
 }
