@@ -49,6 +49,13 @@ pub struct Config {
     /// hours whose rows changed since).
     #[arg(long, env = "KPI_ROLLUP_INTERVAL", default_value = "30s", value_parser = shared::config::positive_duration)]
     pub kpi_rollup_interval: Duration,
+    /// How often each tenant's calls older than its `retention_days` are
+    /// purged (one instance at a time across the deployment).
+    #[arg(long, env = "RETENTION_PURGE_INTERVAL", default_value = "1h", value_parser = shared::config::positive_duration)]
+    pub retention_purge_interval: Duration,
+    /// Calls the purge deletes per transaction.
+    #[arg(long, env = "RETENTION_PURGE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub retention_purge_batch: i64,
     /// A call still counted against its tenant's concurrent-call limit
     /// this long after it rang (its end never reached us) stops counting.
     #[arg(long, env = "MAX_CALL_DURATION", default_value = "2h", value_parser = shared::config::positive_duration)]

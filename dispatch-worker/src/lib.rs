@@ -13,5 +13,6 @@ pub mod expiry;
 pub mod kpi_rollups;
 pub mod lifecycle;
 pub mod relay;
+pub mod retention;
 pub mod runtime_events;
 pub mod startup;

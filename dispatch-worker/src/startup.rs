@@ -71,6 +71,13 @@ pub async fn run(
     tasks
         .background
         .spawn(|stop| crate::kpi_rollups::run(pool.clone(), config.kpi_rollup_interval, stop));
+    let (purge_interval, purge_batch) = (
+        config.retention_purge_interval,
+        config.retention_purge_batch,
+    );
+    tasks
+        .background
+        .spawn(|stop| crate::retention::run(pool.clone(), purge_interval, purge_batch, stop));
     let relay = Relay {
         pool: pool.clone(),
         js: js.clone(),

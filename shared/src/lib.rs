@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod kpi_rollups;
 pub mod nats;
+pub mod retention;
 pub mod service;
 pub mod shutdown;
 pub mod ssrf;

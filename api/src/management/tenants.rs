@@ -32,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, update_tenant))
         .routes(routes!(get_concurrency))
+        .routes(routes!(get_retention))
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -369,4 +370,30 @@ async fn get_concurrency(
         return Err(AppError::NotFound("tenant"));
     }
     Ok(Json(concurrency::fetch(&state.pool, path.tenant_id).await?))
+}
+
+/// What the next retention purge would delete of the tenant (its calls
+/// older than `retention_days`, with everything that hangs off them, less
+/// those under a legal hold), and the oldest call it keeps.
+#[utoipa::path(get, path = "/internal/tenants/{tenant_id}/retention", tag = "tenants",
+    security(("bearer" = [])),
+    params(TenantPath),
+    responses(
+        (status = 200, body = shared::retention::RetentionPreview),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+        (status = 404, body = shared::error::ErrorBody),
+    ))]
+async fn get_retention(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Path(path): Path<TenantPath>,
+) -> AppResult<Json<shared::retention::RetentionPreview>> {
+    if path.tenant_id != claims.tenant_id {
+        return Err(AppError::NotFound("tenant"));
+    }
+    let tenant = fetch_tenant(&state.pool, path.tenant_id).await?;
+    let preview = shared::retention::preview(&state.pool, tenant.id, tenant.retention_days).await?;
+    Ok(Json(preview))
 }

@@ -14,6 +14,7 @@ async fn openapi_documents_every_management_route(pool: PgPool) {
         ("get", "/internal/tenants"),
         ("get", "/internal/tenants/{tenant_id}"),
         ("patch", "/internal/tenants/{tenant_id}"),
+        ("get", "/internal/tenants/{tenant_id}/retention"),
         ("post", "/internal/agents"),
         ("get", "/internal/agents"),
         ("get", "/internal/agents/{agent_id}"),

@@ -108,6 +108,13 @@ fn cases(ids: &Ids) -> Vec<Case> {
             NotFound,
         ),
         case(
+            Method::GET,
+            format!("/internal/tenants/{tenant}/retention"),
+            None,
+            false,
+            NotFound,
+        ),
+        case(
             Method::POST,
             "/internal/agents".into(),
             Some(json!({"tenant_id": tenant, "name": "X"})),

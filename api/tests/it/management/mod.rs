@@ -9,6 +9,7 @@ mod concurrency;
 mod isolation;
 mod legal_holds;
 mod phone_numbers;
+mod retention;
 mod support;
 mod tenants;
 mod tools;

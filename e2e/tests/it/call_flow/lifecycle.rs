@@ -480,3 +480,47 @@ async fn the_worker_keeps_the_kpi_rollups_computed(pool: PgPool) {
     assert!(eventually(Duration::from_secs(10), rolled_up).await);
     w.delete_streams().await;
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_worker_purges_calls_past_their_tenants_retention(pool: PgPool) {
+    let w = world(pool).await;
+    w.spawn_worker(|c| c.retention_purge_interval = Duration::from_millis(200))
+        .await;
+    let seeded = seed_number(&w.pool, "+14155550308").await;
+    sqlx::query("UPDATE tenants SET retention_days = 30 WHERE id = $1")
+        .bind(seeded.tenant_id)
+        .execute(&w.pool)
+        .await
+        .expect("retention");
+    let call = |sid: &'static str, age: &'static str| {
+        let pool = w.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "INSERT INTO call_sessions (id, tenant_id, call_sid, status, started_at)
+                 VALUES (gen_random_uuid(), $1, $2, 'completed', now() - $3::interval) RETURNING id",
+            )
+            .bind(seeded.tenant_id)
+            .bind(sid)
+            .bind(age)
+            .fetch_one(&pool)
+            .await
+            .expect("call")
+        }
+    };
+    let expired = call("CA00000000000000000000000000000308", "31 days").await;
+    let kept = call("CA00000000000000000000000000000309", "29 days").await;
+    let gone = || async {
+        !sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1)")
+            .bind(expired)
+            .fetch_one(&w.pool)
+            .await
+            .expect("exists")
+    };
+    assert!(eventually(Duration::from_secs(10), gone).await);
+    let remaining: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM call_sessions")
+        .fetch_all(&w.pool)
+        .await
+        .expect("calls");
+    assert_eq!(remaining, [kept]);
+    w.delete_streams().await;
+}

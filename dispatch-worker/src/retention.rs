@@ -1,0 +1,39 @@
+//! Purges each tenant's calls past its retention (`shared::retention`),
+//! every `RETENTION_PURGE_INTERVAL`; when several instances run, one of
+//! them does it and the others skip the round.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        // A purge stops with the worker between its batches' commits; the
+        // next run goes on from there.
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            outcome = shared::retention::purge(&pool, batch) => outcome,
+        };
+        match outcome {
+            Ok(run) if run.skipped => {}
+            Ok(run) => {
+                metrics::histogram!("retention_purge_seconds").record(started.elapsed());
+                let calls: i64 = run.tenants.iter().map(|(_, purged)| purged.calls).sum();
+                metrics::counter!("retention_purged_calls_total")
+                    .increment(u64::try_from(calls).unwrap_or(0));
+                if calls > 0 {
+                    tracing::info!(calls, tenants = run.tenants.len(), "retention purge");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "retention purge failed; the next run goes on"),
+        }
+    }
+}
