@@ -42,6 +42,15 @@ pub struct Purged {
 }
 
 impl Purged {
+    fn absorb(&mut self, other: Purged) {
+        self.calls += other.calls;
+        self.events += other.events;
+        self.transcript_segments += other.transcript_segments;
+        self.recordings += other.recordings;
+        self.tool_executions += other.tool_executions;
+        self.runtime_dispatches += other.runtime_dispatches;
+    }
+
     fn add(&mut self, calls: i64, dependents: (i64, i64, i64, i64, i64)) {
         self.calls += calls;
         self.events += dependents.0;
@@ -160,20 +169,33 @@ async fn purge_batch(
     if ids.is_empty() {
         return Ok(0);
     }
+    let batch_purged = delete_calls(&mut tx, tenant_id, &ids).await?;
+    tx.commit().await?;
+    purged.absorb(batch_purged);
+    Ok(batch_purged.calls)
+}
+
+/// Deletes the tenant's calls `ids` with everything that hangs off them
+/// (the foreign keys cascade), counting what goes. The caller holds the
+/// tenant's hold lock and has left out the held calls.
+pub async fn delete_calls(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Purged, sqlx::Error> {
     let dependents: (i64, i64, i64, i64, i64) = sqlx::query_as(DEPENDENTS_OF)
-        .bind(&ids)
-        .fetch_one(&mut *tx)
+        .bind(ids)
+        .fetch_one(&mut *conn)
         .await?;
     let calls = sqlx::query("DELETE FROM call_sessions WHERE id = ANY($1) AND tenant_id = $2")
-        .bind(&ids)
+        .bind(ids)
         .bind(tenant_id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
-    tx.commit().await?;
-    let calls = i64::try_from(calls).unwrap_or(i64::MAX);
-    purged.add(calls, dependents);
-    Ok(calls)
+    let mut purged = Purged::default();
+    purged.add(i64::try_from(calls).unwrap_or(i64::MAX), dependents);
+    Ok(purged)
 }
 
 /// What the next run would purge of a tenant, and what it keeps.

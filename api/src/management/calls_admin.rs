@@ -1,6 +1,8 @@
 //! `DELETE /internal/calls/{call_id}`: deletes a call with its transcript,
 //! recordings metadata, events, tool executions and dispatch, in one
 //! transaction (the foreign keys cascade), unless a legal hold covers it.
+//! `POST /internal/calls/erase`: the same for every call of one caller (a
+//! data subject's request), the held ones kept and named.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,12 +16,14 @@ use uuid::Uuid;
 
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path};
-use crate::management::audit;
 use crate::management::legal_holds::{active_hold_for_call, lock_tenant_holds};
+use crate::management::{audit, text_field};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(delete_call))
+    OpenApiRouter::new()
+        .routes(routes!(delete_call))
+        .routes(routes!(erase_caller))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -110,4 +114,100 @@ async fn delete_call(
     .await?;
     tx.commit().await?;
     Ok(Json(deleted))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseCaller {
+    pub tenant_id: Uuid,
+    /// The caller's number as Twilio gave it (`From`), e.g. `+14155550100`.
+    pub phone_number: String,
+}
+
+/// A call of the caller kept because a legal hold covers it.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct HeldCall {
+    pub call_id: Uuid,
+    pub hold_id: Uuid,
+    /// Whether the hold covers every call of the tenant (else this call).
+    pub tenant_wide: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasedCaller {
+    pub erased: shared::retention::Purged,
+    /// Not erased, and why.
+    pub held: Vec<HeldCall>,
+}
+
+/// Erases every call of one caller with everything recorded about them,
+/// except those under a legal hold, which the answer names with their
+/// hold. The audit entry has the counts, never the number.
+#[utoipa::path(post, path = "/internal/calls/erase", tag = "calls",
+    security(("bearer" = [])),
+    request_body = EraseCaller,
+    responses(
+        (status = 200, body = ErasedCaller),
+        (status = 400, body = shared::error::ErrorBody),
+        (status = 401, body = shared::error::ErrorBody),
+        (status = 403, body = shared::error::ErrorBody),
+    ))]
+async fn erase_caller(
+    State(state): State<AppState>,
+    InternalPrincipal(claims): InternalPrincipal,
+    Json(body): Json<EraseCaller>,
+) -> AppResult<Json<ErasedCaller>> {
+    claims.require_tenant(body.tenant_id)?;
+    let number = text_field("phone_number", &body.phone_number, 1, 64)?;
+    let mut tx = state.pool.begin().await?;
+    lock_tenant_holds(&mut tx, body.tenant_id, false).await?;
+    // Each of the caller's calls with the oldest active hold covering it.
+    #[derive(sqlx::FromRow)]
+    struct CallerCall {
+        call_id: Uuid,
+        hold_id: Option<Uuid>,
+        tenant_wide: Option<bool>,
+        reason: Option<String>,
+    }
+    let calls: Vec<CallerCall> = sqlx::query_as(
+        "SELECT c.id AS call_id, h.id AS hold_id, h.call_id IS NULL AS tenant_wide, h.reason
+         FROM call_sessions c
+         LEFT JOIN LATERAL (
+             SELECT id, call_id, reason FROM legal_holds
+             WHERE tenant_id = $1 AND released_at IS NULL AND (call_id IS NULL OR call_id = c.id)
+             ORDER BY created_at, id LIMIT 1) h ON true
+         WHERE c.tenant_id = $1 AND c.from_number = $2
+         FOR UPDATE OF c",
+    )
+    .bind(body.tenant_id)
+    .bind(&number)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut held = Vec::new();
+    let mut erasable = Vec::new();
+    for call in calls {
+        match call.hold_id {
+            Some(hold_id) => held.push(HeldCall {
+                call_id: call.call_id,
+                hold_id,
+                tenant_wide: call.tenant_wide.unwrap_or(false),
+                reason: call.reason.unwrap_or_default(),
+            }),
+            None => erasable.push(call.call_id),
+        }
+    }
+    let erased = shared::retention::delete_calls(&mut tx, body.tenant_id, &erasable).await?;
+    audit(
+        &mut tx,
+        &claims,
+        body.tenant_id,
+        "calls.erase",
+        "tenant",
+        body.tenant_id,
+        json!({"erased": erased, "held_calls": held.iter().map(|h| h.call_id).collect::<Vec<_>>()}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(ErasedCaller { erased, held }))
 }

@@ -47,6 +47,7 @@ async fn openapi_documents_every_management_route(pool: PgPool) {
         ("get", "/internal/legal-holds"),
         ("post", "/internal/legal-holds/{hold_id}/release"),
         ("delete", "/internal/calls/{call_id}"),
+        ("post", "/internal/calls/erase"),
         ("get", "/internal/audit-log"),
         ("post", "/internal/webhook-endpoints"),
         ("get", "/internal/webhook-endpoints"),

@@ -116,6 +116,13 @@ fn cases(ids: &Ids) -> Vec<Case> {
         ),
         case(
             Method::POST,
+            "/internal/calls/erase".into(),
+            Some(json!({"tenant_id": tenant, "phone_number": "+15550001111"})),
+            false,
+            Forbidden,
+        ),
+        case(
+            Method::POST,
             "/internal/agents".into(),
             Some(json!({"tenant_id": tenant, "name": "X"})),
             false,

@@ -300,3 +300,91 @@ async fn two_purges_at_once_do_the_work_once_in_small_batches(pool: PgPool) {
     assert_eq!(entries, 1);
     assert_eq!(app.count("call_sessions").await, 0);
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn erasure_takes_every_call_of_a_caller_but_the_held_ones(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (tenant, tool) = tenant_with_tool(&app, "Erasure", None).await;
+    let (other, other_tool) = tenant_with_tool(&app, "Other", None).await;
+    let caller = "+14155550123";
+    let mut calls = Vec::new();
+    for age in ["1 day", "2 days", "3 days"] {
+        let call = call_aged(&app.pool, tenant, tool, age).await;
+        calls.push(call);
+    }
+    let someone_else = call_aged(&app.pool, tenant, tool, "1 day").await;
+    let same_number_elsewhere = call_aged(&app.pool, other, other_tool, "1 day").await;
+    sqlx::query("UPDATE call_sessions SET from_number = $1 WHERE id = ANY($2)")
+        .bind(caller)
+        .bind(
+            calls
+                .iter()
+                .copied()
+                .chain([same_number_elsewhere])
+                .collect::<Vec<_>>(),
+        )
+        .execute(&app.pool)
+        .await
+        .expect("caller");
+    let admin = tokens(&app, tenant).admin;
+    let (s, hold) = post(
+        &app,
+        "/internal/legal-holds",
+        &admin,
+        &json!({"tenant_id": tenant, "call_id": calls[0], "reason": "fraud case"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{hold}");
+
+    let operator = tokens(&app, tenant).operator;
+    let (s, answer) = post(
+        &app,
+        "/internal/calls/erase",
+        &operator,
+        &json!({"tenant_id": tenant, "phone_number": caller}),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["erased"]["calls"], 2);
+    assert_eq!(answer["erased"]["transcript_segments"], 2);
+    assert_eq!(answer["erased"]["tool_executions"], 2);
+    assert_eq!(
+        answer["held"],
+        json!([{"call_id": calls[0], "hold_id": id_of(&hold), "tenant_wide": false, "reason": "fraud case"}])
+    );
+    assert!(exists(&app.pool, calls[0]).await);
+    assert!(!exists(&app.pool, calls[1]).await && !exists(&app.pool, calls[2]).await);
+    assert!(exists(&app.pool, someone_else).await);
+    assert!(
+        exists(&app.pool, same_number_elsewhere).await,
+        "another tenant's call"
+    );
+    // The audit entry has the counts, never the number.
+    let details: String = sqlx::query_scalar(
+        "SELECT details::text FROM audit_log WHERE action = 'calls.erase' AND tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&app.pool)
+    .await
+    .expect("audit");
+    assert!(!details.contains("4155550123"), "{details}");
+    assert!(details.contains(&calls[0].to_string()), "{details}");
+
+    // Another tenant's token cannot erase here; an empty number is a 400.
+    let (s, _) = post(
+        &app,
+        "/internal/calls/erase",
+        &tokens(&app, other).admin,
+        &json!({"tenant_id": tenant, "phone_number": caller}),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = post(
+        &app,
+        "/internal/calls/erase",
+        &operator,
+        &json!({"tenant_id": tenant, "phone_number": " "}),
+    )
+    .await;
+    assert_eq!(s, 400);
+}
