@@ -176,7 +176,8 @@ async fn purge_batch(
 }
 
 /// Deletes the tenant's calls `ids` with everything that hangs off them
-/// (the foreign keys cascade), counting what goes. The caller holds the
+/// (the foreign keys cascade) and their event webhook messages, counting
+/// what goes. The caller holds the
 /// tenant's hold lock and has left out the held calls.
 pub async fn delete_calls(
     conn: &mut PgConnection,
@@ -187,6 +188,17 @@ pub async fn delete_calls(
         .bind(ids)
         .fetch_one(&mut *conn)
         .await?;
+    // The calls' event webhook messages hold their numbers: they go too
+    // (with their deliveries and attempts).
+    let call_ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    sqlx::query(
+        "DELETE FROM webhook_messages
+         WHERE tenant_id = $1 AND data ? 'call_id' AND data->>'call_id' = ANY($2)",
+    )
+    .bind(tenant_id)
+    .bind(&call_ids)
+    .execute(&mut *conn)
+    .await?;
     let calls = sqlx::query("DELETE FROM call_sessions WHERE id = ANY($1) AND tenant_id = $2")
         .bind(ids)
         .bind(tenant_id)

@@ -95,11 +95,8 @@ async fn delete_call(
             ),
         });
     }
-    sqlx::query("DELETE FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2")
-        .bind(path.call_id)
-        .bind(claims.tenant_id)
-        .execute(&mut *tx)
-        .await?;
+    // With its event webhook messages (they hold its numbers).
+    shared::retention::delete_calls(&mut tx, claims.tenant_id, &[path.call_id]).await?;
     audit(
         &mut tx,
         &claims,

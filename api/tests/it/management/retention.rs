@@ -336,6 +336,19 @@ async fn erasure_takes_every_call_of_a_caller_but_the_held_ones(pool: PgPool) {
     .await;
     assert_eq!(s, 201, "{hold}");
 
+    // Event webhook messages of the calls hold the number too.
+    for call in &calls {
+        sqlx::query(
+            "INSERT INTO webhook_messages (id, tenant_id, event_type, data)
+             VALUES (gen_random_uuid(), $1, 'call.ended', jsonb_build_object('call_id', $2::text, 'from', $3::text))",
+        )
+        .bind(tenant)
+        .bind(call)
+        .bind(caller)
+        .execute(&app.pool)
+        .await
+        .expect("message");
+    }
     let operator = tokens(&app, tenant).operator;
     let (s, answer) = post(
         &app,
@@ -354,6 +367,15 @@ async fn erasure_takes_every_call_of_a_caller_but_the_held_ones(pool: PgPool) {
     );
     assert!(exists(&app.pool, calls[0]).await);
     assert!(!exists(&app.pool, calls[1]).await && !exists(&app.pool, calls[2]).await);
+    let messages: Vec<String> = sqlx::query_scalar("SELECT data->>'call_id' FROM webhook_messages")
+        .fetch_all(&app.pool)
+        .await
+        .expect("messages");
+    assert_eq!(
+        messages,
+        [calls[0].to_string()],
+        "the erased calls' messages went"
+    );
     assert!(exists(&app.pool, someone_else).await);
     assert!(
         exists(&app.pool, same_number_elsewhere).await,
