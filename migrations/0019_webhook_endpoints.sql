@@ -80,26 +80,23 @@ CREATE TABLE webhook_attempts (
 );
 CREATE INDEX webhook_attempts_delivery_idx ON webhook_attempts (delivery_id, attempted_at);
 
--- Whether an enabled endpoint of the tenant subscribes to `p_type`: the
--- triggers ask first, so a tenant without endpoints pays one index probe
--- and no lookup of the data.
+-- Whether an enabled endpoint of the tenant subscribes to `p_type`. Every
+-- trigger asks first, so a tenant without endpoints pays one index probe
+-- and builds no data.
 CREATE FUNCTION webhook_subscribed(p_tenant uuid, p_type text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM webhook_endpoints
                    WHERE tenant_id = p_tenant AND NOT disabled AND p_type = ANY (event_types))
 $$;
 
--- Records `p_type` with `p_data` for every enabled endpoint of the tenant
--- subscribed to it; nothing when there is none. Returns the message id.
-CREATE FUNCTION record_webhook_event(p_tenant uuid, p_type text, p_data jsonb) RETURNS uuid
+-- Writes `p_type` with `p_data` as one message and a delivery for every
+-- enabled endpoint of the tenant subscribed to it; the caller has asked
+-- `webhook_subscribed`. Returns the message id.
+CREATE FUNCTION insert_webhook_event(p_tenant uuid, p_type text, p_data jsonb) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_message uuid;
+    v_message uuid := gen_random_uuid();
 BEGIN
-    IF NOT webhook_subscribed(p_tenant, p_type) THEN
-        RETURN NULL;
-    END IF;
-    v_message := gen_random_uuid();
     INSERT INTO webhook_messages (id, tenant_id, event_type, data)
     VALUES (v_message, p_tenant, p_type, p_data);
     INSERT INTO webhook_deliveries (id, tenant_id, message_id, endpoint_id)
@@ -107,6 +104,17 @@ BEGIN
     FROM webhook_endpoints e
     WHERE e.tenant_id = p_tenant AND NOT e.disabled AND p_type = ANY (e.event_types);
     RETURN v_message;
+END $$;
+
+-- Records `p_type` with `p_data` for every enabled endpoint of the tenant
+-- subscribed to it; nothing (NULL) when there is none.
+CREATE FUNCTION record_webhook_event(p_tenant uuid, p_type text, p_data jsonb) RETURNS uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT webhook_subscribed(p_tenant, p_type) THEN
+        RETURN NULL;
+    END IF;
+    RETURN insert_webhook_event(p_tenant, p_type, p_data);
 END $$;
 
 -- The call as every call.* event describes it.
@@ -135,7 +143,7 @@ BEGIN
     END IF;
     SELECT * INTO c FROM call_sessions WHERE id = NEW.call_id;
     IF FOUND AND c.tenant_id = NEW.tenant_id THEN
-        PERFORM record_webhook_event(c.tenant_id, 'call.started', webhook_call_data(c));
+        PERFORM insert_webhook_event(c.tenant_id, 'call.started', webhook_call_data(c));
     END IF;
     RETURN NULL;
 END $$;
@@ -145,7 +153,10 @@ CREATE TRIGGER call_events_webhook_started AFTER UPDATE OF processed_at ON call_
 
 CREATE FUNCTION webhook_call_answered() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM record_webhook_event(NEW.tenant_id, 'call.answered', webhook_call_data(NEW));
+    IF NOT webhook_subscribed(NEW.tenant_id, 'call.answered') THEN
+        RETURN NULL;
+    END IF;
+    PERFORM insert_webhook_event(NEW.tenant_id, 'call.answered', webhook_call_data(NEW));
     RETURN NULL;
 END $$;
 -- Triggers fire by name: answered before ended when one callback does both.
@@ -160,7 +171,10 @@ CREATE FUNCTION webhook_call_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_end timestamptz := COALESCE(NEW.ended_at, now());
 BEGIN
-    PERFORM record_webhook_event(NEW.tenant_id, 'call.ended', webhook_call_data(NEW) || jsonb_build_object(
+    IF NOT webhook_subscribed(NEW.tenant_id, 'call.ended') THEN
+        RETURN NULL;
+    END IF;
+    PERFORM insert_webhook_event(NEW.tenant_id, 'call.ended', webhook_call_data(NEW) || jsonb_build_object(
         'ring_seconds', GREATEST(0, round(date_part('epoch', COALESCE(NEW.answered_at, v_end) - NEW.started_at))::int),
         'talk_seconds', CASE WHEN NEW.answered_at IS NULL THEN 0
                              ELSE COALESCE(NEW.duration_seconds,
@@ -186,7 +200,7 @@ BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'call.recording_ready') THEN
         RETURN NULL;
     END IF;
-    PERFORM record_webhook_event(NEW.tenant_id, 'call.recording_ready', jsonb_build_object(
+    PERFORM insert_webhook_event(NEW.tenant_id, 'call.recording_ready', jsonb_build_object(
         'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'recording_id', NEW.id, 'recording_sid', NEW.recording_sid,
         'duration_seconds', NEW.duration_seconds, 'channels', NEW.channels, 'status', NEW.status));
@@ -205,7 +219,7 @@ BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'call.transcript_ready') THEN
         RETURN NULL;
     END IF;
-    PERFORM record_webhook_event(NEW.tenant_id, 'call.transcript_ready', jsonb_build_object(
+    PERFORM insert_webhook_event(NEW.tenant_id, 'call.transcript_ready', jsonb_build_object(
         'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'segments', (SELECT count(*) FROM transcript_segments t
                      WHERE t.call_id = NEW.call_id AND t.tenant_id IS NOT DISTINCT FROM NEW.tenant_id)));
@@ -220,7 +234,7 @@ BEGIN
     IF NOT webhook_subscribed(NEW.tenant_id, 'tool.execution_failed') THEN
         RETURN NULL;
     END IF;
-    PERFORM record_webhook_event(NEW.tenant_id, 'tool.execution_failed', jsonb_build_object(
+    PERFORM insert_webhook_event(NEW.tenant_id, 'tool.execution_failed', jsonb_build_object(
         'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', webhook_call_agent(NEW.call_id, NEW.tenant_id),
         'execution_id', NEW.id, 'tool_id', NEW.tool_id, 'error_code', NEW.error_code,
         'error_message', NEW.error_message, 'http_status', NEW.http_status,
@@ -236,7 +250,10 @@ CREATE TRIGGER tool_executions_webhook_failed_update AFTER UPDATE ON tool_execut
 
 CREATE FUNCTION webhook_dispatch_expired() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM record_webhook_event(NEW.tenant_id, 'runtime.dispatch_expired', jsonb_build_object(
+    IF NOT webhook_subscribed(NEW.tenant_id, 'runtime.dispatch_expired') THEN
+        RETURN NULL;
+    END IF;
+    PERFORM insert_webhook_event(NEW.tenant_id, 'runtime.dispatch_expired', jsonb_build_object(
         'tenant_id', NEW.tenant_id, 'call_id', NEW.call_id, 'agent_id', NEW.agent_id,
         'agent_version_id', NEW.agent_version_id, 'dispatch_id', NEW.id,
         'expires_at', NEW.expires_at));

@@ -11,21 +11,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    // A long catch-up stops with the worker; its open transaction is rolled
+    // back and the next start goes on from the last commit.
+    crate::periodic::every(interval, shutdown, || async {
         let started = std::time::Instant::now();
-        // A long catch-up stops with the worker; its open transaction is
-        // rolled back and the next start goes on from the last commit.
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => break,
-            outcome = shared::kpi_rollups::compact(&pool) => outcome,
-        };
-        match outcome {
+        match shared::kpi_rollups::compact(&pool).await {
             Ok(done) => {
                 metrics::histogram!("kpi_rollup_seconds").record(started.elapsed());
                 metrics::counter!("kpi_rollup_hours_total").increment(done.hours as u64);
@@ -37,5 +27,6 @@ pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) 
                 tracing::warn!(%err, "computing kpi rollups failed; the kpis read the rows meanwhile");
             }
         }
-    }
+    })
+    .await;
 }

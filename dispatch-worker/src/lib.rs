@@ -2,16 +2,18 @@
 //!
 //! `lifecycle` (calls.* -> sessions, dispatches, handoffs, recordings),
 //! `runtime_events` (runtime.events.* -> timeline, transcript), `relay`
-//! (the outbox), `expiry` (unclaimed dispatches), `consumer` (the shared
-//! JetStream consume loop), `bus_recovery` (streams NATS lost, made again,
-//! and their pending handoffs published again), `kpi_rollups` (the client
-//! KPIs' rollups).
+//! (the outbox), `expiry` (unclaimed dispatches), `bus_recovery` (streams
+//! NATS lost, made again, and their pending handoffs published again),
+//! `kpi_rollups` (the client KPIs' rollups), `retention` (the retention
+//! purge), `periodic` (the loop of those two). The JetStream consume loop
+//! is `shared::consumer`.
 
 pub mod bus_recovery;
 pub mod config;
 pub mod expiry;
 pub mod kpi_rollups;
 pub mod lifecycle;
+pub mod periodic;
 pub mod relay;
 pub mod retention;
 pub mod runtime_events;

@@ -8,21 +8,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    crate::periodic::every(interval, shutdown, || async {
         let started = std::time::Instant::now();
-        // A purge stops with the worker between its batches' commits; the
-        // next run goes on from there.
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => break,
-            outcome = shared::retention::purge(&pool, batch) => outcome,
-        };
-        match outcome {
+        match shared::retention::purge(&pool, batch).await {
             Ok(run) if run.skipped => {}
             Ok(run) => {
                 metrics::histogram!("retention_purge_seconds").record(started.elapsed());
@@ -35,5 +23,6 @@ pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: Cancell
             }
             Err(err) => tracing::warn!(%err, "retention purge failed; the next run goes on"),
         }
-    }
+    })
+    .await;
 }

@@ -33,7 +33,7 @@ pub struct CallPath {
 }
 
 /// What went with the call.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeletedCall {
     pub call_id: Uuid,
     pub call_sid: String,
@@ -63,19 +63,15 @@ async fn delete_call(
 ) -> AppResult<Json<DeletedCall>> {
     let mut tx = state.pool.begin().await?;
     lock_tenant_holds(&mut tx, claims.tenant_id, false).await?;
-    let deleted: Option<DeletedCall> = sqlx::query_as(
-        "SELECT c.id AS call_id, c.call_sid,
-                (SELECT count(*) FROM transcript_segments t WHERE t.call_id = c.id) AS transcript_segments,
-                (SELECT count(*) FROM recordings r WHERE r.call_id = c.id) AS recordings,
-                (SELECT count(*) FROM call_events e WHERE e.call_id = c.id) AS call_events,
-                (SELECT count(*) FROM tool_executions x WHERE x.call_id = c.id) AS tool_executions
-         FROM call_sessions c WHERE c.id = $1 AND c.tenant_id IS NOT DISTINCT FROM $2 FOR UPDATE OF c",
+    let call_sid: Option<String> = sqlx::query_scalar(
+        "SELECT call_sid FROM call_sessions
+         WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2 FOR UPDATE",
     )
     .bind(path.call_id)
     .bind(claims.tenant_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(deleted) = deleted else {
+    let Some(call_sid) = call_sid else {
         return Err(AppError::NotFound("call"));
     };
     if let Some(hold) = active_hold_for_call(&mut tx, claims.tenant_id, path.call_id).await? {
@@ -95,8 +91,18 @@ async fn delete_call(
             ),
         });
     }
-    // With its event webhook messages (they hold its numbers).
-    shared::retention::delete_calls(&mut tx, claims.tenant_id, &[path.call_id]).await?;
+    // With its event webhook messages (they hold its numbers); what went is
+    // counted as it goes.
+    let purged =
+        shared::retention::delete_calls(&mut tx, claims.tenant_id, &[path.call_id]).await?;
+    let deleted = DeletedCall {
+        call_id: path.call_id,
+        call_sid,
+        transcript_segments: purged.transcript_segments,
+        recordings: purged.recordings,
+        call_events: purged.events,
+        tool_executions: purged.tool_executions,
+    };
     audit(
         &mut tx,
         &claims,

@@ -35,14 +35,14 @@ pub struct Deliverer {
 /// A delivery under `lease`, still pending, with what its attempt needs:
 /// for the test route (the api names only the delivery) and for a message
 /// NATS delivered again (its attempt may have been made already).
-fn leased_sql() -> String {
+static LEASED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {} FROM webhook_deliveries d {}
          WHERE d.id = $1 AND d.tenant_id = $2 AND d.lease = $3 AND d.status = 'pending'",
         webhooks::DUE_DELIVERY_COLUMNS,
         webhooks::DUE_DELIVERY_JOINS
     )
-}
+});
 
 /// Records the attempt and what comes next, only under our lease; moves the
 /// endpoint's failure clock (and disables it once failing for long enough,
@@ -107,7 +107,7 @@ impl Deliverer {
         tenant_id: Uuid,
         lease: Uuid,
     ) -> Result<Option<DueDelivery>, sqlx::Error> {
-        sqlx::query_as(sqlx::AssertSqlSafe(leased_sql()))
+        sqlx::query_as(sqlx::AssertSqlSafe(LEASED.as_str()))
             .bind(delivery_id)
             .bind(tenant_id)
             .bind(lease)
@@ -291,16 +291,13 @@ impl Deliverer {
                 .get("recording_id")
                 .and_then(|v| v.as_str())
                 .and_then(|v| v.parse::<Uuid>().ok());
-            let tenant = data
-                .get("tenant_id")
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse::<Uuid>().ok());
-            if let (Some(recording), Some(tenant)) = (recording, tenant) {
+            // The delivery's own tenant scopes the lookup, not the data.
+            if let Some(recording) = recording {
                 let url: Option<Option<String>> = sqlx::query_scalar(
                     "SELECT url FROM recordings WHERE id = $1 AND tenant_id = $2",
                 )
                 .bind(recording)
-                .bind(tenant)
+                .bind(row.tenant_id)
                 .fetch_optional(&self.pool)
                 .await
                 .unwrap_or_else(|err| {

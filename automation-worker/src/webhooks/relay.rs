@@ -24,7 +24,7 @@ const BATCH: i64 = 500;
 /// reads what their attempts need, in one statement. Without waiting for
 /// the WAL flush: a lease a crash loses leaves the delivery due, to be
 /// taken again.
-fn take_due_sql() -> String {
+static TAKE_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS sc),
          d AS (
@@ -41,7 +41,7 @@ fn take_due_sql() -> String {
         webhooks::DUE_DELIVERY_COLUMNS,
         webhooks::DUE_DELIVERY_JOINS
     )
-}
+});
 
 pub struct Relay {
     pub pool: PgPool,
@@ -75,7 +75,7 @@ impl Relay {
 
     /// Takes the due deliveries and publishes them; how many were taken.
     pub async fn relay_due(&self) -> anyhow::Result<usize> {
-        let due: Vec<DueDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(take_due_sql()))
+        let due: Vec<DueDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(TAKE_DUE.as_str()))
             .bind(self.lease.as_secs_f64())
             .bind(BATCH)
             .fetch_all(&self.pool)
