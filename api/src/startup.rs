@@ -127,6 +127,7 @@ pub fn api_routes(settings: &Settings) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::auth::routes::routes(settings))
         .merge(crate::management::tenants::routes())
+        .merge(crate::management::tenant_offboarding::routes())
         .merge(crate::management::agents::routes())
         .merge(crate::management::phone_numbers::routes())
         .merge(crate::management::tools::routes())

@@ -1,6 +1,8 @@
 //! Purges each tenant's calls past its retention (`shared::retention`),
 //! every `RETENTION_PURGE_INTERVAL`; when several instances run, one of
-//! them does it and the others skip the round.
+//! them does it and the others skip the round. Each round also resumes
+//! any tenant off-boarding that did not finish (`shared::offboarding`; the
+//! api starts them, this picks up one whose api went away).
 
 use std::time::Duration;
 
@@ -23,6 +25,18 @@ pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: Cancell
             }
             Err(err) => tracing::warn!(%err, "retention purge failed; the next run goes on"),
         }
+        if let Err(err) = resume_offboardings(&pool, batch).await {
+            tracing::warn!(%err, "resuming off-boardings failed; the next run goes on");
+        }
     })
     .await;
+}
+
+async fn resume_offboardings(pool: &PgPool, batch: i64) -> Result<(), sqlx::Error> {
+    for tenant_id in shared::offboarding::unfinished(pool).await? {
+        if shared::offboarding::run(pool, tenant_id, batch).await? {
+            tracing::info!(%tenant_id, "tenant off-boarded");
+        }
+    }
+    Ok(())
 }

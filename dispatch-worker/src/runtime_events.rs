@@ -1,9 +1,11 @@
 //! `runtime.events.<tenant>.<call_id>` from the voice runtime into the
-//! call's timeline and transcript, idempotently by the event's id.
+//! call's timeline and transcript, idempotently by the event's id, under
+//! the tenant's storage mode (`shared::redaction`).
 
 use async_nats::jetstream;
 use shared::calls::{RuntimeEvent, RuntimeEventData};
 use shared::nats::Subjects;
+use shared::redaction::DataStorage;
 use sqlx::PgPool;
 
 use shared::consumer::Outcome;
@@ -14,7 +16,11 @@ pub async fn handle(
     message: jetstream::Message,
 ) -> (jetstream::Message, Outcome) {
     let outcome = match serde_json::from_slice::<RuntimeEvent>(&message.payload) {
-        Err(err) => Outcome::Reject(format!("malformed runtime event: {err}")),
+        // The reason is logged; serde quotes what it refused.
+        Err(err) => Outcome::Reject(format!(
+            "malformed runtime event: {}",
+            shared::redaction::redact_text(&err.to_string())
+        )),
         Ok(event) => {
             // The subject names the tenant and call; a body claiming others
             // is not trusted.
@@ -40,12 +46,27 @@ async fn store(
     data: &RuntimeEventData,
 ) -> Result<Outcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // The tenant's storage mode now: what of the event may be kept.
+    let mode: Option<DataStorage> = sqlx::query_scalar(
+        "SELECT t.data_storage FROM call_sessions s JOIN tenants t ON t.id = s.tenant_id
+         WHERE s.id = $1 AND s.tenant_id IS NOT DISTINCT FROM $2",
+    )
+    .bind(event.call_id)
+    .bind(event.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(mode) = mode else {
+        return Ok(Outcome::Reject(format!(
+            "no call {} in tenant {}",
+            event.call_id, event.tenant_id
+        )));
+    };
+    let (payload, _) = mode.payload(&event.data);
     // The event id is the row id and the idempotency key: a redelivery hits
     // the conflict and adds nothing.
     let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, occurred_at, processed_at)
-         SELECT $1, s.tenant_id, s.id, $4, $1::text, $5, $6, now()
-         FROM call_sessions s WHERE s.id = $2 AND s.tenant_id IS NOT DISTINCT FROM $3
+         VALUES ($1, $3, $2, $4, $1::text, $5, $6, now())
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
@@ -53,26 +74,12 @@ async fn store(
     .bind(event.call_id)
     .bind(event.tenant_id)
     .bind(&event.kind)
-    .bind(&event.data)
+    .bind(&payload)
     .bind(event.occurred_at)
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {
-        let known: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2)",
-        )
-        .bind(event.call_id)
-        .bind(event.tenant_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        return Ok(if known {
-            Outcome::Done
-        } else {
-            Outcome::Reject(format!(
-                "no call {} in tenant {}",
-                event.call_id, event.tenant_id
-            ))
-        });
+        return Ok(Outcome::Done);
     }
     match data {
         RuntimeEventData::TranscriptSegment {
@@ -81,21 +88,25 @@ async fn store(
             start_ms,
             end_ms,
         } => {
-            sqlx::query(
-                "INSERT INTO transcript_segments (id, tenant_id, call_id, speaker, text, start_ms, end_ms, occurred_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(event.event_id)
-            .bind(event.tenant_id)
-            .bind(event.call_id)
-            .bind(speaker)
-            .bind(text)
-            .bind(start_ms)
-            .bind(end_ms)
-            .bind(event.occurred_at)
-            .execute(&mut *tx)
-            .await?;
+            // `basic_attributes_only` keeps no transcript.
+            if let Some((text, redacted)) = mode.text(text) {
+                sqlx::query(
+                    "INSERT INTO transcript_segments (id, tenant_id, call_id, speaker, text, start_ms, end_ms, occurred_at, redacted)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(event.event_id)
+                .bind(event.tenant_id)
+                .bind(event.call_id)
+                .bind(speaker)
+                .bind(text.as_ref())
+                .bind(start_ms)
+                .bind(end_ms)
+                .bind(event.occurred_at)
+                .bind(redacted)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         RuntimeEventData::CallEnded { .. } => {
             sqlx::query(

@@ -332,6 +332,11 @@ pub struct ExecutionContext {
     pub to_number: String,
     pub agent_id: Option<Uuid>,
     pub agent_version: Option<i32>,
+    /// The tenant's storage mode when the execution was requested: the
+    /// worker stores the output under it. `input` above is the input as
+    /// the caller sent it (for n8n); the row keeps it under the mode.
+    #[serde(default)]
+    pub data_storage: crate::redaction::DataStorage,
 }
 
 /// Optional bytes as standard base64 (Postgres' `encode(..., 'base64')`

@@ -169,7 +169,15 @@ impl RuntimeEvent {
         match self.kind.as_str() {
             runtime_event_type::TRANSCRIPT_SEGMENT => {
                 let d: TranscriptSegment = serde_json::from_value(self.data.clone())
-                    .map_err(|e| format!("transcript.segment data: {e}"))?;
+                    // The reason is logged: serde quotes the value it
+                    // refused, which may be personal data.
+                    .map_err(|e| {
+                        let e = e.to_string();
+                        format!(
+                            "transcript.segment data: {}",
+                            crate::redaction::redact_text(&e)
+                        )
+                    })?;
                 if d.speaker != "caller" && d.speaker != "agent" {
                     return Err("speaker must be caller or agent".into());
                 }

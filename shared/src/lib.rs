@@ -19,6 +19,8 @@ pub mod error;
 pub mod http;
 pub mod kpi_rollups;
 pub mod nats;
+pub mod offboarding;
+pub mod redaction;
 pub mod retention;
 pub mod service;
 pub mod shutdown;

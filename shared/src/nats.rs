@@ -112,6 +112,14 @@ impl Subjects {
     pub fn webhooks_test(&self) -> String {
         self.subject("webhooks.test")
     }
+
+    // --- routing: the ingresses' cache of numbers ---
+    /// A number stopped routing (its tenant is being off-boarded, it was
+    /// deactivated, moved or deleted): every ingress forgets its cached
+    /// routes (core NATS, no stream; a lost one waits out the cache TTL).
+    pub fn routes_changed(&self) -> String {
+        self.subject("routes.changed")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,10 @@ const DEPENDENTS_OF: &str = "SELECT
     (SELECT count(*) FROM runtime_dispatches WHERE call_id = ANY($1))";
 
 /// Rows a purge deleted, or a preview says it would.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(default)]
 pub struct Purged {
     pub calls: i64,
     /// Call events, runtime events included.
@@ -42,7 +45,7 @@ pub struct Purged {
 }
 
 impl Purged {
-    fn absorb(&mut self, other: Purged) {
+    pub fn absorb(&mut self, other: Purged) {
         self.calls += other.calls;
         self.events += other.events;
         self.transcript_segments += other.transcript_segments;
@@ -103,7 +106,9 @@ pub async fn purge(pool: &PgPool, batch: i64) -> Result<PurgeRun, sqlx::Error> {
 
 async fn purge_locked(conn: &mut PgConnection, batch: i64) -> Result<PurgeRun, sqlx::Error> {
     let tenants: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT id, retention_days FROM tenants WHERE retention_days IS NOT NULL ORDER BY id",
+        // A tenant being off-boarded goes whole (`offboarding`).
+        "SELECT id, retention_days FROM tenants
+         WHERE retention_days IS NOT NULL AND offboarding_at IS NULL ORDER BY id",
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -167,6 +167,14 @@ pub async fn record_outcome<'e>(
     synchronous_commit: bool,
 ) -> Result<bool, sqlx::Error> {
     let kind = EventKind::closing(outcome.status);
+    // Stored under the tenant's storage mode: n8n's output and an error
+    // that may quote it never reach Postgres unredacted.
+    let mode = ctx.data_storage;
+    let output = outcome.output.as_ref().map(|o| mode.payload(o).0);
+    let error = outcome.error.as_ref().map(|e| ToolError {
+        code: e.code.clone(),
+        message: mode.message(&e.message).into_owned(),
+    });
     let event = ToolEvent {
         execution_id: ctx.id,
         tool_id: ctx.tool_id,
@@ -175,15 +183,15 @@ pub async fn record_outcome<'e>(
         attempts: outcome.attempts,
         latency_ms: Some(outcome.latency_ms),
         http_status: outcome.http_status,
-        error: outcome.error.clone(),
+        error: error.clone(),
         worker_id: Some(worker_id.to_owned()),
     };
     let (updated, _): (i64, String) = sqlx::query_as(RECORD_SQL)
         .bind(ctx.id)
         .bind(outcome.status.as_str())
-        .bind(&outcome.output)
-        .bind(outcome.error.as_ref().map(|e| e.code.as_str()))
-        .bind(outcome.error.as_ref().map(|e| e.message.as_str()))
+        .bind(&output)
+        .bind(error.as_ref().map(|e| e.code.as_str()))
+        .bind(error.as_ref().map(|e| e.message.as_str()))
         .bind(outcome.http_status.map(i32::from))
         .bind(i32::try_from(outcome.attempts).unwrap_or(i32::MAX))
         .bind(i32::try_from(outcome.latency_ms).unwrap_or(i32::MAX))

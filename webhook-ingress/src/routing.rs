@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use shared::redaction::DataStorage;
 use sqlx::PgPool;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,8 @@ pub struct Route {
     pub phone_number_id: Uuid,
     pub tenant_id: Uuid,
     pub agent_id: Option<Uuid>,
+    /// The tenant's storage mode: what of the call may be kept.
+    pub data_storage: DataStorage,
 }
 
 /// `To` -> (when read, route).
@@ -31,8 +35,10 @@ pub struct PhoneRoutes {
     entries: Arc<RwLock<Cache>>,
 }
 
-const LOOKUP_ONE: &str = "SELECT id AS phone_number_id, tenant_id, agent_id
-     FROM phone_numbers WHERE e164 = $1 AND status = 'active'";
+/// An active number of a tenant that is not being off-boarded.
+const LOOKUP_ONE: &str = "SELECT p.id AS phone_number_id, p.tenant_id, p.agent_id, t.data_storage
+     FROM phone_numbers p JOIN tenants t ON t.id = p.tenant_id
+     WHERE p.e164 = $1 AND p.status = 'active' AND t.offboarding_at IS NULL";
 
 #[derive(sqlx::FromRow)]
 struct RouteRow {
@@ -40,6 +46,7 @@ struct RouteRow {
     phone_number_id: Uuid,
     tenant_id: Uuid,
     agent_id: Option<Uuid>,
+    data_storage: DataStorage,
 }
 
 impl PhoneRoutes {
@@ -76,8 +83,9 @@ impl PhoneRoutes {
     /// active simply age out.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
         let rows: Vec<RouteRow> = sqlx::query_as(
-            "SELECT e164, id AS phone_number_id, tenant_id, agent_id
-             FROM phone_numbers WHERE status = 'active'",
+            "SELECT p.e164, p.id AS phone_number_id, p.tenant_id, p.agent_id, t.data_storage
+             FROM phone_numbers p JOIN tenants t ON t.id = p.tenant_id
+             WHERE p.status = 'active' AND t.offboarding_at IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -93,6 +101,7 @@ impl PhoneRoutes {
                         phone_number_id: row.phone_number_id,
                         tenant_id: row.tenant_id,
                         agent_id: row.agent_id,
+                        data_storage: row.data_storage,
                     }),
                 ),
             );
@@ -100,14 +109,38 @@ impl PhoneRoutes {
         Ok(())
     }
 
-    /// Refreshes every half TTL until `shutdown`.
-    pub fn spawn_refresher(&self, shutdown: CancellationToken) {
+    /// Forgets every cached route: the next lookups read Postgres.
+    pub async fn forget(&self) {
+        self.entries.write().await.clear();
+    }
+
+    /// Refreshes every half TTL until `shutdown`, and forgets the cache
+    /// whenever `changes` (the api's `routes.changed`) says a number
+    /// stopped routing, so it stops at once rather than within the TTL.
+    pub fn spawn_refresher(
+        &self,
+        changes: Option<async_nats::Subscriber>,
+        shutdown: CancellationToken,
+    ) {
         let routes = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(routes.ttl / 2);
+            let mut changes = changes;
             loop {
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
+                    message = changed => match message {
+                        Some(_) => routes.forget().await,
+                        // The subscription ended (the client closed): the
+                        // TTL still bounds how stale a route can be.
+                        None => changes = None,
+                    },
                     _ = tick.tick() => {
                         if let Err(err) = routes.refresh().await {
                             tracing::warn!(%err, "phone number refresh failed");

@@ -75,7 +75,16 @@ pub async fn run(
         });
     }
     let routes = PhoneRoutes::new(pool.clone(), config.phone_number_cache_ttl);
-    routes.spawn_refresher(shutdown.clone());
+    // Without the subscription (NATS down at start-up) routes still
+    // expire within the TTL.
+    let changes = match nats.subscribe(subjects.routes_changed()).await {
+        Ok(sub) => Some(sub),
+        Err(err) => {
+            tracing::warn!(%err, "cannot subscribe to routes.changed; routes expire by TTL only");
+            None
+        }
+    };
+    routes.spawn_refresher(changes, shutdown.clone());
     let ingress = Arc::new(Ingress {
         signature,
         routes,

@@ -27,6 +27,8 @@ pub struct SessionSeed {
     pub from: String,
     pub to: String,
     pub direction: String,
+    /// The tenant's storage mode `from` and `to` were masked under.
+    pub data_storage: shared::redaction::DataStorage,
 }
 
 /// One webhook to persist: the session (upserted by `CallSid`) and its event.
@@ -258,22 +260,23 @@ const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
                          $7::text[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::text[],
-                         $13::jsonb[], $14::timestamptz[], $15::text[])
+                         $13::jsonb[], $14::timestamptz[], $15::text[], $19::text[])
         WITH ORDINALITY AS t(session_id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                              from_number, to_number, direction, event_id, type, idempotency_key,
-                             payload, occurred_at, trace_id, ord)
+                             payload, occurred_at, trace_id, data_storage, ord)
 ), admission AS (
     SELECT * FROM admit_inbound_calls($16::text[], $17::uuid[], $18::uuid[])
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                                from_number, to_number, direction, started_at, live,
-                               status, rejected_reason, ended_at)
+                               status, rejected_reason, ended_at, data_storage)
     SELECT DISTINCT ON (i.call_sid) i.session_id, i.tenant_id, i.call_sid, i.account_sid,
            i.phone_number_id, i.agent_id, i.from_number, i.to_number, i.direction, i.occurred_at,
            COALESCE(a.admitted, false),
            CASE WHEN NOT a.admitted THEN 'rejected' ELSE 'ringing' END,
            CASE WHEN NOT a.admitted THEN 'capacity' END,
-           CASE WHEN NOT a.admitted THEN i.occurred_at END
+           CASE WHEN NOT a.admitted THEN i.occurred_at END,
+           i.data_storage
     FROM input i LEFT JOIN admission a ON a.call_sid = i.call_sid
     ORDER BY i.call_sid, i.ord
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
@@ -312,7 +315,7 @@ async fn upsert_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let mut traces = Vec::with_capacity(n);
+    let (mut traces, mut modes) = (Vec::with_capacity(n), Vec::with_capacity(n));
     // The calls to admit: the group's inbound webhooks, each CallSid once.
     let (mut admit_sids, mut admit_tenants, mut admit_agents) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -340,6 +343,7 @@ async fn upsert_many(
         payloads.push(w.payload.clone());
         times.push(w.occurred_at);
         traces.push(w.traceparent.clone());
+        modes.push(seed.data_storage.as_str());
         if w.kind == event_type::CALL_INBOUND && !admit_sids.contains(&w.call_sid) {
             admit_sids.push(w.call_sid.clone());
             admit_tenants.push(seed.tenant_id);
@@ -365,6 +369,7 @@ async fn upsert_many(
         .bind(&admit_sids)
         .bind(&admit_tenants)
         .bind(&admit_agents)
+        .bind(&modes)
         .fetch_all(&mut *conn)
         .await?;
     if rows.len() != writes.len() {

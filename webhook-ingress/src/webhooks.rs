@@ -1,7 +1,6 @@
 //! `POST /twilio/webhook/{inbound,status,recording}`: check the signature,
 //! route, commit the session and its outbox event, answer, publish.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::twiml::{TWIML_CONTENT_TYPE, Twiml};
@@ -14,6 +13,7 @@ use axum::routing::post;
 use chrono::Utc;
 use shared::calls::event_type;
 use shared::error::error_response;
+use shared::redaction::DataStorage;
 use shared::trace::TraceContext;
 use uuid::Uuid;
 
@@ -123,14 +123,14 @@ impl Form {
         }
     }
 
-    /// Every parameter as a JSON object (a repeated key keeps its last value).
-    fn payload(&self) -> serde_json::Value {
-        let map: BTreeMap<&str, &str> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        serde_json::json!(map)
+    /// The parameters as the event keeps them under the tenant's storage
+    /// mode (`None`: the tenant is not known), as a JSON object (a
+    /// repeated key keeps its last value).
+    fn payload(&self, mode: Option<DataStorage>) -> serde_json::Value {
+        DataStorage::twilio_params(
+            mode,
+            self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 }
 
@@ -204,8 +204,13 @@ fn seed(form: &Form, route: &crate::routing::Route) -> SessionSeed {
         phone_number_id: route.phone_number_id,
         agent_id: route.agent_id,
         account_sid: form.get("AccountSid").map(str::to_owned),
-        from: form.get("From").unwrap_or_default().to_owned(),
-        to: form.get("To").unwrap_or_default().to_owned(),
+        from: route
+            .data_storage
+            .number(form.get("From").unwrap_or_default()),
+        to: route
+            .data_storage
+            .number(form.get("To").unwrap_or_default()),
+        data_storage: route.data_storage,
         direction: form.get("Direction").unwrap_or("inbound").to_owned(),
     }
 }
@@ -257,7 +262,7 @@ async fn inbound(
         call_sid: call_sid.clone(),
         event_id: Uuid::now_v7(),
         kind: event_type::CALL_INBOUND,
-        payload: form.payload(),
+        payload: form.payload(Some(route.data_storage)),
         occurred_at: Utc::now(),
         traceparent: TraceContext::from_http(&headers).to_string(),
     };
@@ -329,7 +334,7 @@ async fn status(
         call_sid,
         event_id: Uuid::now_v7(),
         kind: event_type::CALL_STATUS,
-        payload: form.payload(),
+        payload: form.payload(route.as_ref().map(|r| r.data_storage)),
         occurred_at: Utc::now(),
         traceparent: TraceContext::from_http(&headers).to_string(),
     };
@@ -362,7 +367,8 @@ async fn recording(
         call_sid,
         event_id: Uuid::now_v7(),
         kind: event_type::CALL_RECORDING,
-        payload: form.payload(),
+        // Recording callbacks name no party; the tenant is not looked up.
+        payload: form.payload(None),
         occurred_at: Utc::now(),
         traceparent: TraceContext::from_http(&headers).to_string(),
     };

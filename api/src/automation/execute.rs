@@ -29,6 +29,7 @@ use shared::automation::{
     ExecutionContext, ExecutionStatus, REQUEST_SIGNATURE_HEADER, RequestKind, ToolError,
     ToolExecuteReply, ToolExecuteRequest, error_codes,
 };
+use shared::redaction::DataStorage;
 use shared::tool_executions::{self, OpenExecution};
 use shared::trace::TraceContext;
 use sqlx::PgPool;
@@ -213,19 +214,33 @@ async fn execute(
     let trace_id = trace_id(body.trace_id.take(), &trace)?;
     let execution_id = Uuid::now_v7();
     check_input_size(state, &body.input_json)?;
+    // The row keeps the input under the tenant's storage mode; n8n gets it
+    // as sent.
+    let mode: DataStorage = sqlx::query_scalar("SELECT data_storage FROM tenants WHERE id = $1")
+        .bind(claims.tenant_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .unwrap_or_default();
+    let (stored_input, _) = mode.payload(&body.input_json);
     let checked = check_and_enqueue(
         state,
         claims.tenant_id,
         &key,
         &body,
+        &stored_input,
         execution_id,
         &trace_id,
     )
     .await?;
-    let Queued { execution, context } = match checked {
+    let Queued {
+        execution,
+        mut context,
+    } = match checked {
         Checked::Queued(queued) => *queued,
         Checked::Refused(refused) => return refusal(state, refused),
     };
+    context.input = body.input_json;
+    context.data_storage = mode;
     let sent = request(state, &execution, context, &trace_id, &trace).await?;
     answer(state, &execution, trace_id, &trace, sent).await
 }
@@ -240,6 +255,7 @@ async fn check_and_enqueue(
     tenant_id: Uuid,
     key: &ToolKey,
     body: &ExecuteTool,
+    stored_input: &Value,
     execution_id: Uuid,
     trace_id: &str,
 ) -> AppResult<Checked> {
@@ -278,7 +294,7 @@ async fn check_and_enqueue(
         .bind(input_valid)
         .bind(settings.require_agent_tool_mapping)
         .bind(trace_id)
-        .bind(&body.input_json)
+        .bind(stored_input)
         .bind(settings.execute_timeout.as_secs_f64() * 1000.0)
         .bind(i64::from(settings.max_executions_per_minute))
         .bind(Uuid::now_v7())

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use shared::redaction::DataStorage;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -174,6 +175,12 @@ pub struct CallSummary {
     pub ended_at: Option<DateTime<Utc>>,
     /// Answer to end: Twilio's CallDuration when given, else computed.
     pub duration_seconds: Option<i32>,
+    /// The storage mode the call was written under: under
+    /// `everything_except_pii` its numbers are masked but the last 4
+    /// digits and personal data in it is replaced by placeholders
+    /// (`[PHONE]`, `[EMAIL]`, `[CARD]`, `[SSN]`, `[IBAN]`); under
+    /// `basic_attributes_only` it has no transcript or payloads.
+    pub data_storage: DataStorage,
 }
 
 const LIST_SELECT: &str =
@@ -181,7 +188,8 @@ const LIST_SELECT: &str =
         c.agent_id, a.name AS agent_name, c.agent_version_id,
         c.started_at, c.answered_at, c.ended_at,
         COALESCE(c.duration_seconds,
-                 round(extract(epoch FROM c.ended_at - c.answered_at))::int4) AS duration_seconds
+                 round(extract(epoch FROM c.ended_at - c.answered_at))::int4) AS duration_seconds,
+        c.data_storage
  FROM call_sessions c
  LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id
  WHERE c.tenant_id = ";
@@ -278,6 +286,8 @@ pub struct CallDetail {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub durations: Durations,
+    /// The storage mode the call was written under (see [`CallSummary`]).
+    pub data_storage: DataStorage,
     /// Call events and tool executions, oldest first.
     pub timeline: Vec<TimelineItem>,
     /// More than 1000 events or tool executions: the newest are left out.
@@ -379,6 +389,7 @@ struct CallRow {
     ring_seconds: Option<f64>,
     talk_seconds: Option<f64>,
     total_seconds: Option<f64>,
+    data_storage: DataStorage,
 }
 
 /// One call of the tenant with its timeline.
@@ -408,7 +419,8 @@ pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<
                     AS ring_seconds,
                 COALESCE(c.duration_seconds::float8,
                          extract(epoch FROM c.ended_at - c.answered_at)::float8) AS talk_seconds,
-                extract(epoch FROM c.ended_at - c.started_at)::float8 AS total_seconds
+                extract(epoch FROM c.ended_at - c.started_at)::float8 AS total_seconds,
+                c.data_storage
          FROM call_sessions c
          LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id
          LEFT JOIN agent_versions v ON v.tenant_id = c.tenant_id AND v.id = c.agent_version_id
@@ -487,6 +499,7 @@ pub async fn detail(pool: &PgPool, tenant_id: Uuid, call_id: Uuid) -> AppResult<
         started_at: row.started_at,
         answered_at: row.answered_at,
         ended_at: row.ended_at,
+        data_storage: row.data_storage,
         durations: Durations {
             ring_seconds: row.ring_seconds,
             talk_seconds: row.talk_seconds,

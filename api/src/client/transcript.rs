@@ -46,6 +46,10 @@ pub struct Segment {
     pub start_ms: i32,
     pub end_ms: i32,
     pub occurred_at: DateTime<Utc>,
+    /// Personal data in `text` was replaced by placeholders (`[PHONE]`,
+    /// `[EMAIL]`, `[CARD]`, `[SSN]`, `[IBAN]`) before it was stored: the
+    /// tenant's storage mode was `everything_except_pii`.
+    pub redacted: bool,
 }
 
 /// The transcript of one call of the tenant.
@@ -71,7 +75,7 @@ async fn get_transcript(
     };
     ensure_call(&pool, claims.tenant_id, call_id).await?;
     let segments: Vec<Segment> = sqlx::query_as(
-        "SELECT id, speaker, text, start_ms, end_ms, occurred_at
+        "SELECT id, speaker, text, start_ms, end_ms, occurred_at, redacted
          FROM transcript_segments WHERE tenant_id = $1 AND call_id = $2
          ORDER BY start_ms, end_ms, id",
     )
@@ -125,6 +129,7 @@ mod tests {
             start_ms,
             end_ms: start_ms,
             occurred_at: Utc::now(),
+            redacted: false,
         };
         let text = as_plain_text(&[
             seg("agent", 0, "Hello"),

@@ -121,6 +121,7 @@ pub async fn active_hold_for_call(
         (status = 401, body = shared::error::ErrorBody),
         (status = 403, description = "not internal_admin, or another tenant", body = shared::error::ErrorBody),
         (status = 404, description = "call_id is not a call of the tenant", body = shared::error::ErrorBody),
+        (status = 409, description = "the tenant is being off-boarded", body = shared::error::ErrorBody),
     ))]
 async fn create_legal_hold(
     State(state): State<AppState>,
@@ -131,6 +132,17 @@ async fn create_legal_hold(
     let reason = text_field("reason", &body.reason, 1, 2000)?;
     let mut tx = state.pool.begin().await?;
     lock_tenant_holds(&mut tx, body.tenant_id, true).await?;
+    let offboarding: bool =
+        sqlx::query_scalar("SELECT offboarding_at IS NOT NULL FROM tenants WHERE id = $1")
+            .bind(body.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(AppError::NotFound("tenant"))?;
+    if offboarding {
+        return Err(AppError::Conflict(
+            "the tenant is being off-boarded: its data is being deleted".into(),
+        ));
+    }
     if let Some(call_id) = body.call_id {
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM call_sessions WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2)",

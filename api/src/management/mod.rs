@@ -1,6 +1,7 @@
 //! The internal management API for ops staff: one module per resource
 //! (tenants, agents and versions, phone numbers, tools, integrations, legal
-//! holds, call deletion, the audit log, event webhook endpoints). This module holds what they share:
+//! holds, call deletion, tenant off-boarding, the audit log, event webhook
+//! endpoints). This module holds what they share:
 //! the tenant-scoped list, the audit helper, input checks and constraint mapping.
 
 pub mod agents;
@@ -10,6 +11,7 @@ pub mod integrations;
 pub mod integrations_test;
 pub mod legal_holds;
 pub mod phone_numbers;
+pub mod tenant_offboarding;
 pub mod tenants;
 pub mod tools;
 pub mod webhook_endpoints;
@@ -161,4 +163,27 @@ where
     D: Deserializer<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Tells every webhook-ingress that a number's route changed (its agent,
+/// or its tenant's off-boarding), so it stops using its cached route now
+/// rather than within `PHONE_NUMBER_CACHE_TTL`. Best effort: the change is
+/// committed, and a lost message only leaves the TTL.
+pub async fn announce_routes_changed(state: &crate::state::AppState) {
+    let subject = state.subjects.routes_changed();
+    let send = async {
+        state
+            .nats
+            .publish(subject, bytes::Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        state.nats.flush().await.map_err(|e| e.to_string())
+    };
+    // NATS down: answer anyway, the TTL covers.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(1), send)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    if let Err(err) = sent {
+        tracing::warn!(%err, "cannot announce a route change; ingresses wait out their cache TTL");
+    }
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{Cursor, Page};
+use crate::management::announce_routes_changed;
 use crate::management::{TenantListQuery, audit, is_unique_violation, nullable, text_field};
 use crate::state::AppState;
 
@@ -261,6 +262,7 @@ async fn set_phone_number_agent(
     )
     .await?;
     tx.commit().await?;
+    announce_routes_changed(&state).await;
     Ok(Json(number))
 }
 

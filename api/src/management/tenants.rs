@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::auth::{AdminPrincipal, InternalPrincipal, Role};
+use shared::redaction::DataStorage;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,7 +24,7 @@ use crate::state::AppState;
 /// The columns of [`Tenant`], for every statement that returns one.
 macro_rules! tenant_columns {
     () => {
-        "id, name, retention_days, max_concurrent_calls, created_at, updated_at"
+        "id, name, retention_days, max_concurrent_calls, data_storage, offboarding_at, created_at, updated_at"
     };
 }
 
@@ -43,6 +44,11 @@ pub struct Tenant {
     pub retention_days: Option<i32>,
     /// Most calls in progress at once; `null`: no limit.
     pub max_concurrent_calls: Option<i32>,
+    /// What of its calls is kept; applies to what is written after a
+    /// change.
+    pub data_storage: DataStorage,
+    /// When its off-boarding started (`DELETE /internal/tenants/{id}`).
+    pub offboarding_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -54,6 +60,7 @@ pub struct TenantMembership {
     pub name: String,
     pub retention_days: Option<i32>,
     pub max_concurrent_calls: Option<i32>,
+    pub data_storage: DataStorage,
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -71,6 +78,8 @@ pub struct CreateTenant {
     /// Most calls in progress at once (0 to 100000); absent: no limit.
     #[schema(minimum = 0, maximum = 100000)]
     pub max_concurrent_calls: Option<i32>,
+    /// Default `everything`.
+    pub data_storage: Option<DataStorage>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -89,6 +98,12 @@ pub struct UpdateTenant {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<i32>, nullable, minimum = 0, maximum = 100000)]
     pub max_concurrent_calls: Option<Option<i32>>,
+    /// What of its calls is kept from now on: `everything`,
+    /// `everything_except_pii` (personal data replaced by typed
+    /// placeholders, numbers masked but the last 4 digits) or
+    /// `basic_attributes_only` (no transcript, payloads, tool inputs or
+    /// outputs). What is already stored stays as it was written.
+    pub data_storage: Option<DataStorage>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -154,17 +169,17 @@ async fn create_tenant(
     if !user_exists {
         return Err(not_a_user());
     }
-    let tenant: Tenant = sqlx::query_as(
-        concat!(
-            "INSERT INTO tenants (id, name, retention_days, max_concurrent_calls) VALUES ($1, $2, $3, $4)
+    let tenant: Tenant = sqlx::query_as(concat!(
+        "INSERT INTO tenants (id, name, retention_days, max_concurrent_calls, data_storage)
+             VALUES ($1, $2, $3, $4, $5)
              RETURNING ",
-            tenant_columns!()
-        ),
-    )
+        tenant_columns!()
+    ))
     .bind(Uuid::now_v7())
     .bind(&name)
     .bind(body.retention_days)
     .bind(body.max_concurrent_calls)
+    .bind(body.data_storage.unwrap_or_default())
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
@@ -183,6 +198,7 @@ async fn create_tenant(
         tenant.id,
         json!({"name": name, "retention_days": body.retention_days,
                "max_concurrent_calls": body.max_concurrent_calls,
+               "data_storage": tenant.data_storage,
                "created_from_tenant_id": claims.tenant_id, "admin_user_id": user_id}),
     )
     .await?;
@@ -214,7 +230,8 @@ async fn list_tenants(
         }));
     };
     let rows: Vec<TenantMembership> = sqlx::query_as(
-        "SELECT t.id, t.name, t.retention_days, t.max_concurrent_calls, m.role, t.created_at,
+        "SELECT t.id, t.name, t.retention_days, t.max_concurrent_calls, t.data_storage, m.role,
+                t.created_at,
                 t.updated_at
          FROM memberships m JOIN tenants t ON t.id = m.tenant_id
          WHERE m.user_id = $1
@@ -268,7 +285,8 @@ async fn get_tenant(
     Ok(Json(fetch_tenant(&state.pool, path.tenant_id).await?))
 }
 
-/// Renames the tenant and/or sets its retention (`null` clears it).
+/// Renames the tenant, sets its retention (`null` clears it), its
+/// concurrent-call limit and/or its storage mode; each change is audited.
 #[utoipa::path(patch, path = "/internal/tenants/{tenant_id}", tag = "tenants",
     security(("bearer" = [])),
     params(TenantPath),
@@ -300,9 +318,14 @@ async fn update_tenant(
     if let Some(limit) = body.max_concurrent_calls {
         check_concurrency_limit(limit)?;
     }
-    if name.is_none() && body.retention_days.is_none() && body.max_concurrent_calls.is_none() {
+    if name.is_none()
+        && body.retention_days.is_none()
+        && body.max_concurrent_calls.is_none()
+        && body.data_storage.is_none()
+    {
         return Err(AppError::bad_request(
-            "nothing to update: give name, retention_days and/or max_concurrent_calls",
+            "nothing to update: give name, retention_days, max_concurrent_calls and/or \
+             data_storage",
         ));
     }
     let mut tx = state.pool.begin().await?;
@@ -311,6 +334,7 @@ async fn update_tenant(
          SET name = COALESCE($2, name),
              retention_days = CASE WHEN $3 THEN $4 ELSE retention_days END,
              max_concurrent_calls = CASE WHEN $5 THEN $6 ELSE max_concurrent_calls END,
+             data_storage = COALESCE($7, data_storage),
              updated_at = now()
          WHERE id = $1
          RETURNING ",
@@ -322,6 +346,7 @@ async fn update_tenant(
     .bind(body.retention_days.flatten())
     .bind(body.max_concurrent_calls.is_some())
     .bind(body.max_concurrent_calls.flatten())
+    .bind(body.data_storage)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(AppError::NotFound("tenant"))?;
@@ -334,6 +359,9 @@ async fn update_tenant(
     }
     if let Some(limit) = body.max_concurrent_calls {
         details.insert("max_concurrent_calls".into(), json!(limit));
+    }
+    if let Some(mode) = body.data_storage {
+        details.insert("data_storage".into(), json!(mode));
     }
     audit(
         &mut tx,

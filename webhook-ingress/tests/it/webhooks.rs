@@ -386,6 +386,7 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
             from: "+14155550100".into(),
             to: seeded.e164.clone(),
             direction: "inbound".into(),
+            data_storage: Default::default(),
         }),
         event_id: uuid::Uuid::now_v7(),
         kind,

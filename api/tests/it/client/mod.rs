@@ -725,3 +725,72 @@ async fn openapi_documents_the_client_routes(pool: PgPool) {
         assert!(params.contains(&format!("\"{name}\"")), "{name}");
     }
 }
+
+/// The client sees under which storage mode each call was written, and
+/// which transcript segments were redacted.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_storage_mode_and_redactions_are_shown(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let tenant = app.create_tenant("A").await;
+    let fx = Fixture {
+        pool: &pool,
+        tenant_id: tenant,
+    };
+    let plain = fx.call(NewCall::default()).await;
+    let masked = fx
+        .call(NewCall {
+            started_at: "2026-11-01T11:00:00Z",
+            from_number: "+*******0100",
+            ..NewCall::default()
+        })
+        .await;
+    sqlx::query("UPDATE call_sessions SET data_storage = 'everything_except_pii' WHERE id = $1")
+        .bind(masked)
+        .execute(&pool)
+        .await
+        .expect("mode");
+    fx.segment(masked, "caller", "my card is [CARD]", 0).await;
+    fx.segment(masked, "agent", "thank you", 1_000).await;
+    sqlx::query(
+        "UPDATE transcript_segments SET redacted = true WHERE call_id = $1 AND speaker = 'caller'",
+    )
+    .bind(masked)
+    .execute(&pool)
+    .await
+    .expect("redacted");
+    let token = viewer(&app, tenant);
+
+    let (status, list) = get_json(&app, "/client/calls", &token).await;
+    assert_eq!(status, 200, "{list}");
+    let modes: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| {
+            (
+                c["from_number"].as_str().expect("from"),
+                c["data_storage"].as_str().expect("mode"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("+*******0100", "everything_except_pii"),
+            ("+14155550100", "everything")
+        ]
+    );
+    let (_, detail) = get_json(&app, &format!("/client/calls/{plain}"), &token).await;
+    assert_eq!(detail["data_storage"], "everything");
+    let (_, detail) = get_json(&app, &format!("/client/calls/{masked}"), &token).await;
+    assert_eq!(detail["data_storage"], "everything_except_pii");
+    let (_, transcript) =
+        get_json(&app, &format!("/client/calls/{masked}/transcript"), &token).await;
+    let marks: Vec<bool> = transcript["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| s["redacted"].as_bool().expect("redacted"))
+        .collect();
+    assert_eq!(marks, [true, false]);
+}

@@ -15,6 +15,8 @@ async fn openapi_documents_every_management_route(pool: PgPool) {
         ("get", "/internal/tenants/{tenant_id}"),
         ("patch", "/internal/tenants/{tenant_id}"),
         ("get", "/internal/tenants/{tenant_id}/retention"),
+        ("delete", "/internal/tenants/{tenant_id}"),
+        ("get", "/internal/tenants/{tenant_id}/offboarding"),
         ("post", "/internal/agents"),
         ("get", "/internal/agents"),
         ("get", "/internal/agents/{agent_id}"),

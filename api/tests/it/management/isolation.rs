@@ -115,6 +115,20 @@ fn cases(ids: &Ids) -> Vec<Case> {
             NotFound,
         ),
         case(
+            Method::DELETE,
+            format!("/internal/tenants/{tenant}"),
+            None,
+            true,
+            NotFound,
+        ),
+        case(
+            Method::GET,
+            format!("/internal/tenants/{tenant}/offboarding"),
+            None,
+            false,
+            NotFound,
+        ),
+        case(
             Method::POST,
             "/internal/calls/erase".into(),
             Some(json!({"tenant_id": tenant, "phone_number": "+15550001111"})),

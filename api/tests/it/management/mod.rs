@@ -1,6 +1,6 @@
 //! The internal management API: tenants, agents and versions,
-//! phone numbers, tools, integrations, legal holds, call deletion, audit log,
-//! webhook endpoints,
+//! phone numbers, tools, integrations, legal holds, call deletion, tenant
+//! off-boarding, audit log, webhook endpoints,
 //! and the tenant-isolation matrix over all of them.
 
 mod agents;
@@ -8,6 +8,7 @@ mod audit_log;
 mod concurrency;
 mod isolation;
 mod legal_holds;
+mod offboarding;
 mod phone_numbers;
 mod retention;
 mod support;

@@ -282,3 +282,58 @@ async fn membership_list_pages(pool: PgPool) {
     assert_eq!(s, 200);
     assert_eq!(empty["items"], json!([]));
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_storage_mode_is_set_audited_and_checked(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mine = app.create_tenant("Mine").await;
+    let t = tokens(&app, mine);
+    let path = format!("/internal/tenants/{mine}");
+    let (s, tenant) = get(&app, &path, &t.operator).await;
+    assert_eq!(s, 200, "{tenant}");
+    assert_eq!(tenant["data_storage"], "everything");
+
+    for mode in [
+        "everything_except_pii",
+        "basic_attributes_only",
+        "everything",
+    ] {
+        let (s, updated) = patch(&app, &path, &t.operator, &json!({"data_storage": mode})).await;
+        assert_eq!(s, 200, "{updated}");
+        assert_eq!(updated["data_storage"], mode);
+        let stored: String = sqlx::query_scalar("SELECT data_storage FROM tenants WHERE id = $1")
+            .bind(mine)
+            .fetch_one(&app.pool)
+            .await
+            .expect("mode");
+        assert_eq!(stored, mode);
+    }
+    let modes: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT details->'data_storage' FROM audit_log
+         WHERE action = 'tenant.update' AND tenant_id = $1 ORDER BY created_at, id",
+    )
+    .bind(mine)
+    .fetch_all(&app.pool)
+    .await
+    .expect("audit");
+    assert_eq!(
+        modes,
+        vec![
+            json!("everything_except_pii"),
+            json!("basic_attributes_only"),
+            json!("everything")
+        ]
+    );
+    // An unknown mode is a 400 naming the field, and changes nothing.
+    let (s, body) = patch(&app, &path, &t.operator, &json!({"data_storage": "some"})).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("data_storage"),
+        "{body}"
+    );
+    let (_, tenant) = get(&app, &path, &t.operator).await;
+    assert_eq!(tenant["data_storage"], "everything");
+}

@@ -1340,3 +1340,67 @@ async fn openapi_documents_the_execution_result(pool: PgPool) {
         assert!(schema[field].is_object(), "{field} missing: {schema}");
     }
 }
+
+/// Under `everything_except_pii` and `basic_attributes_only` n8n gets the
+/// input as the runtime sent it, the runtime gets n8n's answer, and
+/// Postgres keeps them redacted or not at all.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn tool_inputs_and_outputs_are_stored_under_the_storage_mode(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let n8n = FakeN8n::start().await;
+    let _worker = start_worker(&app).await;
+    let s = seed(&app.pool).await;
+    let integration = insert_integration(&app, s.tenant_id, &n8n.base, "none", None, None).await;
+    let tool_id = insert_tool(
+        &app.pool,
+        s.tenant_id,
+        Some(integration),
+        ToolSpec::new("lookup_order", "ok"),
+    )
+    .await;
+    let token = ops(&app, &s);
+    let input = json!({"order_id": "A-123 for jane.doe@example.com, card 4111111111111111",
+                       "quantity": 2});
+    let redacted = json!({"order_id": "A-123 for [EMAIL], card [CARD]", "quantity": 2});
+    for (mode, stored_input, stored_output) in [
+        (
+            "everything_except_pii",
+            redacted.clone(),
+            json!({"answer": 42, "received_input": redacted}),
+        ),
+        ("basic_attributes_only", json!({}), json!({})),
+    ] {
+        sqlx::query("UPDATE tenants SET data_storage = $2 WHERE id = $1")
+            .bind(s.tenant_id)
+            .bind(mode)
+            .execute(&app.pool)
+            .await
+            .expect("mode");
+        let (status, out) = execute(
+            &app,
+            &token,
+            tool_id,
+            &json!({"call_id": s.call_id, "input_json": input}),
+        )
+        .await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(
+            out["output"]["received_input"], input,
+            "the runtime gets n8n's answer"
+        );
+        let sent = n8n.received().last().expect("n8n was called").body.clone();
+        assert_eq!(sent["input"], input, "n8n gets the input as sent");
+        let id: Uuid = out["execution_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id");
+        let (row_input, row_output): (Value, Option<Value>) =
+            sqlx::query_as("SELECT input, output FROM tool_executions WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .expect("row");
+        assert_eq!(row_input, stored_input, "{mode}");
+        assert_eq!(row_output, Some(stored_output), "{mode}");
+    }
+}

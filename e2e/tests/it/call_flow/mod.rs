@@ -8,4 +8,5 @@ mod claim;
 mod lifecycle;
 mod plans;
 mod reference_runtime;
+mod storage_modes;
 pub mod world;
