@@ -1,8 +1,24 @@
 # What the benchmark scripts share (sourced by bench/run.sh and
-# bench/purge.sh, which set PG, NATS_URL and BIN first): template databases
-# and their copies, the ingress and the dispatch-worker started on one of
-# them, CPU accounting, loadgen's summary fields. Everything started or
-# created is stopped or dropped on exit.
+# bench/purge.sh from the repository's root): Postgres and NATS up, release
+# binaries built (BIN), then template databases and their copies, the
+# ingress and the dispatch-worker started on one of them, CPU accounting,
+# loadgen's summary fields. Everything started or created is stopped or
+# dropped on exit. PG_URL and NATS_URL override the local servers.
+
+PG="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
+NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+
+bash scripts/services.sh >/dev/null
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
+echo "building release binaries..."
+cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
+BIN="$CARGO_TARGET_DIR/release"
+mkdir -p .stack
+
+export TWILIO_AUTH_TOKEN="bench-auth-token"
+export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
+export RUST_LOG=warn LOG_FORMAT=json APP_ENV=development
 
 pids=()
 databases=()

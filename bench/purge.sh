@@ -14,28 +14,14 @@
 #
 #   bash bench/purge.sh
 #   EXPIRED=200000 DURATION=30s bash bench/purge.sh
+#   BATCH=500 DUTY=1 bash bench/purge.sh      # the purge at full speed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXPIRED="${EXPIRED:-1000000}"
 RATE="${RATE:-500}"
 DURATION="${DURATION:-60s}"
-BATCH="${BATCH:-500}"
-PG="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
-NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 RUN="purge$(date +%s)"
-
-bash scripts/services.sh >/dev/null
-export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
-echo "building release binaries..."
-cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
-BIN="$CARGO_TARGET_DIR/release"
-mkdir -p .stack
-
-export TWILIO_AUTH_TOKEN="bench-auth-token"
-export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
-export RUST_LOG=warn LOG_FORMAT=json APP_ENV=development
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
@@ -83,14 +69,16 @@ echo "  $quiet"
 stop_services
 
 echo
-echo "== inbound $RATE/s for $DURATION while one purge runs (batch $BATCH) =="
+echo "== inbound $RATE/s for $DURATION while one purge runs (batch ${BATCH:-default}, duty ${DUTY:-default}) =="
 copy_database "$template" "${template}_purge"
 start_services "${template}_purge" "${RUN}p"
 # The tenant keeps 30 days from now on. The worker's own purge ran at its
 # start, before that, and its next is RETENTION_PURGE_INTERVAL (1 h) away:
 # the measured run is the only one.
 psql "$PG/${template}_purge" -qAtc "UPDATE tenants SET retention_days = 30" >/dev/null
-"$BIN/retention-purge" --database-url "$PG/${template}_purge?sslmode=disable" --batch "$BATCH" \
+# BATCH and DUTY, when set, override the worker's defaults.
+"$BIN/retention-purge" --database-url "$PG/${template}_purge?sslmode=disable" \
+  ${BATCH:+--batch "$BATCH"} ${DUTY:+--duty "$DUTY"} \
   >".stack/bench-purge.out" 2>&1 &
 purge_pid=$!
 busy=$(inbound_load "${RUN}p")

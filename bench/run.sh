@@ -31,21 +31,7 @@ RATE="${RATE:-1000}"
 FIXED="${FIXED:-20s}"
 SATURATION="${SATURATION:-30s}"
 CONNECTIONS="${CONNECTIONS:-64}"
-PG="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
-NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 RUN="bench$(date +%s)"
-
-bash scripts/services.sh >/dev/null
-export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vcp-target}"
-echo "building release binaries..."
-cargo build --release --quiet -p webhook-ingress -p dispatch-worker -p bench
-BIN="$CARGO_TARGET_DIR/release"
-mkdir -p .stack
-
-export TWILIO_AUTH_TOKEN="bench-auth-token"
-export ENCRYPTION_KEY="ZGV2ZWxvcG1lbnQtb25seS1rZXktMzItYnl0ZXMhISE="
-export RUST_LOG=warn LOG_FORMAT=json APP_ENV=development
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh

@@ -53,9 +53,14 @@ pub struct Config {
     /// purged (one instance at a time across the deployment).
     #[arg(long, env = "RETENTION_PURGE_INTERVAL", default_value = "1h", value_parser = shared::config::positive_duration)]
     pub retention_purge_interval: Duration,
-    /// Calls the purge deletes per transaction.
-    #[arg(long, env = "RETENTION_PURGE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    /// Calls the purge (and a tenant's off-boarding) deletes per
+    /// transaction.
+    #[arg(long, env = "RETENTION_PURGE_BATCH", default_value_t = shared::retention::Pace::DEFAULT.batch, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub retention_purge_batch: i64,
+    /// The most of the time the purge's batches may fill: after each it
+    /// rests so that it stays out of the inbound path's way.
+    #[arg(long, env = "RETENTION_PURGE_DUTY", default_value_t = shared::retention::Pace::DEFAULT.duty, value_parser = duty)]
+    pub retention_purge_duty: f64,
     /// A call still counted against its tenant's concurrent-call limit
     /// this long after it rang (its end never reached us) stops counting.
     #[arg(long, env = "MAX_CALL_DURATION", default_value = "2h", value_parser = shared::config::positive_duration)]
@@ -136,5 +141,15 @@ mod tests {
             &Config::command(),
             "dispatch-worker",
         );
+    }
+}
+
+/// A share of the time, in (0, 1].
+fn duty(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if d > 0.0 && d <= 1.0 => Ok(d),
+        _ => Err(format!(
+            "{s:?} is not a share of the time in (0, 1], such as 0.2"
+        )),
     }
 }

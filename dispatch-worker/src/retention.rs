@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
+use shared::retention::Pace;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, interval: Duration, pace: Pace, shutdown: CancellationToken) {
     crate::periodic::every(interval, shutdown, || async {
         let started = std::time::Instant::now();
-        match shared::retention::purge(&pool, batch).await {
+        match shared::retention::purge(&pool, pace).await {
             Ok(run) if run.skipped => {}
             Ok(run) => {
                 metrics::histogram!("retention_purge_seconds").record(started.elapsed());
@@ -25,16 +26,16 @@ pub async fn run(pool: PgPool, interval: Duration, batch: i64, shutdown: Cancell
             }
             Err(err) => tracing::warn!(%err, "retention purge failed; the next run goes on"),
         }
-        if let Err(err) = resume_offboardings(&pool, batch).await {
+        if let Err(err) = resume_offboardings(&pool, pace).await {
             tracing::warn!(%err, "resuming off-boardings failed; the next run goes on");
         }
     })
     .await;
 }
 
-async fn resume_offboardings(pool: &PgPool, batch: i64) -> Result<(), sqlx::Error> {
+async fn resume_offboardings(pool: &PgPool, pace: Pace) -> Result<(), sqlx::Error> {
     for tenant_id in shared::offboarding::unfinished(pool).await? {
-        if shared::offboarding::run(pool, tenant_id, batch).await? {
+        if shared::offboarding::run(pool, tenant_id, pace).await? {
             tracing::info!(%tenant_id, "tenant off-boarded");
         }
     }

@@ -71,13 +71,14 @@ pub async fn run(
     tasks
         .background
         .spawn(|stop| crate::kpi_rollups::run(pool.clone(), config.kpi_rollup_interval, stop));
-    let (purge_interval, purge_batch) = (
-        config.retention_purge_interval,
-        config.retention_purge_batch,
-    );
+    let purge_interval = config.retention_purge_interval;
+    let purge_pace = shared::retention::Pace {
+        batch: config.retention_purge_batch,
+        duty: config.retention_purge_duty,
+    };
     tasks
         .background
-        .spawn(|stop| crate::retention::run(pool.clone(), purge_interval, purge_batch, stop));
+        .spawn(|stop| crate::retention::run(pool.clone(), purge_interval, purge_pace, stop));
     let relay = Relay {
         pool: pool.clone(),
         js: js.clone(),

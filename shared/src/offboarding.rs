@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::retention::{Purged, delete_calls};
+use crate::retention::{Pace, Purged, delete_calls};
 
 /// An off-boarding's progress; it outlives its tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -58,10 +58,9 @@ pub async fn unfinished(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     .await
 }
 
-/// Deletes the off-boarded tenant, `batch` calls per transaction, then the
-/// tenant. One run per tenant at a time across the deployment (a session
+/// Deletes the off-boarded tenant's calls at `pace`, then the tenant. One run per tenant at a time across the deployment (a session
 /// advisory lock): `false` when another holds it, or there is nothing to do.
-pub async fn run(pool: &PgPool, tenant_id: Uuid, batch: i64) -> Result<bool, sqlx::Error> {
+pub async fn run(pool: &PgPool, tenant_id: Uuid, pace: Pace) -> Result<bool, sqlx::Error> {
     const LOCK: &str =
         "SELECT pg_try_advisory_lock(hashtextextended('offboarding:' || $1::text, 0))";
     const UNLOCK: &str =
@@ -74,7 +73,7 @@ pub async fn run(pool: &PgPool, tenant_id: Uuid, batch: i64) -> Result<bool, sql
     if !locked {
         return Ok(false);
     }
-    let outcome = run_locked(&mut conn, tenant_id, batch).await;
+    let outcome = run_locked(&mut conn, tenant_id, pace).await;
     let unlocked = sqlx::query_scalar::<_, bool>(UNLOCK)
         .bind(tenant_id)
         .fetch_one(&mut *conn)
@@ -89,7 +88,7 @@ pub async fn run(pool: &PgPool, tenant_id: Uuid, batch: i64) -> Result<bool, sql
 async fn run_locked(
     conn: &mut PgConnection,
     tenant_id: Uuid,
-    batch: i64,
+    pace: Pace,
 ) -> Result<bool, sqlx::Error> {
     let deleted: Option<sqlx::types::Json<Purged>> = sqlx::query_scalar(
         "SELECT deleted FROM tenant_offboardings WHERE tenant_id = $1 AND completed_at IS NULL",
@@ -101,11 +100,12 @@ async fn run_locked(
         return Ok(false);
     };
     loop {
+        let started = std::time::Instant::now();
         let mut tx = conn.begin().await?;
         let ids: Vec<Uuid> =
             sqlx::query_scalar("SELECT id FROM call_sessions WHERE tenant_id = $1 LIMIT $2")
                 .bind(tenant_id)
-                .bind(batch)
+                .bind(pace.batch)
                 .fetch_all(&mut *tx)
                 .await?;
         if ids.is_empty() {
@@ -114,6 +114,7 @@ async fn run_locked(
         deleted.absorb(delete_calls(&mut tx, tenant_id, &ids).await?);
         record_progress(&mut tx, tenant_id, deleted, false).await?;
         tx.commit().await?;
+        pace.rest(started.elapsed()).await;
     }
     // The rest is small beside the calls: agents, numbers, tools, webhook
     // endpoints, holds, memberships, rollups cascade with the tenant; the

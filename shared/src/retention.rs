@@ -64,6 +64,40 @@ impl Purged {
     }
 }
 
+/// How hard a purge (or an off-boarding) presses on the database: `batch`
+/// calls per transaction, and after each batch a rest long enough that
+/// batches fill at most `duty` of the time. Small, spaced batches keep
+/// the inbound path's latency: a batch in flight competes with it for the
+/// CPU and the WAL, and p99 sees any share of the time it runs at full
+/// speed (docs/benchmarks.md, "Retention purge").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub batch: i64,
+    /// In (0, 1]; 1 never rests.
+    pub duty: f64,
+}
+
+impl Pace {
+    /// The worker's defaults (`RETENTION_PURGE_BATCH`, `RETENTION_PURGE_DUTY`).
+    pub const DEFAULT: Pace = Pace {
+        batch: 50,
+        duty: 0.2,
+    };
+
+    /// `batch` calls per transaction, back to back (tests, a maintenance
+    /// window).
+    pub fn unpaced(batch: i64) -> Self {
+        Pace { batch, duty: 1.0 }
+    }
+
+    /// Rests after a batch that took `took`.
+    pub async fn rest(&self, took: std::time::Duration) {
+        if self.duty < 1.0 && self.duty > 0.0 {
+            tokio::time::sleep(took.mul_f64((1.0 - self.duty) / self.duty)).await;
+        }
+    }
+}
+
 /// The instant before which a tenant keeping `retention_days` days of calls
 /// lets them go.
 pub fn cutoff(now: DateTime<Utc>, retention_days: i32) -> DateTime<Utc> {
@@ -79,10 +113,10 @@ pub struct PurgeRun {
     pub tenants: Vec<(Uuid, Purged)>,
 }
 
-/// Purges every tenant with a retention, `batch` calls per transaction.
-/// One run at a time across the deployment (a session advisory lock); each
-/// tenant that lost calls gets one audit entry with the counts.
-pub async fn purge(pool: &PgPool, batch: i64) -> Result<PurgeRun, sqlx::Error> {
+/// Purges every tenant with a retention, at `pace`. One run at a time
+/// across the deployment (a session advisory lock); each tenant that lost
+/// calls gets one audit entry with the counts.
+pub async fn purge(pool: &PgPool, pace: Pace) -> Result<PurgeRun, sqlx::Error> {
     const LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('retention_purge'), 0)";
     const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('retention_purge'), 0)";
     let mut conn = pool.acquire().await?;
@@ -93,7 +127,7 @@ pub async fn purge(pool: &PgPool, batch: i64) -> Result<PurgeRun, sqlx::Error> {
             tenants: Vec::new(),
         });
     }
-    let outcome = purge_locked(&mut conn, batch).await;
+    let outcome = purge_locked(&mut conn, pace).await;
     let unlocked = sqlx::query_scalar::<_, bool>(UNLOCK)
         .fetch_one(&mut *conn)
         .await;
@@ -104,7 +138,7 @@ pub async fn purge(pool: &PgPool, batch: i64) -> Result<PurgeRun, sqlx::Error> {
     outcome
 }
 
-async fn purge_locked(conn: &mut PgConnection, batch: i64) -> Result<PurgeRun, sqlx::Error> {
+async fn purge_locked(conn: &mut PgConnection, pace: Pace) -> Result<PurgeRun, sqlx::Error> {
     let tenants: Vec<(Uuid, i32)> = sqlx::query_as(
         // A tenant being off-boarded goes whole (`offboarding`).
         "SELECT id, retention_days FROM tenants
@@ -119,10 +153,12 @@ async fn purge_locked(conn: &mut PgConnection, batch: i64) -> Result<PurgeRun, s
         let cutoff = cutoff(Utc::now(), retention_days);
         let mut purged = Purged::default();
         loop {
-            let calls = purge_batch(conn, tenant_id, cutoff, batch, &mut purged).await?;
-            if calls < batch {
+            let started = std::time::Instant::now();
+            let calls = purge_batch(conn, tenant_id, cutoff, pace.batch, &mut purged).await?;
+            if calls < pace.batch {
                 break;
             }
+            pace.rest(started.elapsed()).await;
         }
         if purged.calls > 0 {
             sqlx::query(

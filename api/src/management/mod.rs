@@ -166,7 +166,7 @@ where
 }
 
 /// Tells every webhook-ingress that a number's route changed (its agent,
-/// or its tenant's off-boarding), so it stops using its cached route now
+/// its tenant's storage mode or off-boarding), so it drops its cached route now
 /// rather than within `PHONE_NUMBER_CACHE_TTL`. Best effort: the change is
 /// committed, and a lost message only leaves the TTL.
 pub async fn announce_routes_changed(state: &crate::state::AppState) {

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use shared::auth::{AdminPrincipal, InternalPrincipal};
 use shared::offboarding::{self, Offboarding};
+use shared::retention::Pace;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,10 +16,6 @@ use crate::management::legal_holds::lock_tenant_holds;
 use crate::management::tenants::TenantPath;
 use crate::management::{announce_routes_changed, audit};
 use crate::state::AppState;
-
-/// Calls deleted per transaction by the run the api starts (the
-/// dispatch-worker resumes with its `RETENTION_PURGE_BATCH`).
-const BATCH: i64 = 500;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -129,8 +126,9 @@ async fn offboard_tenant(
     announce_routes_changed(&state).await;
     let pool = state.pool.clone();
     tokio::spawn(async move {
-        // Stopped midway (the api shut down), the dispatch-worker resumes it.
-        match offboarding::run(&pool, tenant_id, BATCH).await {
+        // At the purge's default pace; stopped midway (the api shut down),
+        // the dispatch-worker resumes it at its own.
+        match offboarding::run(&pool, tenant_id, Pace::DEFAULT).await {
             Ok(true) => tracing::info!(%tenant_id, "tenant off-boarded"),
             Ok(false) => {}
             Err(err) => {

@@ -18,7 +18,9 @@ use crate::client::concurrency::{self, Concurrency};
 use crate::http::error::{AppError, AppResult};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{Cursor, Page, PageRequest};
-use crate::management::{audit, check_concurrency_limit, nullable, text_field};
+use crate::management::{
+    announce_routes_changed, audit, check_concurrency_limit, nullable, text_field,
+};
 use crate::state::AppState;
 
 /// The columns of [`Tenant`], for every statement that returns one.
@@ -374,6 +376,11 @@ async fn update_tenant(
     )
     .await?;
     tx.commit().await?;
+    if body.data_storage.is_some() {
+        // The ingresses cache the mode with each route: the next call
+        // is written under the new one.
+        announce_routes_changed(&state).await;
+    }
     Ok(Json(tenant))
 }
 

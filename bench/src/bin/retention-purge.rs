@@ -1,6 +1,6 @@
 //! One retention purge, timed: `shared::retention::purge`, the function the
 //! dispatch-worker runs every `RETENTION_PURGE_INTERVAL`, against
-//! `DATABASE_URL`, with the worker's batch size. Prints what it deleted
+//! `DATABASE_URL`, at the worker's pace (batch size and duty). Prints what it deleted
 //! and how fast, for `bench/purge.sh`:
 //! `purge: calls=.. rows=.. seconds=.. rows_per_s=.. calls_per_s=..`.
 
@@ -20,8 +20,11 @@ struct Args {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Calls per transaction (`RETENTION_PURGE_BATCH`).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.batch)]
     batch: i64,
+    /// The share of the time batches may fill (`RETENTION_PURGE_DUTY`).
+    #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.duty)]
+    duty: f64,
 }
 
 #[tokio::main]
@@ -32,7 +35,14 @@ async fn main() -> anyhow::Result<()> {
         .connect(&args.database_url)
         .await?;
     let started = Instant::now();
-    let run = shared::retention::purge(&pool, args.batch).await?;
+    let run = shared::retention::purge(
+        &pool,
+        shared::retention::Pace {
+            batch: args.batch,
+            duty: args.duty,
+        },
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(!run.skipped, "another purge held the run lock");
     let (mut calls, mut rows) = (0i64, 0i64);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::offboarding;
+use shared::retention::Pace;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -98,7 +99,23 @@ async fn offboarding_waits_for_holds_then_deletes_everything_of_the_tenant(pool:
     )
     .await;
     assert_eq!(s, 200, "{body}");
+    let mut changes = app
+        .nats
+        .subscribe(app.subjects.routes_changed())
+        .await
+        .expect("subscribe");
+    app.nats.flush().await.expect("flush");
     let (s, started) = delete(&app, &path, admin).await;
+    // Every ingress is told to drop its cached routes.
+    let announced = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut changes),
+    )
+    .await;
+    assert!(
+        matches!(announced, Ok(Some(_))),
+        "the off-boarding was not announced"
+    );
     assert_eq!(s, 202, "{started}");
     assert_eq!(started["tenant_id"], leaving.tenant.to_string());
     assert!(started["requested_by"].is_string(), "{started}");
@@ -195,8 +212,8 @@ async fn two_runs_at_once_delete_the_tenant_once(pool: PgPool) {
     assert_eq!(s, 409, "{body}");
 
     let (a, b) = tokio::join!(
-        offboarding::run(&app.pool, tenant, 2),
-        offboarding::run(&app.pool, tenant, 2)
+        offboarding::run(&app.pool, tenant, Pace::unpaced(2)),
+        offboarding::run(&app.pool, tenant, Pace::unpaced(2))
     );
     let ran = [a.expect("run a"), b.expect("run b")];
     assert_eq!(ran.iter().filter(|r| **r).count(), 1, "{ran:?}");
@@ -216,7 +233,11 @@ async fn two_runs_at_once_delete_the_tenant_once(pool: PgPool) {
             .is_empty()
     );
     // A later run has nothing to do.
-    assert!(!offboarding::run(&app.pool, tenant, 2).await.expect("run"));
+    assert!(
+        !offboarding::run(&app.pool, tenant, Pace::unpaced(2))
+            .await
+            .expect("run")
+    );
     let (tenants, calls): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM tenants WHERE id = $1),
                 (SELECT count(*) FROM call_sessions WHERE tenant_id = $1)",

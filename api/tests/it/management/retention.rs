@@ -4,7 +4,7 @@
 //! around the boundary, with and without legal holds.
 
 use serde_json::json;
-use shared::retention::{Purged, purge};
+use shared::retention::{Pace, Purged, purge};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -153,7 +153,7 @@ async fn calls_past_retention_go_with_everything_that_hangs_off_them(pool: PgPoo
     assert_eq!(oldest, kept_at);
     let before = dependents(&app.pool).await;
 
-    let run = purge(&app.pool, 500).await.expect("purge");
+    let run = purge(&app.pool, Pace::unpaced(500)).await.expect("purge");
     assert!(!run.skipped);
     assert_eq!(run.tenants, vec![(tenant, ONE_CALL)]);
     assert!(!exists(&app.pool, expired).await);
@@ -179,7 +179,7 @@ async fn calls_past_retention_go_with_everything_that_hangs_off_them(pool: PgPoo
     assert_eq!(entries[0]["details"]["purged"]["transcript_segments"], 1);
 
     // Nothing left to do: the next run purges nothing and writes no entry.
-    let again = purge(&app.pool, 500).await.expect("purge");
+    let again = purge(&app.pool, Pace::unpaced(500)).await.expect("purge");
     assert!(again.tenants.is_empty());
     let (_, preview) = get(
         &app,
@@ -222,7 +222,7 @@ async fn held_calls_stay_until_the_hold_is_released(pool: PgPool) {
     assert_eq!(preview["would_purge"]["calls"], 1);
     assert_eq!(preview["held_calls"], 1);
 
-    let run = purge(&app.pool, 500).await.expect("purge");
+    let run = purge(&app.pool, Pace::unpaced(500)).await.expect("purge");
     assert_eq!(run.tenants, vec![(tenant, ONE_CALL)]);
     assert!(exists(&app.pool, held).await);
     assert!(!exists(&app.pool, free).await);
@@ -246,7 +246,7 @@ async fn held_calls_stay_until_the_hold_is_released(pool: PgPool) {
     .await;
     assert_eq!(s, 200);
     assert!(
-        purge(&app.pool, 500)
+        purge(&app.pool, Pace::unpaced(500))
             .await
             .expect("purge")
             .tenants
@@ -263,7 +263,7 @@ async fn held_calls_stay_until_the_hold_is_released(pool: PgPool) {
     )
     .await;
     assert_eq!(s, 200);
-    let run = purge(&app.pool, 500).await.expect("purge");
+    let run = purge(&app.pool, Pace::unpaced(500)).await.expect("purge");
     assert_eq!(run.tenants.len(), 1);
     assert_eq!(run.tenants[0].1.calls, 2);
     assert!(!exists(&app.pool, held).await && !exists(&app.pool, older).await);
@@ -277,7 +277,10 @@ async fn two_purges_at_once_do_the_work_once_in_small_batches(pool: PgPool) {
         call_aged(&app.pool, tenant, tool, "2 days").await;
     }
     // Batches of 2: five transactions for nine calls.
-    let (one, two) = tokio::join!(purge(&app.pool, 2), purge(&app.pool, 2));
+    let (one, two) = tokio::join!(
+        purge(&app.pool, Pace::unpaced(2)),
+        purge(&app.pool, Pace::unpaced(2))
+    );
     let (one, two) = (one.expect("purge"), two.expect("purge"));
     let calls: i64 = one
         .tenants
