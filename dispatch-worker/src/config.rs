@@ -91,7 +91,9 @@ impl Config {
 fn duty(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(d) if d > 0.0 && d <= 1.0 => Ok(d),
-        _ => Err(format!("{s:?} is not a share of the time in (0, 1], such as 0.2")),
+        _ => Err(format!(
+            "{s:?} is not a share of the time in (0, 1], such as 0.2"
+        )),
     }
 }
 
@@ -158,15 +160,5 @@ mod tests {
             &Config::command(),
             "dispatch-worker",
         );
-    }
-}
-
-/// A share of the time, in (0, 1].
-fn duty(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d > 0.0 && d <= 1.0 => Ok(d),
-        _ => Err(format!(
-            "{s:?} is not a share of the time in (0, 1], such as 0.2"
-        )),
     }
 }
