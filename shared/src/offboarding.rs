@@ -118,12 +118,9 @@ async fn run_locked(
     }
     // The rest is small beside the calls: agents, numbers, tools, webhook
     // endpoints, holds, memberships, rollups cascade with the tenant; the
-    // audit log keeps its entries without the tenant.
+    // audit log keeps its entries without the tenant (and the next KPI
+    // compaction drops its marks).
     let mut tx = conn.begin().await?;
-    sqlx::query("DELETE FROM kpi_dirty_hours WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("DELETE FROM tenants WHERE id = $1")
         .bind(tenant_id)
         .execute(&mut *tx)

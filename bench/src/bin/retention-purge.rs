@@ -3,6 +3,11 @@
 //! `DATABASE_URL`, at the worker's pace (batch size and duty). Prints what it deleted
 //! and how fast, for `bench/purge.sh`:
 //! `purge: calls=.. rows=.. seconds=.. rows_per_s=.. calls_per_s=..`.
+//!
+//! `--settle` instead brings a freshly loaded database to the state of a
+//! deployment that has run all along: the KPI rollups of its past hours
+//! computed (the dispatch-worker does it as each hour ends), no hour left
+//! marked.
 
 use std::time::Instant;
 
@@ -25,6 +30,9 @@ struct Args {
     /// The share of the time batches may fill (`RETENTION_PURGE_DUTY`).
     #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.duty)]
     duty: f64,
+    /// Compute the KPI rollups until nothing is due, then exit.
+    #[arg(long)]
+    settle: bool,
 }
 
 #[tokio::main]
@@ -34,6 +42,22 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(2)
         .connect(&args.database_url)
         .await?;
+    if args.settle {
+        let started = Instant::now();
+        let mut hours = 0;
+        loop {
+            let done = shared::kpi_rollups::compact(&pool).await?;
+            hours += done.hours;
+            if done.hours == 0 && done.marks == 0 && !done.behind {
+                break;
+            }
+        }
+        println!(
+            "settled: {hours} hours of rollups computed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let started = Instant::now();
     let run = shared::retention::purge(
         &pool,
