@@ -58,8 +58,9 @@ pub async fn unfinished(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     .await
 }
 
-/// Deletes the off-boarded tenant's calls at `pace`, then the tenant. One run per tenant at a time across the deployment (a session
-/// advisory lock): `false` when another holds it, or there is nothing to do.
+/// Deletes the off-boarded tenant's calls at `pace`, then the tenant. One
+/// run per tenant at a time across the deployment (a session advisory
+/// lock): `false` when another holds it, or there is nothing to do.
 pub async fn run(pool: &PgPool, tenant_id: Uuid, pace: Pace) -> Result<bool, sqlx::Error> {
     const LOCK: &str =
         "SELECT pg_try_advisory_lock(hashtextextended('offboarding:' || $1::text, 0))";

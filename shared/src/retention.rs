@@ -332,3 +332,24 @@ pub async fn preview(
         oldest_kept,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Pace;
+
+    #[tokio::test]
+    async fn a_pace_rests_in_proportion_to_the_batch() {
+        // A fifth of the time: a 10 ms batch is followed by 40 ms of rest.
+        let started = Instant::now();
+        Pace::DEFAULT.rest(Duration::from_millis(10)).await;
+        assert!(started.elapsed() >= Duration::from_millis(39));
+        let started = Instant::now();
+        Pace::unpaced(500).rest(Duration::from_secs(60)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "unpaced never rests"
+        );
+    }
+}
