@@ -74,18 +74,11 @@ SQL
     # as in a running deployment: wait (bounded) until it has been by. A
     # server with autovacuum off (CI machines often are) leaves them without
     # any, as right after a restore.
-    local analyzed="" autovacuum
-    autovacuum=$(psql "$PG/$db" -qAtc "SHOW autovacuum")
-    [ "$autovacuum" = on ] || echo "  autovacuum is off on this server: the history has no statistics" >&2
-    for _ in $(seq 1 90); do
-      [ "$autovacuum" = on ] || break
-      analyzed=$(psql "$PG/$db" -qAtc "SELECT count(*) FROM pg_stat_user_tables
-        WHERE relname IN ('call_sessions', 'call_events', 'runtime_dispatches') AND last_autoanalyze IS NOT NULL")
-      [ "$analyzed" = 3 ] && break
-      sleep 2
-    done
-    if [ "$autovacuum" = on ]; then
-      echo "  history: autovacuum had analyzed ${analyzed:-0} of its 3 tables" >&2
+    local analyzed
+    if analyzed=$(await_autovacuum "$db" 180 last_autoanalyze call_sessions call_events runtime_dispatches); then
+      echo "  history: autovacuum had analyzed $analyzed of its 3 tables" >&2
+    else
+      echo "  autovacuum is off on this server: the history has no statistics" >&2
     fi
   fi
   # A template takes no connections (autovacuum's included), so copies of it
@@ -93,6 +86,24 @@ SQL
   psql "$PG/postgres" -qAtc "ALTER DATABASE $db WITH ALLOW_CONNECTIONS false" >/dev/null
   psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
   echo "$tenant"
+}
+
+# Waits, at most $2 seconds, until autovacuum has been by (column $3 of
+# pg_stat_user_tables: last_autoanalyze or last_autovacuum) each table named
+# after it in database $1; prints how many it had. Fails at once when
+# autovacuum is off on the server.
+await_autovacuum() {
+  local db=$1 seconds=$2 column=$3 tables done=0
+  shift 3
+  [ "$(psql "$PG/$db" -qAtc "SHOW autovacuum")" = on ] || return 1
+  tables=$(printf "'%s'," "$@")
+  for _ in $(seq 1 $((seconds / 2))); do
+    done=$(psql "$PG/$db" -qAtc "SELECT count(*) FROM pg_stat_user_tables
+      WHERE relname IN (${tables%,}) AND $column IS NOT NULL")
+    [ "$done" = "$#" ] && break
+    sleep 2
+  done
+  echo "$done"
 }
 
 # A copy of template $1 named $2.

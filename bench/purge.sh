@@ -56,16 +56,12 @@ echo "  loaded in $(($(date +%s) - loaded_at)) s"
 # script's marks are consumed the same way, and autovacuum waited for
 # (bounded), rather than left to land in a measurement.
 "$BIN/retention-purge" --database-url "$PG/$template?sslmode=disable" --settle | sed 's/^/  /'
-autovacuum=$(psql "$PG/$template" -qAtc "SHOW autovacuum")
-for _ in $(seq 1 120); do
-  [ "$autovacuum" = on ] || break
-  vacuumed=$(psql "$PG/$template" -qAtc "SELECT count(*) FROM pg_stat_user_tables
-    WHERE relname IN ('call_sessions', 'call_events', 'transcript_segments', 'kpi_dirty_hours')
-      AND last_autovacuum IS NOT NULL")
-  [ "$vacuumed" = 4 ] && break
-  sleep 2
-done
-echo "  autovacuum had been by ${vacuumed:-0} of the 4 big tables"
+if vacuumed=$(await_autovacuum "$template" 240 last_autovacuum \
+  call_sessions call_events transcript_segments kpi_dirty_hours); then
+  echo "  autovacuum had been by $vacuumed of the 4 big tables"
+else
+  echo "  autovacuum is off on this server"
+fi
 psql "$PG/postgres" -qAtc "ALTER DATABASE $template WITH ALLOW_CONNECTIONS false" >/dev/null
 psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
 

@@ -59,7 +59,7 @@ pub struct Config {
     pub retention_purge_batch: i64,
     /// The most of the time the purge's batches may fill: after each it
     /// rests so that it stays out of the inbound path's way.
-    #[arg(long, env = "RETENTION_PURGE_DUTY", default_value_t = shared::retention::Pace::DEFAULT.duty, value_parser = duty)]
+    #[arg(long, env = "RETENTION_PURGE_DUTY", default_value_t = shared::retention::Pace::DEFAULT.duty, value_parser = shared::config::share_of_time)]
     pub retention_purge_duty: f64,
     /// A call still counted against its tenant's concurrent-call limit
     /// this long after it rang (its end never reached us) stops counting.
@@ -87,27 +87,8 @@ impl Config {
     }
 }
 
-/// A share of the time, in (0, 1].
-fn duty(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d > 0.0 && d <= 1.0 => Ok(d),
-        _ => Err(format!(
-            "{s:?} is not a share of the time in (0, 1], such as 0.2"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_purge_duty_is_a_share_of_the_time() {
-        assert_eq!(super::duty("0.2"), Ok(0.2));
-        assert_eq!(super::duty("1"), Ok(1.0));
-        for bad in ["0", "-0.5", "1.5", "NaN", "fast"] {
-            assert!(super::duty(bad).is_err(), "{bad}");
-        }
-    }
-
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {

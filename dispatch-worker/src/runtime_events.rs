@@ -61,7 +61,7 @@ async fn store(
             event.call_id, event.tenant_id
         )));
     };
-    let (payload, _) = mode.payload(&event.data);
+    let payload = mode.payload(&event.data);
     // The event id is the row id and the idempotency key: a redelivery hits
     // the conflict and adds nothing.
     let inserted: Option<uuid::Uuid> = sqlx::query_scalar(
@@ -74,7 +74,7 @@ async fn store(
     .bind(event.call_id)
     .bind(event.tenant_id)
     .bind(&event.kind)
-    .bind(&payload)
+    .bind(payload.as_ref())
     .bind(event.occurred_at)
     .fetch_optional(&mut *tx)
     .await?;

@@ -156,6 +156,16 @@ pub fn positive_duration(value: &str) -> Result<std::time::Duration, String> {
     Ok(duration)
 }
 
+/// A share of the time, in (0, 1] (the retention purge's duty).
+pub fn share_of_time(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err(format!(
+            "{value:?} is not a share of the time in (0, 1], such as 0.2"
+        )),
+    }
+}
+
 fn parse_prefix(value: &str) -> Result<String, String> {
     if value
         .chars()
@@ -391,6 +401,15 @@ pub fn decode_key(encoded: &str) -> Result<[u8; 32], ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_duty_is_a_share_of_the_time() {
+        assert_eq!(share_of_time("0.2"), Ok(0.2));
+        assert_eq!(share_of_time("1"), Ok(1.0));
+        for bad in ["0", "-0.5", "1.5", "NaN", "fast"] {
+            assert!(share_of_time(bad).is_err(), "{bad}");
+        }
+    }
 
     fn common(env: AppEnv) -> CommonArgs {
         CommonArgs {

@@ -95,19 +95,27 @@ impl DataStorage {
     }
 
     /// A JSON payload (a runtime event's data, a tool's input or output)
-    /// as stored, and whether anything was replaced or left out. Under
-    /// `basic_attributes_only` it is an empty object.
-    pub fn payload(self, value: &Value) -> (Value, bool) {
+    /// as stored: borrowed back unchanged, owned when anything was
+    /// replaced or left out. Under `basic_attributes_only` it is an empty
+    /// object.
+    pub fn payload(self, value: &Value) -> Cow<'_, Value> {
         match self {
-            DataStorage::Everything => (value.clone(), false),
+            DataStorage::Everything => Cow::Borrowed(value),
             DataStorage::EverythingExceptPii => {
                 let mut changed = false;
                 let redacted = redact_json(value, &mut changed);
-                (redacted, changed)
+                if changed {
+                    Cow::Owned(redacted)
+                } else {
+                    Cow::Borrowed(value)
+                }
             }
             DataStorage::BasicAttributesOnly => {
-                let empty = value.as_object().is_some_and(Map::is_empty);
-                (Value::Object(Map::new()), !empty)
+                if value.as_object().is_some_and(Map::is_empty) {
+                    Cow::Borrowed(value)
+                } else {
+                    Cow::Owned(Value::Object(Map::new()))
+                }
             }
         }
     }
@@ -124,13 +132,14 @@ impl DataStorage {
         let mode = mode.unwrap_or(DataStorage::BasicAttributesOnly);
         let mut out = Map::new();
         for (key, value) in params {
+            let number = TWILIO_NUMBER_PARAMS.contains(&key);
+            let party = TWILIO_PARTY_PARAMS.contains(&key);
             let kept = match mode {
                 DataStorage::Everything => Some(value.to_owned()),
-                _ if TWILIO_NUMBER_PARAMS.contains(&key) => {
-                    Some(mode.number(value)).filter(|_| mode == DataStorage::EverythingExceptPii)
-                }
-                _ if TWILIO_PARTY_PARAMS.contains(&key) => None,
+                _ if party => None,
+                DataStorage::EverythingExceptPii if number => Some(mode.number(value)),
                 DataStorage::EverythingExceptPii => Some(redact_text(value).into_owned()),
+                DataStorage::BasicAttributesOnly if number => None,
                 DataStorage::BasicAttributesOnly => Some(value.to_owned()),
             };
             if let Some(kept) = kept {
@@ -444,21 +453,25 @@ mod tests {
             "notes": ["card 4111111111111111", "order 1234"],
             "count": 3,
         });
-        let (out, changed) = DataStorage::EverythingExceptPii.payload(&input);
-        assert!(changed);
+        let out = DataStorage::EverythingExceptPii.payload(&input);
+        assert!(matches!(out, Cow::Owned(_)), "flagged as changed");
         assert_eq!(
-            out,
+            *out,
             json!({
                 "caller": {"email": "[EMAIL]", "phone": "[PHONE]"},
                 "notes": ["card [CARD]", "order 1234"],
                 "count": 3,
             })
         );
-        let (same, changed) = DataStorage::EverythingExceptPii.payload(&json!({"a": "b"}));
-        assert_eq!((same, changed), (json!({"a": "b"}), false));
-        let (none, changed) = DataStorage::BasicAttributesOnly.payload(&input);
-        assert_eq!((none, changed), (json!({}), true));
-        assert_eq!(DataStorage::Everything.payload(&input), (input, false));
+        let plain = json!({"a": "b"});
+        let same = DataStorage::EverythingExceptPii.payload(&plain);
+        assert!(matches!(same, Cow::Borrowed(v) if *v == plain), "unchanged");
+        let none = DataStorage::BasicAttributesOnly.payload(&input);
+        assert!(
+            matches!(none, Cow::Owned(ref v) if *v == json!({})),
+            "emptied"
+        );
+        assert!(matches!(DataStorage::Everything.payload(&input), Cow::Borrowed(v) if *v == input));
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub async fn record_outcome<'e>(
     // Stored under the tenant's storage mode: n8n's output and an error
     // that may quote it never reach Postgres unredacted.
     let mode = ctx.data_storage;
-    let output = outcome.output.as_ref().map(|o| mode.payload(o).0);
+    let output = outcome.output.as_ref().map(|o| mode.payload(o));
     let error = outcome.error.as_ref().map(|e| ToolError {
         code: e.code.clone(),
         message: mode.message(&e.message).into_owned(),
@@ -189,7 +189,7 @@ pub async fn record_outcome<'e>(
     let (updated, _): (i64, String) = sqlx::query_as(RECORD_SQL)
         .bind(ctx.id)
         .bind(outcome.status.as_str())
-        .bind(&output)
+        .bind(output.as_deref())
         .bind(error.as_ref().map(|e| e.code.as_str()))
         .bind(error.as_ref().map(|e| e.message.as_str()))
         .bind(outcome.http_status.map(i32::from))

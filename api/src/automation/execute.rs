@@ -221,7 +221,7 @@ async fn execute(
         .fetch_optional(&state.pool)
         .await?
         .unwrap_or_default();
-    let (stored_input, _) = mode.payload(&body.input_json);
+    let stored_input = mode.payload(&body.input_json);
     let checked = check_and_enqueue(
         state,
         claims.tenant_id,

@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.batch)]
     batch: i64,
     /// The share of the time batches may fill (`RETENTION_PURGE_DUTY`).
-    #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.duty)]
+    #[arg(long, default_value_t = shared::retention::Pace::DEFAULT.duty, value_parser = shared::config::share_of_time)]
     duty: f64,
     /// Compute the KPI rollups until nothing is due, then exit.
     #[arg(long)]
