@@ -312,11 +312,11 @@ impl EventRef {
 type Item = Result<EventRef, String>;
 
 /// See [`Lifecycle::create_dispatches`]: the batch is one call of
-/// `create_dispatches` (migration 0012), which handles it a row at a time
-/// with primary-key statements (a set-wise statement over the batch's arrays
-/// is planned as a whole-table scan while the tables are small, and keeps
-/// that plan as they grow: docs/decisions/0037-plan-stable-keys.md), in one
-/// round trip and one commit. The handoff payload is the
+/// `create_dispatches` (migration 0022), one statement over the whole batch
+/// whose joins the function pins to nested loops over unique keys (left to
+/// itself, the planner takes a whole-table scan while the tables are small,
+/// and keeps that plan as they grow: docs/decisions/0037-plan-stable-keys.md),
+/// in one round trip and one commit. The handoff payload is the
 /// [`shared::calls::HandoffRequested`] shape; the handoff event's id is its
 /// dispatch's id.
 const CREATE_DISPATCHES: &str = "

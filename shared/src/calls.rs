@@ -333,8 +333,8 @@ pub async fn publish_and_record(
     let (acked, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
     let acked: Vec<Uuid> = acked.into_iter().map(|(id, _)| id).collect();
     let failed: Vec<Uuid> = failed.into_iter().map(|(id, _)| id).collect();
-    // One round trip, no BEGIN/COMMIT; `record_publishes` (migration 0012)
-    // updates each event by its primary key and does not wait for the WAL
+    // One round trip, no BEGIN/COMMIT; `record_publishes` (migration 0022)
+    // updates the events by their primary key and does not wait for the WAL
     // flush (a lost record only means one more deduplicated publish).
     sqlx::query("SELECT record_publishes($1, $2)")
         .bind(&acked)

@@ -242,7 +242,7 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
         !captured
             .reads_of(
                 "call_events",
-                "type = 'call.inbound' AND processed_at IS NULL"
+                "e.type = 'call.inbound' AND e.processed_at IS NULL"
             )
             .is_empty()
     );
