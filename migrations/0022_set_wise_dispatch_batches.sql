@@ -62,7 +62,9 @@ BEGIN
                c.ciphertext, c.nonce, p_key_id, p_expires_at
         FROM calls c
     ), pinned AS (
-        -- The call keeps the agent version it was dispatched with.
+        -- The ingress pins a call's agent version as it rings; one whose
+        -- agent had no active version then keeps the one it is dispatched
+        -- with.
         UPDATE call_sessions s SET agent_version_id = c.version_id, updated_at = now()
         FROM calls c
         WHERE s.id = c.call_id AND c.unversioned AND c.version_id IS NOT NULL

@@ -203,8 +203,9 @@ impl Lifecycle {
 
     /// For every still-unprocessed inbound event of `event_ids`, in ONE
     /// statement: mark it processed, create the call's dispatch (pending,
-    /// sealed join token, expiry), fix the call's agent version (the agent's
-    /// active version at ring time) and append the handoff outbox event.
+    /// sealed join token, expiry), pin the call's agent version where the
+    /// ingress could not (the agent had none active as it rang) and append
+    /// the handoff outbox event.
     /// Returns the handoff events to publish. Events already processed (a
     /// redelivery) and calls that already have a dispatch produce nothing.
     async fn create_dispatches(

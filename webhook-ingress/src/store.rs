@@ -250,6 +250,9 @@ pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Sto
 /// retry) creates its session from the first webhook, since Postgres cannot
 /// upsert one row twice in a statement; each webhook still gets its event.
 ///
+/// A new session is pinned to its agent's active version as it rings: the
+/// version that answers it, whatever is published while it is dispatched.
+///
 /// A new inbound call is admitted against its tenant's and agent's
 /// concurrent-call limits in the same statement (`admit_inbound_calls`,
 /// migration 0015, over `$16..$18`: the group's inbound calls, each CallSid
@@ -268,10 +271,13 @@ WITH input AS (
     SELECT * FROM admit_inbound_calls($16::text[], $17::uuid[], $18::uuid[])
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
-                               from_number, to_number, direction, started_at, live,
-                               status, rejected_reason, ended_at, data_storage)
+                               agent_version_id, from_number, to_number, direction, started_at,
+                               live, status, rejected_reason, ended_at, data_storage)
     SELECT DISTINCT ON (i.call_sid) i.session_id, i.tenant_id, i.call_sid, i.account_sid,
-           i.phone_number_id, i.agent_id, i.from_number, i.to_number, i.direction, i.occurred_at,
+           i.phone_number_id, i.agent_id,
+           (SELECT g.active_version_id FROM agents g
+            WHERE g.id = i.agent_id AND g.tenant_id IS NOT DISTINCT FROM i.tenant_id),
+           i.from_number, i.to_number, i.direction, i.occurred_at,
            COALESCE(a.admitted, false),
            CASE WHEN NOT a.admitted THEN 'rejected' ELSE 'ringing' END,
            CASE WHEN NOT a.admitted THEN 'capacity' END,

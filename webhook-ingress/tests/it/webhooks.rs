@@ -39,13 +39,21 @@ async fn signed_inbound_commits_once_answers_stream_and_publishes(pool: PgPool) 
     }
     assert_eq!(app.count("SELECT count(*) FROM call_sessions").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM call_events").await, 1);
-    let (tenant, agent, number): (uuid::Uuid, Option<uuid::Uuid>, Option<uuid::Uuid>) =
-        sqlx::query_as("SELECT tenant_id, agent_id, phone_number_id FROM call_sessions")
-            .fetch_one(&app.pool)
-            .await
-            .expect("session");
+    let (tenant, agent, version, number): (
+        uuid::Uuid,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+    ) = sqlx::query_as(
+        "SELECT tenant_id, agent_id, agent_version_id, phone_number_id FROM call_sessions",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("session");
     assert_eq!(tenant, seeded.tenant_id);
     assert_eq!(agent, Some(seeded.agent_id));
+    // Pinned as it rang: the agent's active version answers the call.
+    assert_eq!(version, Some(seeded.version_id));
     assert_eq!(number, Some(seeded.phone_number_id));
 
     // Published once (deduplicated by event id); the dispatch-worker, not
