@@ -13,7 +13,9 @@
 -- grow (docs/decisions/0037-plan-stable-keys.md). Every join here goes from
 -- the batch to one row by a unique key, so a nested loop over the key's
 -- index is the right plan at any table size; the SET clauses say so to the
--- planner for these statements only.
+-- planner for these statements only. They also keep the generic plan: one
+-- made for each batch's arrays never looks costlier, so Postgres would
+-- otherwise plan the statement anew for every batch.
 
 CREATE OR REPLACE FUNCTION create_dispatches(
     p_event_ids    uuid[],
@@ -26,6 +28,7 @@ CREATE OR REPLACE FUNCTION create_dispatches(
 ) RETURNS SETOF call_events
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     RETURN QUERY
@@ -91,6 +94,7 @@ $$;
 CREATE OR REPLACE FUNCTION record_publishes(p_acked uuid[], p_failed uuid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);

@@ -32,7 +32,8 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::db::create_database_if_missing(&config.db.database_url)
         .await
         .context("cannot reach Postgres to create the database")?;
-    let pool = shared::db::connect_lazy(&config.db).context("bad DATABASE_URL")?;
+    let pool = shared::db::connect_lazy(&config.db, shared::db::Plans::Default)
+        .context("bad DATABASE_URL")?;
     shared::db::migrate(&pool)
         .await
         .context("migrations failed")?;

@@ -47,6 +47,7 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     let io = Connections::open(
         "automation-worker",
         &config.db,
+        shared::db::Plans::Default,
         &config.nats,
         config.listen_addr,
     )

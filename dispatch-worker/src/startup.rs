@@ -31,6 +31,9 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     let io = Connections::open(
         "dispatch-worker",
         &config.db,
+        // Its periodic jobs (purge, rollups) scan ranges: Postgres's own
+        // choice there; the hot batch functions set theirs (migration 0022).
+        shared::db::Plans::Default,
         &config.nats,
         config.listen_addr,
     )

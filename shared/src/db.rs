@@ -15,10 +15,29 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// A connection idle for longer than this is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
+/// How a pool's connections choose between a prepared statement's plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// Postgres's own choice: a plan made for each execution's parameters
+    /// until a generic one looks no costlier.
+    Default,
+    /// The generic plan, always (`plan_cache_mode = force_generic_plan`).
+    /// For a service whose statements all go by key, as the ingress's do:
+    /// a statement over a batch's arrays never looks as cheap generic as
+    /// planned for the arrays it was given, so Postgres would plan it anew
+    /// for every batch (about 0.3 ms, more than it then takes to run), and
+    /// the generic plan is the one the plan guards check
+    /// (docs/decisions/0037-plan-stable-keys.md).
+    Generic,
+}
+
 /// Opens the pool. Connections are made lazily so a binary can start (and
 /// report not-ready) while Postgres is still coming up.
-pub fn connect_lazy(args: &DbArgs) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = args.database_url.parse()?;
+pub fn connect_lazy(args: &DbArgs, plans: Plans) -> Result<PgPool, sqlx::Error> {
+    let mut options: PgConnectOptions = args.database_url.parse()?;
+    if plans == Plans::Generic {
+        options = options.options([("plan_cache_mode", "force_generic_plan")]);
+    }
     Ok(pool_options(args.database_max_connections)
         .connect_lazy_with(options.application_name(env!("CARGO_PKG_NAME"))))
 }
@@ -78,4 +97,34 @@ pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[sqlx::test(migrations = false)]
+    async fn a_generic_pool_keeps_generic_plans_and_a_default_one_leaves_postgres_to_choose(
+        pool: PgPool,
+    ) {
+        // The test's own database on the server DATABASE_URL names.
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+        let (server, _) = server.rsplit_once('/').expect("a URL with a path");
+        let database = pool.connect_options().get_database().map(str::to_owned);
+        let args = DbArgs {
+            database_url: format!("{server}/{}", database.expect("a database")),
+            database_max_connections: 1,
+        };
+        for (plans, expected) in [
+            (Plans::Generic, "force_generic_plan"),
+            (Plans::Default, "auto"),
+        ] {
+            let pool = connect_lazy(&args, plans).expect("a URL");
+            let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+                .fetch_one(&pool)
+                .await
+                .expect("a connection");
+            assert_eq!(mode, expected, "{plans:?}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::config::{DbArgs, NatsArgs};
+use crate::db::Plans;
 
 /// A service's connections, opened in that order.
 pub struct Connections {
@@ -21,10 +22,11 @@ impl Connections {
     pub async fn open(
         service: &str,
         db: &DbArgs,
+        plans: Plans,
         nats: &NatsArgs,
         listen_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let pool = crate::db::connect_lazy(db).context("bad DATABASE_URL")?;
+        let pool = crate::db::connect_lazy(db, plans).context("bad DATABASE_URL")?;
         let nats = crate::nats::connect(nats, service).await?;
         let listener = tokio::net::TcpListener::bind(listen_addr)
             .await

@@ -29,6 +29,8 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     let io = Connections::open(
         "webhook-ingress",
         &config.db,
+        // Its statements are the call flow's hot path, all by key.
+        shared::db::Plans::Generic,
         &config.nats,
         config.listen_addr,
     )
