@@ -34,12 +34,19 @@ pub enum Plans {
 /// Opens the pool. Connections are made lazily so a binary can start (and
 /// report not-ready) while Postgres is still coming up.
 pub fn connect_lazy(args: &DbArgs, plans: Plans) -> Result<PgPool, sqlx::Error> {
-    let mut options: PgConnectOptions = args.database_url.parse()?;
+    let options: PgConnectOptions = args.database_url.parse()?;
+    let mut pool = pool_options(args.database_max_connections);
     if plans == Plans::Generic {
-        options = options.options([("plan_cache_mode", "force_generic_plan")]);
+        // A SET once per connection rather than a startup option, which
+        // PgBouncer refuses unless told to ignore it.
+        pool = pool.after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, "SET plan_cache_mode = force_generic_plan").await?;
+                Ok(())
+            })
+        });
     }
-    Ok(pool_options(args.database_max_connections)
-        .connect_lazy_with(options.application_name(env!("CARGO_PKG_NAME"))))
+    Ok(pool.connect_lazy_with(options.application_name(env!("CARGO_PKG_NAME"))))
 }
 
 /// The pool settings every binary (and the benchmarks) use.
