@@ -2,8 +2,8 @@
 -- as statements over the whole batch instead of a loop of one-row
 -- statements. A loop pays, for every row and every statement, an executor
 -- start, the table's CHECK constraints read back from the catalog's text
--- and the statement's triggers set up: most of the Postgres time of an
--- inbound call. A statement over the batch pays them once.
+-- and the statement's triggers set up: the largest share of Postgres's time
+-- per inbound call. A statement over the batch pays them once.
 --
 -- Why the join methods are pinned (the function's SET clauses): the
 -- planner takes a batch's array to hold ten rows whatever its length, and
