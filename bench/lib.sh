@@ -70,10 +70,7 @@ INSERT INTO runtime_dispatches (id, tenant_id, call_id, status, expires_at, clai
 SELECT gen_random_uuid(), tenant_id, id, 'claimed', started_at + interval '1 minute', 'runtime', started_at
 FROM call_sessions;
 SQL
-    # A deployment that took these calls computed their hours' KPI rollups
-    # as each hour ended: done here, rather than by the worker in the
-    # measurement's first seconds.
-    "$BIN/retention-purge" --database-url "$PG/$db?sslmode=disable" --settle | sed 's/^/  history: /' >&2
+    settle_kpi_rollups "$db" "  history: " >&2
     # Autovacuum, not this script, decides when the tables get statistics,
     # as in a running deployment: wait (bounded) until it has been by. A
     # server with autovacuum off (CI machines often are) leaves them without
@@ -90,6 +87,14 @@ SQL
   psql "$PG/postgres" -qAtc "ALTER DATABASE $db WITH ALLOW_CONNECTIONS false" >/dev/null
   psql "$PG/postgres" -qAtc "CHECKPOINT" >/dev/null
   echo "$tenant"
+}
+
+# Computes database $1's KPI rollups until none is due, each output line
+# prefixed by $2: a deployment holding past calls computed their hours'
+# rollups as each hour ended, so a template holding them does too, rather
+# than leave it to the worker in a measurement's first seconds.
+settle_kpi_rollups() {
+  "$BIN/retention-purge" --database-url "$PG/$1?sslmode=disable" --settle | sed "s/^/$2/"
 }
 
 # Waits, at most $2 seconds, until autovacuum has been by (column $3 of

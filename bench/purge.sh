@@ -55,7 +55,7 @@ echo "  loaded in $(($(date +%s) - loaded_at)) s"
 # as each hour ended, and autovacuum has long been by: the loading
 # script's marks are consumed the same way, and autovacuum waited for
 # (bounded), rather than left to land in a measurement.
-"$BIN/retention-purge" --database-url "$PG/$template?sslmode=disable" --settle | sed 's/^/  /'
+settle_kpi_rollups "$template" "  "
 if vacuumed=$(await_autovacuum "$template" 240 last_autovacuum \
   call_sessions call_events transcript_segments kpi_dirty_hours); then
   echo "  autovacuum had been by $vacuumed of the 4 big tables"

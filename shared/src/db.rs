@@ -105,33 +105,3 @@ pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[sqlx::test(migrations = false)]
-    async fn a_generic_pool_keeps_generic_plans_and_a_default_one_leaves_postgres_to_choose(
-        pool: PgPool,
-    ) {
-        // The test's own database on the server DATABASE_URL names.
-        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
-        let (server, _) = server.rsplit_once('/').expect("a URL with a path");
-        let database = pool.connect_options().get_database().map(str::to_owned);
-        let args = DbArgs {
-            database_url: format!("{server}/{}", database.expect("a database")),
-            database_max_connections: 1,
-        };
-        for (plans, expected) in [
-            (Plans::Generic, "force_generic_plan"),
-            (Plans::Default, "auto"),
-        ] {
-            let pool = connect_lazy(&args, plans).expect("a URL");
-            let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-                .fetch_one(&pool)
-                .await
-                .expect("a connection");
-            assert_eq!(mode, expected, "{plans:?}");
-        }
-    }
-}
