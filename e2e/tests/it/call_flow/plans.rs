@@ -251,3 +251,44 @@ async fn every_per_call_read_of_the_call_flow_pins_one_row(pool: PgPool) {
         .await;
     w.delete_streams().await;
 }
+
+/// What a row trigger costs before it does anything: a function called in a
+/// trigger's `WHEN` is inlined, its body parsed again for every statement,
+/// and an SQL function that reads a table (never inlined) is parsed and
+/// planned on every call, where PL/pgSQL plans once per connection
+/// (migrations/0023_per_row_trigger_costs.sql).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn row_triggers_parse_and_plan_nothing_per_call(pool: PgPool) {
+    let called_in_when: Vec<String> = sqlx::query_scalar(
+        "SELECT t.tgrelid::regclass || '.' || t.tgname || ' calls ' || p.proname
+         FROM pg_trigger t
+         JOIN pg_depend d ON d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
+                         AND d.refclassid = 'pg_proc'::regclass AND d.refobjid <> t.tgfoid
+         JOIN pg_proc p ON p.oid = d.refobjid
+         WHERE NOT t.tgisinternal AND p.pronamespace = 'public'::regnamespace",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("trigger dependencies");
+    assert!(
+        called_in_when.is_empty(),
+        "write the expression in the WHEN: {called_in_when:?}"
+    );
+    // The SQL functions left are expressions, inlined where they are used.
+    let sql_functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+         WHERE p.pronamespace = 'public'::regnamespace AND l.lanname = 'sql' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("sql functions");
+    assert_eq!(
+        sql_functions,
+        [
+            "kpi_compaction_cutoff",
+            "kpi_hour_needs_mark",
+            "webhook_call_data"
+        ],
+        "a new SQL-language function that reads a table is parsed and planned on every call: write it in PL/pgSQL"
+    );
+}
