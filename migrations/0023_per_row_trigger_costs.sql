@@ -1,7 +1,7 @@
 -- What the hot paths' row triggers cost before they do anything. Profiled
 -- at 1,000 inbound calls/s (small groups, so what a statement pays once
 -- weighs as much as what it pays per row), two SQL-language functions were
--- the largest part of it:
+-- parsed anew there:
 --
 -- * `webhook_subscribed`, asked by every webhook trigger (`call.started` on
 --   every inbound call the dispatch-worker takes), cannot be inlined (its
@@ -13,8 +13,8 @@
 --   so its body was parsed and analyzed again for every statement that
 --   inserts or updates calls or tool executions. The WHEN clauses now hold
 --   the expression itself. The function stays for the marking functions
---   (PL/pgSQL, planned once per connection) and keeps the rule's one
---   definition: the clauses below must say the same.
+--   (PL/pgSQL, planned once per connection); the clauses below restate its
+--   rule and must agree with it.
 
 CREATE OR REPLACE FUNCTION webhook_subscribed(p_tenant uuid, p_type text) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
