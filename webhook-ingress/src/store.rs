@@ -259,7 +259,10 @@ pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Sto
 /// migration 0015, over `$16..$18`: the group's inbound calls, each CallSid
 /// once): admitted calls are `live`, refused ones are `rejected` (ended at
 /// once, with `rejected_reason`). An existing session keeps what it was
-/// given.
+/// given. When no tenant or agent of the group has a limit (the common
+/// case), every inbound call is admitted and the function, five statements
+/// of its own, is not run: the gate reads each limit by primary key, as the
+/// function's own first read does, without a lock.
 const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
@@ -270,6 +273,10 @@ WITH input AS (
                              payload, occurred_at, trace_id, data_storage, ord)
 ), admission AS (
     SELECT * FROM admit_inbound_calls($16::text[], $17::uuid[], $18::uuid[])
+    WHERE EXISTS (SELECT 1 FROM unnest($17::uuid[]) AS u(id)
+                  WHERE (SELECT max_concurrent_calls FROM tenants WHERE id = u.id) IS NOT NULL)
+       OR EXISTS (SELECT 1 FROM unnest($18::uuid[]) AS u(id)
+                  WHERE (SELECT max_concurrent_calls FROM agents WHERE id = u.id) IS NOT NULL)
 ), s AS (
     INSERT INTO call_sessions (id, tenant_id, call_sid, account_sid, phone_number_id, agent_id,
                                agent_version_id, from_number, to_number, direction, started_at,
@@ -279,7 +286,9 @@ WITH input AS (
            (SELECT g.active_version_id FROM agents g
             WHERE g.id = i.agent_id AND g.tenant_id IS NOT DISTINCT FROM i.tenant_id),
            i.from_number, i.to_number, i.direction, i.occurred_at,
-           COALESCE(a.admitted, false),
+           -- Without an admission row: admitted if it is an inbound call
+           -- (no limit applies), not live if only a callback made it.
+           COALESCE(a.admitted, i.call_sid = ANY ($16::text[])),
            CASE WHEN NOT a.admitted THEN 'rejected' ELSE 'ringing' END,
            CASE WHEN NOT a.admitted THEN 'capacity' END,
            CASE WHEN NOT a.admitted THEN i.occurred_at END,

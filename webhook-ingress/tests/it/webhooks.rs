@@ -405,6 +405,9 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
     };
     let a = "CA00000000000000000000000000000018";
     let b = "CA00000000000000000000000000000019";
+    // A call whose inbound webhook went to the fallback URL: its status
+    // callback creates the session.
+    let c = "CA00000000000000000000000000000020";
     let group = [
         write(a, "call.inbound", a),
         write(b, "call.inbound", b),
@@ -412,6 +415,7 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
         // webhook, land in the same group.
         write(a, "call.status", &format!("{a}:ringing")),
         write(a, "call.inbound", a),
+        write(c, "call.status", &format!("{c}:in-progress")),
     ];
     let refs: Vec<&CallWrite> = group.iter().collect();
     let stored = write_group(&pool, &refs)
@@ -431,7 +435,7 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
     assert_ne!(calls[0].0, calls[1].0);
     assert_eq!(
         calls.iter().map(|c| c.1).collect::<Vec<_>>(),
-        [true, true, true, false]
+        [true, true, true, false, true]
     );
     let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM call_sessions")
         .fetch_one(&pool)
@@ -441,7 +445,22 @@ async fn one_group_may_name_a_call_sid_twice(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!((sessions, events), (2, 3));
+    assert_eq!((sessions, events), (3, 4));
+    // The tenant has no limit: its inbound calls are admitted without the
+    // admission function, and a session a callback made is not counted.
+    let live: Vec<(String, bool)> =
+        sqlx::query_as("SELECT call_sid, live FROM call_sessions ORDER BY call_sid")
+            .fetch_all(&pool)
+            .await
+            .expect("sessions");
+    assert_eq!(
+        live,
+        [
+            (a.to_owned(), true),
+            (b.to_owned(), true),
+            (c.to_owned(), false)
+        ]
+    );
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
