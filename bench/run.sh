@@ -15,8 +15,9 @@
 # prefix, and measures from the first webhook (no warm-up): the fixed
 # arrival rate (latency), the saturation run (throughput per 5-second
 # window, so a decline as the tables grow shows), and pgbench running the
-# minimum SQL of one inbound call (the machine's limit, same run). A table
-# of the states side by side ends the run. Everything it starts is stopped.
+# minimum SQL of one inbound call at the fixed rate and at saturation (the
+# machine's limits, same run). A table of the states side by side ends
+# the run. Everything it starts is stopped.
 #
 #   bash bench/run.sh                              # every state
 #   MODES=empty bash bench/run.sh                  # the empty database only
@@ -83,7 +84,6 @@ for mode in $MODES; do
 
   echo
   echo "== pgbench: the minimum SQL of one inbound call (session upsert + outbox insert, one commit) =="
-  copy_database "$template" "${template}_pgbench"
   cat >".stack/bench-inbound.sql" <<SQL
 \set n random(1, 2000000000)
 WITH s AS (
@@ -96,11 +96,22 @@ INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload,
 SELECT gen_random_uuid(), s.tenant_id, s.id, 'call.inbound', 'PB' || :client_id || '_' || :n, '{}', true FROM s
 ON CONFLICT (call_id, idempotency_key) DO NOTHING;
 SQL
+  # At the fixed rate: the latency of that SQL alone, timed from each
+  # transaction's scheduled start as loadgen times webhooks. The floor
+  # under the pipeline's TwiML latency on this machine, in this run.
+  copy_database "$template" "${template}_pgfixed"
+  rm -f .stack/pgbench-fixed.*
+  pgbench -n -M prepared -c "$CONNECTIONS" -j 2 -R "$RATE" -T "${FIXED%s}" -l --log-prefix=.stack/pgbench-fixed \
+    -f .stack/bench-inbound.sql "$PG/${template}_pgfixed" >/dev/null 2>&1
+  read -r pgbench_p50 pgbench_p99 < <(cat .stack/pgbench-fixed.* | awk '{ print $3 / 1000 }' | sort -n \
+    | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f %.2f\n", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1]; else print "- -" }')
+  echo "  pgbench at $RATE/s for $FIXED, $CONNECTIONS clients: latency p50 $pgbench_p50 ms, p99 $pgbench_p99 ms"
+  copy_database "$template" "${template}_pgbench"
   pgbench_tps=$(pgbench -n -M prepared -c "$CONNECTIONS" -j 2 -T "${SATURATION%s}" -f .stack/bench-inbound.sql \
     "$PG/${template}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9]*\).*/\1/p')
   echo "  pgbench clients=$CONNECTIONS: $pgbench_tps inbound calls/s (one commit each)"
 
-  result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs)"
+  result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs) $pgbench_p99"
 done
 
 echo
@@ -128,6 +139,7 @@ done
 echo
 row "worst 5-s window / best" 2
 row "fixed rate: TwiML p99 ms" 3
+row "pgbench at that rate: p99 ms" 7
 row "fixed rate: handoff p99 ms" 4
 row "fixed rate: accepted/handed off" 5
 row "saturation: accepted/handed off" 6

@@ -19,12 +19,15 @@ use uuid::Uuid;
 
 use shared::consumer::Outcome;
 
+use crate::publish_records::PublishRecorder;
+
 pub struct Lifecycle {
     pub pool: PgPool,
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub secrets: SecretBox,
     pub dispatch_ttl: Duration,
+    pub publish_records: PublishRecorder,
 }
 
 #[derive(sqlx::FromRow)]
@@ -250,8 +253,9 @@ impl Lifecycle {
         Ok(rows)
     }
 
-    /// Publishes right away and records the acks in one update; whatever
-    /// fails here the relay publishes later.
+    /// Publishes right away and hands the outcome to the publish records
+    /// (written together with other batches'); whatever fails here the
+    /// relay publishes later.
     async fn publish_handoffs(&self, rows: Vec<OutboxRow>) {
         // The handoff event's id is its message id: a relay republish of the
         // same event collapses with this one.
@@ -262,17 +266,10 @@ impl Lifecycle {
                 (row, id)
             })
             .collect();
-        if let Err(err) = shared::calls::publish_and_record(
-            &self.js,
-            &self.subjects,
-            &self.pool,
-            &rows,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            tracing::warn!(%err, "cannot mark handoffs published");
-        }
+        let outcome =
+            shared::calls::publish_rows(&self.js, &self.subjects, &rows, Duration::from_secs(5))
+                .await;
+        self.publish_records.record(outcome).await;
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus_recovery::BusRecovery;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
+use crate::publish_records::PublishRecorder;
 use crate::relay::Relay;
 use shared::consumer::ConsumerSpec;
 
@@ -23,6 +24,8 @@ pub const CALLS_CONSUMER: &str = "dispatch-worker";
 pub const RUNTIME_EVENTS_CONSUMER: &str = "dispatch-worker-runtime-events";
 /// Redelivery after this long unacknowledged; handlers are idempotent.
 const CONSUMER_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a handoff's publish waits to be recorded with others'.
+const PUBLISH_RECORDS_FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 pub async fn main(config: Config) -> anyhow::Result<()> {
     shared::install_crypto_providers();
@@ -130,12 +133,18 @@ pub async fn run(
 
     if let Some((calls, events)) = consumers {
         let concurrency = usize::from(config.concurrency);
+        // Well inside the relay's wait, so it does not publish a handoff
+        // again only because its record is still queued.
+        let flush_after = (config.relay_publish_after / 4).min(PUBLISH_RECORDS_FLUSH_AFTER);
+        let (publish_records, record_writer) = PublishRecorder::start(pool.clone(), flush_after);
+        tasks.background.spawn(|stop| record_writer.run(stop));
         let lifecycle = Arc::new(Lifecycle {
             pool: pool.clone(),
             js: js.clone(),
             subjects: subjects.clone(),
             secrets: SecretBox::new(&key),
             dispatch_ttl: Duration::from_secs(u64::from(config.dispatch_ttl_seconds)),
+            publish_records,
         });
         tasks
             .background

@@ -306,22 +306,37 @@ pub async fn publish_outbox_row(
     }
 }
 
-/// Publishes each row under its `Nats-Msg-Id` (at most `timeout` per ack),
-/// then records the outcome in one statement: acked events are marked
-/// published (handoff events have no consumer in this system that reports
-/// back, so publishing them also completes them), every attempt is counted,
-/// and any relay lease is released. Returns how many were acked. Used by the
-/// dispatch-worker for its fresh handoffs and by the relay.
-pub async fn publish_and_record(
+/// Which outbox events a publish round got into JetStream and which it did
+/// not, by event id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    pub acked: Vec<Uuid>,
+    pub failed: Vec<Uuid>,
+}
+
+impl PublishOutcome {
+    pub fn len(&self) -> usize {
+        self.acked.len() + self.failed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn extend(&mut self, other: PublishOutcome) {
+        self.acked.extend(other.acked);
+        self.failed.extend(other.failed);
+    }
+}
+
+/// Publishes each row under its `Nats-Msg-Id`, all at once, waiting at most
+/// `timeout` for each ack.
+pub async fn publish_rows(
     js: &async_nats::jetstream::Context,
     subjects: &Subjects,
-    pool: &sqlx::PgPool,
     rows: &[(OutboxRow, String)],
     timeout: std::time::Duration,
-) -> Result<usize, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
+) -> PublishOutcome {
     let results = futures::future::join_all(rows.iter().map(|(row, msg_id)| async move {
         let result = publish_outbox_row(js, subjects, row, msg_id, timeout).await;
         if let Err(err) = &result {
@@ -330,18 +345,50 @@ pub async fn publish_and_record(
         (row.id, result.is_ok())
     }))
     .await;
-    let (acked, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
-    let acked: Vec<Uuid> = acked.into_iter().map(|(id, _)| id).collect();
-    let failed: Vec<Uuid> = failed.into_iter().map(|(id, _)| id).collect();
-    // One round trip, no BEGIN/COMMIT; `record_publishes` (migration 0022)
-    // updates the events by their primary key and does not wait for the WAL
-    // flush (a lost record only means one more deduplicated publish).
+    let mut outcome = PublishOutcome::default();
+    for (id, ok) in results {
+        if ok {
+            outcome.acked.push(id);
+        } else {
+            outcome.failed.push(id);
+        }
+    }
+    outcome
+}
+
+/// Records a publish round in one statement (`record_publishes`, migration
+/// 0022; one round trip, no BEGIN/COMMIT, no wait for the WAL flush: a lost
+/// record only means one more deduplicated publish): acked events are
+/// marked published (handoff events have no consumer in this system that
+/// reports back, so publishing them also completes them), every attempt is
+/// counted, and any relay lease is released.
+pub async fn record_publishes(
+    pool: &sqlx::PgPool,
+    outcome: &PublishOutcome,
+) -> Result<(), sqlx::Error> {
+    if outcome.is_empty() {
+        return Ok(());
+    }
     sqlx::query("SELECT record_publishes($1, $2)")
-        .bind(&acked)
-        .bind(&failed)
+        .bind(&outcome.acked)
+        .bind(&outcome.failed)
         .execute(pool)
         .await?;
-    Ok(acked.len())
+    Ok(())
+}
+
+/// Publishes `rows` and records the outcome at once; returns how many were
+/// acked. The relay's round: it must release its leases before its next.
+pub async fn publish_and_record(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    pool: &sqlx::PgPool,
+    rows: &[(OutboxRow, String)],
+    timeout: std::time::Duration,
+) -> Result<usize, sqlx::Error> {
+    let outcome = publish_rows(js, subjects, rows, timeout).await;
+    record_publishes(pool, &outcome).await?;
+    Ok(outcome.acked.len())
 }
 
 /// The associated data that binds a sealed join token to its dispatch, so a

@@ -305,6 +305,90 @@ async fn relay_leases_its_rows_instead_of_locking_them(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn handoff_publish_records_are_written_together_and_none_is_lost(pool: PgPool) {
+    use dispatch_worker::publish_records::PublishRecorder;
+    use shared::calls::PublishOutcome;
+    use tokio_util::sync::CancellationToken;
+    // Events nobody publishes: the ingress cannot reach NATS, no worker runs.
+    let w = world_with_ingress_nats(pool, "nats://127.0.0.1:1").await;
+    let seeded = seed_number(&w.pool, "+14155550309").await;
+    for n in 1..=4 {
+        let sid = format!("CA{:032}", 30_900 + n);
+        assert_eq!(
+            w.post_signed(INBOUND, &inbound_params(&sid, &seeded.e164))
+                .await
+                .0,
+            200
+        );
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM call_events ORDER BY created_at, id")
+        .fetch_all(&w.pool)
+        .await
+        .expect("events");
+    assert_eq!(ids.len(), 4);
+    let state = |id: Uuid| {
+        let pool = w.pool.clone();
+        async move {
+            sqlx::query_as::<_, (bool, i32)>(
+                "SELECT published_at IS NOT NULL, publish_attempts FROM call_events WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("event")
+        }
+    };
+    let acked = |ids: Vec<Uuid>| PublishOutcome {
+        acked: ids,
+        failed: Vec::new(),
+    };
+
+    // A writer that would wait an hour writes what was queued when it stops:
+    // acked events published, failed ones only counted.
+    let (recorder, writer) = PublishRecorder::start(w.pool.clone(), Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    let writing = tokio::spawn(writer.run(stop.clone()));
+    recorder.record(acked(vec![ids[0]])).await;
+    recorder
+        .record(PublishOutcome {
+            acked: Vec::new(),
+            failed: vec![ids[1]],
+        })
+        .await;
+    stop.cancel();
+    writing.await.expect("writer");
+    assert_eq!(state(ids[0]).await, (true, 1));
+    assert_eq!(state(ids[1]).await, (false, 1));
+
+    // Enough marks are written without waiting for the deadline.
+    let (recorder, writer) = PublishRecorder::start(w.pool.clone(), Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    let writing = tokio::spawn(writer.run(stop.clone()));
+    let mut many: Vec<Uuid> = (0..2_000).map(|_| Uuid::new_v4()).collect();
+    many.push(ids[2]);
+    recorder.record(acked(many)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state(ids[2]).await == (true, 1)
+        })
+        .await
+    );
+
+    // And a few marks at their deadline.
+    let (recorder, writer) = PublishRecorder::start(w.pool.clone(), Duration::from_millis(20));
+    let _short = tokio::spawn(writer.run(CancellationToken::new()));
+    recorder.record(acked(vec![ids[3]])).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state(ids[3]).await == (true, 1)
+        })
+        .await
+    );
+    stop.cancel();
+    writing.await.expect("writer");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_message_naming_another_tenants_event_changes_nothing(pool: PgPool) {
     // The ingress stores but cannot publish; the worker's relay waits long,
     // so only the messages this test publishes reach the worker.
