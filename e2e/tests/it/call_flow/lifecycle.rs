@@ -386,6 +386,7 @@ async fn handoff_publish_records_are_written_together_and_none_is_lost(pool: PgP
     );
     stop.cancel();
     writing.await.expect("writer");
+    w.delete_streams().await;
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
