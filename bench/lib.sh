@@ -139,11 +139,14 @@ start_services() {
   pids+=($!)
   if [ "${3:-}" ]; then
     # Tenant $3 has a limit: its calls end about a second after they ring.
-    ( while sleep 0.2; do
-        psql "$url" -qAtc "UPDATE call_sessions SET live = false, released_at = now(), release_reason = 'ended'
+    # One session for the whole run: a psql process and a connection per
+    # round would cost the machine more than the releases themselves. The
+    # pid kept is psql's; the loop ends at its next write once psql is gone.
+    psql "$url" -qAt >/dev/null 2>&1 < <(while sleep 0.2; do
+        echo "UPDATE call_sessions SET live = false, released_at = now(), release_reason = 'ended'
           WHERE id IN (SELECT id FROM call_sessions WHERE tenant_id = '$3' AND live
-                       AND started_at < now() - interval '1 second')" >/dev/null 2>&1 || true
-      done ) &
+                       AND started_at < now() - interval '1 second');"
+      done) &
     pids+=($!)
   fi
   for port in 4111 4103; do

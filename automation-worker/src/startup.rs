@@ -197,15 +197,22 @@ pub async fn run(
     tasks.intake.spawn({
         let (js, webhooks) = (js.clone(), webhooks.clone());
         move |stop| {
-            shared::consumer::run("webhooks", js, spec, 1, in_flight, stop, move |messages| {
-                let webhooks = webhooks.clone();
-                async move {
-                    futures::future::join_all(
-                        messages.into_iter().map(|m| webhooks.clone().handle(m)),
-                    )
-                    .await
-                }
-            })
+            shared::consumer::run(
+                "webhooks",
+                js,
+                spec,
+                shared::consumer::Batching::one_by_one(in_flight),
+                stop,
+                move |messages| {
+                    let webhooks = webhooks.clone();
+                    async move {
+                        futures::future::join_all(
+                            messages.into_iter().map(|m| webhooks.clone().handle(m)),
+                        )
+                        .await
+                    }
+                },
+            )
         }
     });
     let relay = crate::webhooks::relay::Relay {

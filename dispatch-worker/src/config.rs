@@ -75,6 +75,10 @@ pub struct Config {
     /// Call-event batches in flight at once.
     #[arg(long, env = "DISPATCH_PARALLEL_BATCHES", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel_batches: u16,
+    /// How long a batch waits after its first call event for more; `0ms`
+    /// takes only what is already waiting.
+    #[arg(long, env = "DISPATCH_BATCH_LINGER", default_value = "2ms", value_parser = shared::config::linger)]
+    pub batch_linger: Duration,
 }
 
 impl Config {

@@ -152,18 +152,18 @@ pub async fn run(
         tasks
             .background
             .spawn(|stop| shared::consumer::watch_lag("runtime_events", events, stop));
-        let (batch_size, parallel_batches) = (
-            usize::from(config.batch_size),
-            usize::from(config.parallel_batches),
-        );
+        let batching = shared::consumer::Batching {
+            size: usize::from(config.batch_size),
+            parallel: usize::from(config.parallel_batches),
+            linger: config.batch_linger,
+        };
         let calls_js = js.clone();
         tasks.intake.spawn(|stop| {
             shared::consumer::run(
                 "calls",
                 calls_js,
                 calls_spec,
-                batch_size,
-                parallel_batches,
+                batching,
                 stop,
                 move |batch| lifecycle.clone().handle_batch(batch),
             )
@@ -175,8 +175,11 @@ pub async fn run(
                 "runtime_events",
                 events_js,
                 events_spec,
-                concurrency,
-                1,
+                shared::consumer::Batching {
+                    size: concurrency,
+                    parallel: 1,
+                    linger: Duration::ZERO,
+                },
                 stop,
                 move |batch: Vec<async_nats::jetstream::Message>| {
                     let (pool, subjects) = (events_pool.clone(), events_subjects.clone());

@@ -156,6 +156,16 @@ pub fn positive_duration(value: &str) -> Result<std::time::Duration, String> {
     Ok(duration)
 }
 
+/// A wait added to batch work, from zero to one second: a batch held longer
+/// would only delay the calls in it.
+pub fn linger(value: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration > std::time::Duration::from_secs(1) {
+        return Err("must be at most 1s".into());
+    }
+    Ok(duration)
+}
+
 /// A share of the time, in (0, 1] (the retention purge's duty).
 pub fn share_of_time(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {

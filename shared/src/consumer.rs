@@ -88,9 +88,33 @@ impl ConsumerSpec {
     }
 }
 
+/// How a consumer hands messages to its handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Messages per batch at most.
+    pub size: usize,
+    /// Batches in flight at once.
+    pub parallel: usize,
+    /// How long a batch waits after its first message for more (fewer,
+    /// larger commits when messages arrive one by one); zero takes only
+    /// what is already waiting.
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// Each message on its own, `parallel` at a time.
+    pub fn one_by_one(parallel: usize) -> Self {
+        Self {
+            size: 1,
+            parallel,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
 /// Consumes until `shutdown`; in-flight messages finish first. Messages
-/// already waiting are handed to `handler` together (up to `batch` at a
-/// time, so it can commit them at once), `parallel` batches at a time.
+/// already waiting are handed to `handler` together (see [`Batching`]), so
+/// it can commit them at once.
 ///
 /// A pull error ends the current pull and binds the consumer again from
 /// `spec`: after NATS lost its store, the consumer (and its stream, which
@@ -99,8 +123,7 @@ pub async fn run<H, F>(
     name: &'static str,
     js: jetstream::Context,
     spec: ConsumerSpec,
-    batch: usize,
-    parallel: usize,
+    batching: Batching,
     shutdown: CancellationToken,
     handler: H,
 ) where
@@ -130,7 +153,7 @@ pub async fn run<H, F>(
         match messages {
             Ok(messages) => {
                 let stop = shutdown.clone();
-                messages
+                let messages = messages
                     .take_until(async move { stop.cancelled().await })
                     .take_while(|message| {
                         let healthy = match message {
@@ -142,12 +165,20 @@ pub async fn run<H, F>(
                         };
                         futures::future::ready(healthy)
                     })
-                    .filter_map(|message| futures::future::ready(message.ok()))
-                    .ready_chunks(batch.max(1))
-                    .for_each_concurrent(parallel.max(1), |chunk| {
-                        handle_chunk(name, chunk, handler.clone())
-                    })
-                    .await;
+                    .filter_map(|message| futures::future::ready(message.ok()));
+                let handle =
+                    |chunk: Vec<jetstream::Message>| handle_chunk(name, chunk, handler.clone());
+                let (size, parallel) = (batching.size.max(1), batching.parallel.max(1));
+                if batching.linger.is_zero() {
+                    messages
+                        .ready_chunks(size)
+                        .for_each_concurrent(parallel, handle)
+                        .await;
+                } else {
+                    tokio_stream::StreamExt::chunks_timeout(messages, size, batching.linger)
+                        .for_each_concurrent(parallel, handle)
+                        .await;
+                }
             }
             Err(err) => {
                 tracing::warn!(%err, consumer = name, "cannot pull; binding the consumer again")
@@ -220,5 +251,99 @@ async fn settle(name: &'static str, message: jetstream::Message, outcome: Outcom
     if let Err(err) = ack {
         // Redelivered after ack_wait; handlers are idempotent.
         tracing::warn!(%err, consumer = name, "ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls the consumer until `pending` messages are delivered and not yet
+    /// acked, at most ten seconds.
+    async fn await_ack_pending(consumer: &PullConsumer, pending: usize) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if consumer
+                .get_info()
+                .await
+                .is_ok_and(|info| info.num_ack_pending == pending)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_takes_the_messages_that_follow_its_first() {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let js = jetstream::new(async_nats::connect(url).await.expect("nats"));
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let name = format!("{prefix}_LINGER");
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.linger.>")],
+            storage: stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        let spec = ConsumerSpec {
+            stream: name.clone(),
+            durable: "linger",
+            filter_subject: format!("{prefix}.linger.>"),
+            ack_wait: Duration::from_secs(30),
+            owned_stream: None,
+        };
+        let consumer = spec.ensure(&js).await.expect("consumer");
+        let (batches, mut handled) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let stop = CancellationToken::new();
+        // Three to a batch, waiting as long as it takes for them.
+        let running = tokio::spawn(run(
+            "linger",
+            js.clone(),
+            spec,
+            Batching {
+                size: 3,
+                parallel: 1,
+                linger: Duration::from_secs(3600),
+            },
+            stop.clone(),
+            move |batch: Vec<jetstream::Message>| {
+                let batches = batches.clone();
+                async move {
+                    let _ = batches.send(batch.len());
+                    batch.into_iter().map(|m| (m, Outcome::Done)).collect()
+                }
+            },
+        ));
+        let publish = |n: u8| {
+            let js = js.clone();
+            let subject = format!("{prefix}.linger.{n}");
+            async move {
+                js.publish(subject, vec![n].into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+        };
+        publish(1).await;
+        // Delivered, and held for the messages that follow it.
+        assert!(await_ack_pending(&consumer, 1).await);
+        publish(2).await;
+        publish(3).await;
+        let first = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+            .await
+            .expect("a batch within 10 s");
+        assert_eq!(first, Some(3), "the three messages in one batch");
+        assert!(
+            await_ack_pending(&consumer, 0).await,
+            "acked after the batch"
+        );
+        stop.cancel();
+        running.await.expect("consumer loop");
+        js.delete_stream(&name).await.expect("delete stream");
     }
 }
