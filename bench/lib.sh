@@ -115,9 +115,9 @@ await_autovacuum() {
   echo "$done"
 }
 
-# A copy of template $1 named $2. Copied as files (Postgres 15 otherwise
-# writes the whole copy to the WAL: a gigabyte for the grown database, and
-# the checkpoints that WAL sets off would run into the measurement).
+# A copy of template $1 named $2. Copied as files: Postgres 15 otherwise
+# writes the whole copy to the WAL (a gigabyte for the grown database),
+# which no deployment does before it takes calls.
 copy_database() {
   local strategy=""
   databases+=("$2")
