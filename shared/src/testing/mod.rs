@@ -150,9 +150,28 @@ pub fn database_url(pool: &PgPool) -> String {
 
 /// A TCP port free on 127.0.0.1 right now, for a child process to listen on.
 ///
+/// Taken below the kernel's ephemeral range when there is room, at random:
+/// a port from that range (what binding port 0 gives) can be taken by any
+/// outgoing connection, a test's own included, before the child binds it.
+///
 /// # Panics
 /// When no port can be bound: a test set-up error.
 pub fn free_port() -> u16 {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = ephemeral_low - LOWEST;
+        let start = (Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        for offset in 0..span.min(2_000) {
+            let port = LOWEST + (start + offset) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
