@@ -609,3 +609,99 @@ async fn the_worker_purges_calls_past_their_tenants_retention(pool: PgPool) {
     assert_eq!(remaining, [kept]);
     w.delete_streams().await;
 }
+
+/// The worker's call-event batches wait `DISPATCH_BATCH_LINGER` for
+/// company: a batch of three holds its first message until the other two
+/// arrive, then is handled (and acked) as one.
+#[tokio::test]
+async fn a_lingering_batch_takes_the_messages_that_follow_its_first() {
+    use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+    use shared::consumer::{Batching, ConsumerSpec, Outcome};
+    use tokio_util::sync::CancellationToken;
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.expect("nats"));
+    let prefix = unique_prefix();
+    let name = format!("{prefix}_LINGER");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.linger.>")],
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let spec = ConsumerSpec {
+        stream: name.clone(),
+        durable: "linger",
+        filter_subject: format!("{prefix}.linger.>"),
+        ack_wait: Duration::from_secs(30),
+        owned_stream: None,
+    };
+    let consumer = spec.ensure(&js).await.expect("consumer");
+    // Messages delivered and not yet acked, as NATS counts them.
+    let ack_pending = |consumer: &PullConsumer| {
+        let consumer = consumer.clone();
+        async move {
+            consumer
+                .get_info()
+                .await
+                .map(|info| info.num_ack_pending)
+                .ok()
+        }
+    };
+    let (batches, mut handled) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let stop = CancellationToken::new();
+    // Three to a batch, waiting as long as it takes for them.
+    let running = tokio::spawn(shared::consumer::run(
+        "linger",
+        js.clone(),
+        spec,
+        Batching {
+            size: 3,
+            parallel: 1,
+            linger: Duration::from_secs(3600),
+        },
+        stop.clone(),
+        move |batch: Vec<jetstream::Message>| {
+            let batches = batches.clone();
+            async move {
+                let _ = batches.send(batch.len());
+                batch.into_iter().map(|m| (m, Outcome::Done)).collect()
+            }
+        },
+    ));
+    let publish = |n: u8| {
+        let js = js.clone();
+        let subject = format!("{prefix}.linger.{n}");
+        async move {
+            js.publish(subject, vec![n].into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    };
+    publish(1).await;
+    // Delivered, and held for the messages that follow it.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ack_pending(&consumer).await == Some(1)
+        })
+        .await
+    );
+    publish(2).await;
+    publish(3).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("a batch within 10 s");
+    assert_eq!(first, Some(3), "the three messages in one batch");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ack_pending(&consumer).await == Some(0)
+        })
+        .await,
+        "acked after the batch"
+    );
+    stop.cancel();
+    running.await.expect("consumer loop");
+    js.delete_stream(&name).await.expect("delete stream");
+}

@@ -291,4 +291,48 @@ async fn row_triggers_parse_and_plan_nothing_per_call(pool: PgPool) {
         ],
         "a new SQL-language function that reads a table is parsed and planned on every call: write it in PL/pgSQL"
     );
+    // The KPI triggers' WHEN clauses restate `kpi_hour_needs_mark`'s rule
+    // for each timestamp they test: the two must not drift apart.
+    let rule: String = sqlx::query_scalar(
+        r"SELECT btrim(regexp_replace(prosrc, '\s+', ' ', 'g')) FROM pg_proc
+          WHERE proname = 'kpi_hour_needs_mark'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("rule");
+    assert_eq!(
+        rule,
+        "SELECT date_trunc('hour', p_at, 'UTC') + interval '1 hour' <= clock_timestamp() + interval '1 minute'"
+    );
+    let triggers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tgname::text, pg_get_triggerdef(oid) FROM pg_trigger
+         WHERE tgname IN ('call_sessions_kpi_insert', 'call_sessions_kpi_update',
+                          'tool_executions_kpi_insert', 'tool_executions_kpi_update')",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("kpi triggers");
+    assert_eq!(triggers.len(), 4);
+    for (name, definition) in triggers {
+        let column = if name.starts_with("call_sessions") {
+            "started_at"
+        } else {
+            "created_at"
+        };
+        let rows: &[&str] = if name.ends_with("update") {
+            &["old", "new"]
+        } else {
+            &["new"]
+        };
+        for row in rows {
+            let restated = format!(
+                "(date_trunc('hour'::text, {row}.{column}, 'UTC'::text) + '01:00:00'::interval) \
+                 <= (clock_timestamp() + '00:01:00'::interval)"
+            );
+            assert!(
+                definition.contains(&restated),
+                "{name} must restate kpi_hour_needs_mark for {row}.{column}: {definition}"
+            );
+        }
+    }
 }
