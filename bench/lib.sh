@@ -164,12 +164,14 @@ start_services() {
   done
 }
 
-# CPU ticks since boot: all cores busy or idle, the idle ones, then those of
-# the ingress, the worker, every Postgres process and nats-server.
+# CPU ticks since boot: all cores busy, idle or stolen, the idle ones, the
+# stolen ones (time the hypervisor gave another guest: on a shared host the
+# machine's own noise), then those of the ingress, the worker, every
+# Postgres process and nats-server.
 proc_ticks() { awk '{ t += $14 + $15 } END { print t + 0 }' "$@" 2>/dev/null || echo 0; }
 cpu_ticks() {
   local total
-  total=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  total=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6, $9 }' /proc/stat)
   echo "$total $(proc_ticks "/proc/${pids[0]}/stat") $(proc_ticks "/proc/${pids[1]}/stat")" \
     "$(proc_ticks $(pgrep -x postgres | sed 's|.*|/proc/&/stat|'))" \
     "$(proc_ticks $(pgrep -x nats-server | sed 's|.*|/proc/&/stat|'))"
@@ -179,12 +181,15 @@ cpu_split() {
     NR == 1 { total = $2 - $1; next }
     { used[NR] = $2 - $1; rest -= used[NR] }
     END {
-      split("idle ingress dispatch-worker postgres nats-server", name, " ")
+      split("idle stolen ingress dispatch-worker postgres nats-server", name, " ")
       printf "  CPU split (share of both cores):"
-      for (i = 2; i <= 6; i++) printf " %s %.0f%%", name[i-1], 100 * used[i] / total
+      for (i = 2; i <= 7; i++) printf " %s %.0f%%", name[i-1], 100 * used[i] / total
       printf ", loadgen and the rest %.0f%%\n", 100 * (total + rest) / total
     }'
 }
+
+# The share (%) named $2 in cpu_split's line $1.
+share() { echo "$1" | sed -n "s/.* $2 \([0-9]*\)%.*/\1/p"; }
 
 # The value of key $2 in loadgen's summary line $1.
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }

@@ -57,11 +57,15 @@ for mode in $MODES; do
   echo "== fixed arrival rate $RATE/s for $FIXED (open loop), from the first webhook =="
   copy_database "$template" "${template}_fixed"
   start_services "${template}_fixed" "${RUN}${mode}f" "$ends"
+  cpu_before=$(cpu_ticks)
   out=$("$BIN/loadgen" --ingress http://127.0.0.1:4101 --to +15005550100 --nats-url "$NATS_URL" \
     --nats-subject-prefix "${RUN}${mode}f" --mode open --rate "$RATE" --duration "$FIXED" \
     --warmup 0s --delete-streams)
+  cpu_after=$(cpu_ticks)
   echo "$out" | grep -v '^summary:'
   fixed=$(echo "$out" | grep '^summary:')
+  fixed_cpu=$(cpu_split "$cpu_before" "$cpu_after")
+  echo "$fixed_cpu"
   # The same requests as the ingress timed them (handler only).
   curl -fsS http://127.0.0.1:4111/metrics \
     | grep -E '^(http_request_duration_seconds_bucket.*inbound|ingress_store_seconds_bucket|ingress_group_commit_seconds_bucket)' \
@@ -79,7 +83,8 @@ for mode in $MODES; do
   cpu_after=$(cpu_ticks)
   echo "$out" | grep -v '^summary:'
   saturated=$(echo "$out" | grep '^summary:')
-  cpu_split "$cpu_before" "$cpu_after"
+  saturated_cpu=$(cpu_split "$cpu_before" "$cpu_after")
+  echo "$saturated_cpu"
   stop_services
 
   echo
@@ -111,7 +116,7 @@ SQL
     "$PG/${template}_pgbench" 2>/dev/null | sed -n 's/^tps = \([0-9]*\).*/\1/p')
   echo "  pgbench clients=$CONNECTIONS: $pgbench_tps inbound calls/s (one commit each)"
 
-  result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs) $pgbench_p99"
+  result[$mode]="$(field "$saturated" rate) $pgbench_tps $(field "$saturated" worst_window_ratio) $(field "$fixed" twiml_p99) $(field "$fixed" handoff_p99) $(field "$fixed" accepted)/$(field "$fixed" handoffs) $(field "$saturated" accepted)/$(field "$saturated" handoffs) $pgbench_p99 $(share "$fixed_cpu" idle)/$(share "$fixed_cpu" stolen) $(share "$saturated_cpu" stolen)"
 done
 
 echo
@@ -143,3 +148,5 @@ row "pgbench at that rate: p99 ms" 7
 row "fixed rate: handoff p99 ms" 4
 row "fixed rate: accepted/handed off" 5
 row "saturation: accepted/handed off" 6
+row "fixed rate: CPU idle/stolen %" 8
+row "saturation: CPU stolen %" 9

@@ -47,6 +47,13 @@ pub struct Config {
     /// Largest number of webhooks committed in one transaction.
     #[arg(long, env = "INGRESS_MAX_GROUP_COMMIT", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_group_commit: u16,
+    /// How long a writer waits after a group's first webhook for more;
+    /// `0ms` takes only what is already waiting. 1ms: at moderate rates a
+    /// group otherwise holds one or two webhooks, and the cores the
+    /// statements' fixed cost takes make every answer wait longer than the
+    /// linger does.
+    #[arg(long, env = "INGRESS_GROUP_LINGER", default_value = "1ms", value_parser = shared::config::linger)]
+    pub group_linger: Duration,
 }
 
 impl Config {

@@ -94,6 +94,7 @@ pub async fn run(
             pool.clone(),
             usize::from(config.db_writers),
             usize::from(config.max_group_commit),
+            config.group_linger,
         ),
         publisher: Publisher::start(js, subjects),
         media_stream_url: config

@@ -9,6 +9,7 @@
 //! never fails its neighbours.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shared::calls::{OutboxRow, event_type};
@@ -140,8 +141,9 @@ pub struct CallStore {
 
 impl CallStore {
     /// Starts `writers` writer tasks, each committing up to `max_group`
-    /// webhooks per transaction. They stop when every handle is dropped.
-    pub fn start(pool: PgPool, writers: usize, max_group: usize) -> Self {
+    /// webhooks per transaction, and waiting up to `linger` after a group's
+    /// first webhook for more. They stop when every handle is dropped.
+    pub fn start(pool: PgPool, writers: usize, max_group: usize, linger: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(max_group * writers * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
@@ -149,17 +151,12 @@ impl CallStore {
             let pool = pool.clone();
             tokio::spawn(async move {
                 loop {
-                    let group = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { break };
-                        let mut group = vec![first];
-                        while group.len() < max_group {
-                            match rx.try_recv() {
-                                Ok(job) => group.push(job),
-                                Err(_) => break,
-                            }
-                        }
-                        group
+                    // The lock is held while the group forms, so webhooks
+                    // arriving meanwhile join it rather than a group of
+                    // their own in the other writer.
+                    let Some(group) = next_group(&mut *rx.lock().await, max_group, linger).await
+                    else {
+                        break;
                     };
                     let started = std::time::Instant::now();
                     commit_group(&pool, group).await;
@@ -187,6 +184,32 @@ impl CallStore {
         metrics::histogram!("ingress_store_seconds").record(submitted.elapsed().as_secs_f64());
         stored
     }
+}
+
+/// The next group: every webhook already waiting, then those arriving
+/// within `linger` of the first, up to `max_group`. `None` once every
+/// handle is dropped. Without the linger, at moderate rates a group holds
+/// one or two webhooks, and the statement's fixed cost (most of its cost)
+/// is paid per call.
+async fn next_group(
+    rx: &mut mpsc::Receiver<Job>,
+    max_group: usize,
+    linger: Duration,
+) -> Option<Vec<Job>> {
+    let first = rx.recv().await?;
+    let deadline = tokio::time::Instant::now() + linger;
+    let mut group = vec![first];
+    while group.len() < max_group {
+        match rx.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) if linger.is_zero() => break,
+            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => group.push(job),
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    Some(group)
 }
 
 async fn commit_group(pool: &PgPool, group: Vec<Job>) {

@@ -359,6 +359,43 @@ async fn concurrent_webhooks_share_commits_and_stay_exact(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_lingering_group_takes_the_webhooks_that_follow_its_first(pool: PgPool) {
+    // One writer, and a linger far longer than the gaps between the sends:
+    // webhooks that arrive one after another, not together, share the
+    // first one's transaction.
+    let app = spawn_ingress_with(pool, "nats://127.0.0.1:4222", |config| {
+        config.db_writers = 1;
+        config.group_linger = Duration::from_millis(1500);
+    })
+    .await;
+    let seeded = seed_number(&app.pool, "+14155550121").await;
+    let answers = futures::future::join_all((0..3u64).map(|i| {
+        let app = &app;
+        let params = inbound_params(&format!("CA{i:032}"), &seeded.e164);
+        async move {
+            // Staggered sends, so each arrives after the previous one.
+            tokio::time::sleep(Duration::from_millis(150 * i)).await;
+            app.post_signed(INBOUND, &params).await
+        }
+    }))
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM call_sessions")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count transactions");
+    assert_eq!(app.count("SELECT count(*) FROM call_sessions").await, 3);
+    assert_eq!(
+        transactions, 1,
+        "the three webhooks were committed together"
+    );
+    delete_streams(&app.nats, &app.subjects).await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn status_callback_to_a_number_without_agent_creates_no_session(pool: PgPool) {
     let seeded = seed_number(&pool, "+14155550117").await;
     sqlx::query("UPDATE phone_numbers SET agent_id = NULL WHERE id = $1")
