@@ -142,14 +142,21 @@ start_services() {
     "$BIN/dispatch-worker" >".stack/bench-worker.log" 2>&1 &
   pids+=($!)
   if [ "${3:-}" ]; then
-    # Tenant $3 has a limit: its calls end about a second after they ring.
+    # Tenant $3 has a limit: its calls end about a second after they ring,
+    # each in a transaction of its own, as its end callback's would be (one
+    # statement releasing hundreds would hold the tenant's counter locked
+    # for all of them).
     # One session for the whole run: a psql process and a connection per
     # round would cost the machine more than the releases themselves. The
     # pid kept is psql's; the loop ends at its next write once psql is gone.
     psql "$url" -qAt >/dev/null 2>&1 < <(while sleep 0.2; do
-        echo "UPDATE call_sessions SET live = false, released_at = now(), release_reason = 'ended'
-          WHERE id IN (SELECT id FROM call_sessions WHERE tenant_id = '$3' AND live
-                       AND started_at < now() - interval '1 second');"
+        echo "DO \$\$ DECLARE v_id uuid; BEGIN
+          FOR v_id IN SELECT id FROM call_sessions WHERE tenant_id = '$3' AND live
+                      AND started_at < now() - interval '1 second' LOOP
+            UPDATE call_sessions SET live = false, released_at = now(), release_reason = 'ended'
+            WHERE id = v_id AND live;
+            COMMIT;
+          END LOOP; END \$\$;"
       done) &
     pids+=($!)
   fi

@@ -6,8 +6,8 @@
 #   limited  the same, with a concurrent-call limit on the tenant (LIMIT,
 #            never reached) so every call goes through admission, and calls
 #            that end about a second after they ring (a loop releases them
-#            as their end callbacks would), so live calls stay as few as a
-#            real tenant's;
+#            one transaction each, as their end callbacks would), so live
+#            calls stay as few as a real tenant's;
 #   history  the same with HISTORY past calls (default 1,000,000, with their
 #            events and dispatches), left to autovacuum as a running
 #            deployment would be (no manual ANALYZE).

@@ -2,8 +2,9 @@
 //! drop their token, and their calls stop counting against the tenant's
 //! concurrent-call limit; calls still counted after `MAX_CALL_DURATION` (an
 //! end that never reached us) stop counting too. The SQL is the ops job
-//! files', so cron users run the same statements. Each round also refreshes
-//! the live-call gauges.
+//! files', so cron users run the same statements. Each round also recounts
+//! the live-call counters admission reads, and refreshes the live-call
+//! gauges.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -44,6 +45,30 @@ pub async fn release_overdue_once(
         .await
 }
 
+/// Recounts the live-call counters admission reads (migration 0024) of
+/// every tenant with a limit on it or on one of its agents, one tenant per
+/// transaction; returns how many counters were off.
+pub async fn recount_live_calls_once(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let tenants: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT t.id FROM tenants t
+         WHERE t.max_concurrent_calls IS NOT NULL
+            OR EXISTS (SELECT 1 FROM agents a
+                       WHERE a.tenant_id = t.id AND a.max_concurrent_calls IS NOT NULL)
+         ORDER BY t.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut off = 0;
+    for tenant in tenants {
+        let tenant_off: i32 = sqlx::query_scalar("SELECT recount_live_calls($1)")
+            .bind(tenant)
+            .fetch_one(pool)
+            .await?;
+        off += i64::from(tenant_off);
+    }
+    Ok(off)
+}
+
 pub async fn run(
     pool: PgPool,
     interval: Duration,
@@ -78,6 +103,14 @@ pub async fn run(
                 );
             }
             Err(err) => tracing::warn!(%err, "releasing overdue calls failed"),
+        }
+        match recount_live_calls_once(&pool).await {
+            Ok(0) => {}
+            Ok(off) => {
+                metrics::counter!("calls_live_counters_corrected_total").increment(off as u64);
+                tracing::warn!(off, "live-call counters were off and were recounted");
+            }
+            Err(err) => tracing::warn!(%err, "recounting live calls failed"),
         }
         if let Err(err) = gauge_live_calls(&pool, &mut gauged).await {
             tracing::warn!(%err, "cannot count live calls");

@@ -281,8 +281,9 @@ pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Sto
 /// concurrent-call limits in the same statement (`admit_inbound_calls`,
 /// migration 0015, over `$16..$18`: the group's inbound calls, each CallSid
 /// once): admitted calls are `live`, refused ones are `rejected` (ended at
-/// once, with `rejected_reason`). An existing session keeps what it was
-/// given. When no tenant or agent of the group has a limit (the common
+/// once, with `rejected_reason`), and the calls admitted live are added to
+/// the live-call counters admission reads (migration 0024). An existing
+/// session keeps what it was given. When no tenant or agent of the group has a limit (the common
 /// case), every inbound call is admitted and the function, five statements
 /// of its own, is not run: the gate reads each limit by primary key, as the
 /// function's own first read does, without a lock.
@@ -319,7 +320,23 @@ WITH input AS (
     FROM input i LEFT JOIN admission a ON a.call_sid = i.call_sid
     ORDER BY i.call_sid, i.ord
     ON CONFLICT (call_sid) DO UPDATE SET updated_at = now()
-    RETURNING id, tenant_id, call_sid, rejected_reason
+    RETURNING id, tenant_id, agent_id, call_sid, rejected_reason, live
+), admitted AS (
+    -- The calls this statement inserted live (an existing session keeps its
+    -- own id) where a limit applies: the live-call counters of their tenant
+    -- and agent count them, under the lock admission took.
+    SELECT s.tenant_id, s.agent_id FROM s
+    WHERE s.live AND s.id = ANY ($1::uuid[]) AND EXISTS (SELECT 1 FROM admission)
+), tenants_counted AS (
+    UPDATE tenants t SET live_calls = t.live_calls
+        + (SELECT count(*) FROM admitted a WHERE a.tenant_id = t.id)
+    WHERE t.id = ANY (ARRAY(SELECT DISTINCT tenant_id FROM admitted))
+      AND t.max_concurrent_calls IS NOT NULL
+), agents_counted AS (
+    UPDATE agents g SET live_calls = g.live_calls
+        + (SELECT count(*) FROM admitted a WHERE a.agent_id = g.id)
+    WHERE g.id = ANY (ARRAY(SELECT DISTINCT agent_id FROM admitted WHERE agent_id IS NOT NULL))
+      AND g.max_concurrent_calls IS NOT NULL
 ), e AS (
     INSERT INTO call_events (id, tenant_id, call_id, type, idempotency_key, payload, needs_publish, occurred_at, trace_id)
     SELECT i.event_id, s.tenant_id, s.id, i.type, i.idempotency_key, i.payload, true, i.occurred_at, i.trace_id

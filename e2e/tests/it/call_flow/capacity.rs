@@ -65,6 +65,19 @@ async fn live_calls(w: &World, tenant_id: Uuid) -> i64 {
         .expect("count live calls")
 }
 
+/// The live-call counters admission reads: the tenant's and its agent's.
+async fn counters(w: &World, seeded: &Seeded) -> (i32, i32) {
+    sqlx::query_as(
+        "SELECT t.live_calls, a.live_calls FROM tenants t, agents a
+         WHERE t.id = $1 AND a.id = $2",
+    )
+    .bind(seeded.tenant_id)
+    .bind(seeded.agent_id)
+    .fetch_one(&w.pool)
+    .await
+    .expect("the counters")
+}
+
 async fn release_reason(w: &World, sid: &str) -> Option<String> {
     sqlx::query_scalar("SELECT release_reason FROM call_sessions WHERE call_sid = $1")
         .bind(sid)
@@ -104,6 +117,9 @@ async fn burst(w: &World, bases: &[String]) {
     assert_eq!(admitted(small.tenant_id), 5);
     assert_eq!(live_calls(w, big.tenant_id).await, 10);
     assert_eq!(live_calls(w, small.tenant_id).await, 5);
+    // What admission reads kept up: no worker runs yet to recount it.
+    assert_eq!(counters(w, &big).await.0, 10);
+    assert_eq!(counters(w, &small).await.0, 5);
     assert_eq!(
         w.scalar(
             "SELECT count(*) FROM call_sessions
@@ -123,6 +139,11 @@ async fn burst(w: &World, bases: &[String]) {
     .await;
     assert_eq!(retried, first, "a retry gets the answer of the first try");
     assert_eq!(live_calls(w, big.tenant_id).await, 10);
+    assert_eq!(
+        counters(w, &big).await.0,
+        10,
+        "a retry is not counted again"
+    );
 
     // Refusals show by reason (the counter is the process's, shared by
     // every ingress of every test here).
@@ -425,5 +446,96 @@ async fn a_tenant_without_a_limit_admits_every_call(pool: PgPool) {
     }
     assert_eq!(live_calls(&w, unlimited.tenant_id).await, 15);
     assert_eq!(live_calls(&w, limited.tenant_id).await, 0);
+    w.delete_streams().await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_live_call_counters_follow_every_admission_and_release(pool: PgPool) {
+    let w = world(pool).await;
+    // The expiry loop's first round runs at once, then not within the test:
+    // the counters are checked as the flow keeps them, not as a recount
+    // mends them.
+    w.spawn_worker(|c| c.dispatch_expiry_interval = Duration::from_secs(3600))
+        .await;
+    let seeded = seed_number(&w.pool, "+14155550750").await;
+    set_tenant_limit(&w.pool, seeded.tenant_id, Some(100)).await;
+    sqlx::query("UPDATE agents SET max_concurrent_calls = 100 WHERE id = $1")
+        .bind(seeded.agent_id)
+        .execute(&w.pool)
+        .await
+        .expect("agent limit");
+    let base = w.ingress_base.clone();
+    let calls: Vec<String> = (0..6).map(|n| sid(50, n)).collect();
+    for call in &calls {
+        assert_eq!(ring(&w, &base, call, &seeded.e164).await, Answer::Admitted);
+    }
+    assert_eq!(counters(&w, &seeded).await, (6, 6));
+    // Retries count nothing again.
+    for call in &calls[..2] {
+        assert_eq!(ring(&w, &base, call, &seeded.e164).await, Answer::Admitted);
+    }
+    assert_eq!(counters(&w, &seeded).await, (6, 6));
+
+    // Two end; a status that is not an end keeps its call counted.
+    end(&w, &calls[0], &seeded.e164, "completed").await;
+    end(&w, &calls[1], &seeded.e164, "canceled").await;
+    end(&w, &calls[2], &seeded.e164, "in-progress").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            live_calls(&w, seeded.tenant_id).await == 4
+        })
+        .await,
+        "the two ends were applied"
+    );
+    assert_eq!(counters(&w, &seeded).await, (4, 4));
+    // A live call deleted stops counting.
+    sqlx::query("DELETE FROM call_sessions WHERE call_sid = $1")
+        .bind(&calls[5])
+        .execute(&w.pool)
+        .await
+        .expect("delete a live call");
+    assert_eq!(counters(&w, &seeded).await, (3, 3));
+    // The safety net releases the rest at once.
+    let released: i64 = sqlx::query_scalar("SELECT release_overdue_calls(interval '0 seconds')")
+        .fetch_one(&w.pool)
+        .await
+        .expect("release overdue calls");
+    assert_eq!(released, 3);
+    assert_eq!(counters(&w, &seeded).await, (0, 0));
+
+    // Without a limit nothing is kept; a limit set starts from a count.
+    set_tenant_limit(&w.pool, seeded.tenant_id, None).await;
+    for call in [sid(51, 0), sid(51, 1)] {
+        assert_eq!(ring(&w, &base, &call, &seeded.e164).await, Answer::Admitted);
+    }
+    assert_eq!(counters(&w, &seeded).await, (0, 2));
+    set_tenant_limit(&w.pool, seeded.tenant_id, Some(2)).await;
+    assert_eq!(counters(&w, &seeded).await, (2, 2));
+    assert_eq!(
+        ring(&w, &base, &sid(51, 2), &seeded.e164).await,
+        Answer::Refused,
+        "the counter a limit starts from is what admission reads"
+    );
+
+    // A counter off (written by hand) is recounted under its lock.
+    sqlx::query("UPDATE tenants SET live_calls = 40 WHERE id = $1")
+        .bind(seeded.tenant_id)
+        .execute(&w.pool)
+        .await
+        .expect("put the counter off");
+    assert_eq!(
+        dispatch_worker::expiry::recount_live_calls_once(&w.pool)
+            .await
+            .expect("recount"),
+        1
+    );
+    assert_eq!(counters(&w, &seeded).await, (2, 2));
+    assert_eq!(
+        dispatch_worker::expiry::recount_live_calls_once(&w.pool)
+            .await
+            .expect("recount"),
+        0,
+        "nothing is off any more"
+    );
     w.delete_streams().await;
 }
