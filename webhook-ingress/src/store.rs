@@ -283,10 +283,11 @@ pub async fn write_group(pool: &PgPool, writes: &[&CallWrite]) -> Result<Vec<Sto
 /// once): admitted calls are `live`, refused ones are `rejected` (ended at
 /// once, with `rejected_reason`), and the calls admitted live are added to
 /// the live-call counters admission reads (migration 0024). An existing
-/// session keeps what it was given. When no tenant or agent of the group has a limit (the common
-/// case), every inbound call is admitted and the function, five statements
-/// of its own, is not run: the gate reads each limit by primary key, as the
-/// function's own first read does, without a lock.
+/// session keeps what it was given. When no tenant or agent of the group
+/// has a limit (the common case), every inbound call is admitted and the
+/// function, five statements of its own, is not run: the gate reads each
+/// limit by primary key, as the function's own first read does, without a
+/// lock.
 const UPSERT_MANY: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
