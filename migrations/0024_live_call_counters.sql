@@ -21,10 +21,25 @@
 ALTER TABLE tenants ADD COLUMN live_calls integer NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN live_calls integer NOT NULL DEFAULT 0;
 
+-- What a counter counts: a tenant's (or one of its agents') live calls,
+-- through call_sessions_live_idx. PL/pgSQL, planned once per connection.
+CREATE FUNCTION tenant_live_calls(p_tenant uuid) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM call_sessions s WHERE s.tenant_id = p_tenant AND s.live);
+END $$;
+
+CREATE FUNCTION agent_live_calls(p_tenant uuid, p_agent uuid) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM call_sessions s
+            WHERE s.tenant_id = p_tenant AND s.agent_id = p_agent AND s.live);
+END $$;
+
 CREATE FUNCTION tenant_live_calls_start() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.live_calls := (SELECT count(*) FROM call_sessions s WHERE s.tenant_id = NEW.id AND s.live);
+    NEW.live_calls := tenant_live_calls(NEW.id);
     RETURN NEW;
 END $$;
 
@@ -35,8 +50,7 @@ CREATE TRIGGER tenants_live_calls_start BEFORE UPDATE OF max_concurrent_calls ON
 CREATE FUNCTION agent_live_calls_start() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.live_calls := (SELECT count(*) FROM call_sessions s
-                       WHERE s.tenant_id = NEW.tenant_id AND s.agent_id = NEW.id AND s.live);
+    NEW.live_calls := agent_live_calls(NEW.tenant_id, NEW.id);
     RETURN NEW;
 END $$;
 
@@ -71,28 +85,22 @@ CREATE TRIGGER call_sessions_live_deleted AFTER DELETE ON call_sessions
 CREATE FUNCTION lock_live_call_counters(p_call_ids uuid[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid;
+    v_tenants uuid[];
+    v_agents  uuid[];
 BEGIN
-    -- One primary-key read per call (a join with the calls could be
-    -- planned as a scan of the table while it is new: see 0037).
-    FOR v_id IN
-        SELECT DISTINCT t FROM (
-            SELECT (SELECT s.tenant_id FROM call_sessions s WHERE s.id = c.id AND s.live) AS t
-            FROM unnest(p_call_ids) AS c(id)
-        ) x WHERE t IS NOT NULL ORDER BY 1
-    LOOP
-        PERFORM 1 FROM tenants WHERE id = v_id AND max_concurrent_calls IS NOT NULL
-        FOR NO KEY UPDATE;
-    END LOOP;
-    FOR v_id IN
-        SELECT DISTINCT a FROM (
-            SELECT (SELECT s.agent_id FROM call_sessions s WHERE s.id = c.id AND s.live) AS a
-            FROM unnest(p_call_ids) AS c(id)
-        ) x WHERE a IS NOT NULL ORDER BY 1
-    LOOP
-        PERFORM 1 FROM agents WHERE id = v_id AND max_concurrent_calls IS NOT NULL
-        FOR NO KEY UPDATE;
-    END LOOP;
+    -- Primary-key reads per call, as scalar subqueries: a join with the
+    -- calls (a lateral one too) can be planned as a scan of the table while
+    -- it is new (see 0037).
+    SELECT array_agg(DISTINCT t), array_agg(DISTINCT a) INTO v_tenants, v_agents
+    FROM (
+        SELECT (SELECT s.tenant_id FROM call_sessions s WHERE s.id = c.id AND s.live) AS t,
+               (SELECT s.agent_id FROM call_sessions s WHERE s.id = c.id AND s.live) AS a
+        FROM unnest(p_call_ids) AS c(id)
+    ) x;
+    PERFORM 1 FROM tenants WHERE id = ANY (v_tenants) AND max_concurrent_calls IS NOT NULL
+    ORDER BY id FOR NO KEY UPDATE;
+    PERFORM 1 FROM agents WHERE id = ANY (v_agents) AND max_concurrent_calls IS NOT NULL
+    ORDER BY id FOR NO KEY UPDATE;
 END $$;
 
 -- 0015's admission, reading the counters under the lock instead of
@@ -237,7 +245,7 @@ BEGIN
     SELECT live_calls INTO v_kept FROM tenants
     WHERE id = p_tenant AND max_concurrent_calls IS NOT NULL FOR NO KEY UPDATE;
     IF FOUND THEN
-        v_count := (SELECT count(*) FROM call_sessions s WHERE s.tenant_id = p_tenant AND s.live);
+        v_count := tenant_live_calls(p_tenant);
         IF v_count <> v_kept THEN
             UPDATE tenants SET live_calls = v_count WHERE id = p_tenant;
             v_off := v_off + 1;
@@ -249,8 +257,7 @@ BEGIN
         SELECT live_calls INTO v_kept FROM agents
         WHERE id = v_id AND max_concurrent_calls IS NOT NULL FOR NO KEY UPDATE;
         CONTINUE WHEN NOT FOUND;
-        v_count := (SELECT count(*) FROM call_sessions s
-                    WHERE s.tenant_id = p_tenant AND s.agent_id = v_id AND s.live);
+        v_count := agent_live_calls(p_tenant, v_id);
         IF v_count <> v_kept THEN
             UPDATE agents SET live_calls = v_count WHERE id = v_id;
             v_off := v_off + 1;
@@ -261,8 +268,5 @@ END
 $$;
 
 -- The counters of the limits already set.
-UPDATE tenants t SET live_calls = (SELECT count(*) FROM call_sessions s WHERE s.tenant_id = t.id AND s.live)
-WHERE max_concurrent_calls IS NOT NULL;
-UPDATE agents a SET live_calls = (SELECT count(*) FROM call_sessions s
-                                  WHERE s.tenant_id = a.tenant_id AND s.agent_id = a.id AND s.live)
-WHERE max_concurrent_calls IS NOT NULL;
+UPDATE tenants SET live_calls = tenant_live_calls(id) WHERE max_concurrent_calls IS NOT NULL;
+UPDATE agents SET live_calls = agent_live_calls(tenant_id, id) WHERE max_concurrent_calls IS NOT NULL;

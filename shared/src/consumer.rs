@@ -112,6 +112,26 @@ impl Batching {
     }
 }
 
+/// `items` in batches: each takes what is already waiting, then, with a
+/// `linger`, what arrives within it of the batch's first item, up to `size`.
+/// Ends when `items` does, with what it holds. The NATS consumers batch
+/// through it, and so does the ingress's group commit.
+pub fn batches<S>(
+    items: S,
+    size: usize,
+    linger: Duration,
+) -> futures::stream::BoxStream<'static, Vec<S::Item>>
+where
+    S: futures::Stream + Send + 'static,
+    S::Item: Send,
+{
+    if linger.is_zero() {
+        items.ready_chunks(size.max(1)).boxed()
+    } else {
+        tokio_stream::StreamExt::chunks_timeout(items, size.max(1), linger).boxed()
+    }
+}
+
 /// Consumes until `shutdown`; in-flight messages finish first. Messages
 /// already waiting are handed to `handler` together (see [`Batching`]), so
 /// it can commit them at once.
@@ -155,7 +175,7 @@ pub async fn run<H, F>(
                 let stop = shutdown.clone();
                 let messages = messages
                     .take_until(async move { stop.cancelled().await })
-                    .take_while(|message| {
+                    .take_while(move |message| {
                         let healthy = match message {
                             Ok(_) => true,
                             Err(err) => {
@@ -166,19 +186,11 @@ pub async fn run<H, F>(
                         futures::future::ready(healthy)
                     })
                     .filter_map(|message| futures::future::ready(message.ok()));
-                let handle =
-                    |chunk: Vec<jetstream::Message>| handle_chunk(name, chunk, handler.clone());
-                let (size, parallel) = (batching.size.max(1), batching.parallel.max(1));
-                if batching.linger.is_zero() {
-                    messages
-                        .ready_chunks(size)
-                        .for_each_concurrent(parallel, handle)
-                        .await;
-                } else {
-                    tokio_stream::StreamExt::chunks_timeout(messages, size, batching.linger)
-                        .for_each_concurrent(parallel, handle)
-                        .await;
-                }
+                batches(messages, batching.size, batching.linger)
+                    .for_each_concurrent(batching.parallel.max(1), |chunk| {
+                        handle_chunk(name, chunk, handler.clone())
+                    })
+                    .await;
             }
             Err(err) => {
                 tracing::warn!(%err, consumer = name, "cannot pull; binding the consumer again")

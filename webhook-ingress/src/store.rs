@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use shared::calls::{OutboxRow, event_type};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -145,17 +146,22 @@ impl CallStore {
     /// first webhook for more. They stop when every handle is dropped.
     pub fn start(pool: PgPool, writers: usize, max_group: usize, linger: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(max_group * writers * 4);
-        let rx = Arc::new(Mutex::new(rx));
+        // One stream of groups, taken in turn: the writer holding it while
+        // a group forms gets every webhook arriving meanwhile, rather than
+        // the other writer starting a group of its own. Without the linger,
+        // at moderate rates a group holds one or two webhooks, and the
+        // statement's fixed cost (most of its cost) is paid per call.
+        let groups = Arc::new(Mutex::new(shared::consumer::batches(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            max_group,
+            linger,
+        )));
         for _ in 0..writers.max(1) {
-            let rx = rx.clone();
+            let groups = groups.clone();
             let pool = pool.clone();
             tokio::spawn(async move {
                 loop {
-                    // The lock is held while the group forms, so webhooks
-                    // arriving meanwhile join it rather than a group of
-                    // their own in the other writer.
-                    let Some(group) = next_group(&mut *rx.lock().await, max_group, linger).await
-                    else {
+                    let Some(group) = groups.lock().await.next().await else {
                         break;
                     };
                     let started = std::time::Instant::now();
@@ -184,32 +190,6 @@ impl CallStore {
         metrics::histogram!("ingress_store_seconds").record(submitted.elapsed().as_secs_f64());
         stored
     }
-}
-
-/// The next group: every webhook already waiting, then those arriving
-/// within `linger` of the first, up to `max_group`. `None` once every
-/// handle is dropped. Without the linger, at moderate rates a group holds
-/// one or two webhooks, and the statement's fixed cost (most of its cost)
-/// is paid per call.
-async fn next_group(
-    rx: &mut mpsc::Receiver<Job>,
-    max_group: usize,
-    linger: Duration,
-) -> Option<Vec<Job>> {
-    let first = rx.recv().await?;
-    let deadline = tokio::time::Instant::now() + linger;
-    let mut group = vec![first];
-    while group.len() < max_group {
-        match rx.try_recv() {
-            Ok(job) => group.push(job),
-            Err(_) if linger.is_zero() => break,
-            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => group.push(job),
-                Ok(None) | Err(_) => break,
-            },
-        }
-    }
-    Some(group)
 }
 
 async fn commit_group(pool: &PgPool, group: Vec<Job>) {
